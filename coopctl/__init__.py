@@ -1,0 +1,3 @@
+"""coopctl: administration of cooperation orders between merchants and creators."""
+
+__version__ = "0.1.0"

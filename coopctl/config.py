@@ -1,0 +1,111 @@
+"""The TOML configuration -> `Settings` (database, policy, reminders, display).
+
+Every key is optional; an unknown key or a bad value raises `InvalidInput` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from coopctl.errors import InvalidInput
+from coopctl.policy import InvalidValue, Policy, ReminderOffsets, SECOND, parse_duration
+
+DEFAULT_DB = "coopctl.db"
+DEFAULT_CONFIG = "coopctl.toml"
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+DEFAULT_BUSY_TIMEOUT = 10 * SECOND
+
+_SECTIONS = {"database": {"url", "busy_timeout"}, "policy": None, "reminders": None, "display": {"timezone"}}
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_url: str | None = None
+    busy_timeout: int = DEFAULT_BUSY_TIMEOUT
+    policy: Policy = field(default_factory=Policy)
+    reminders: ReminderOffsets = field(default_factory=ReminderOffsets)
+    timezone: str = DEFAULT_TIMEZONE
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def load_settings(path: str | os.PathLike | None, *, explicit: bool) -> Settings:
+    """Read the configuration file; a missing default file means defaults, a missing named file is an error."""
+    if path is None:
+        return Settings()
+    file = Path(path)
+    if not file.exists():
+        if explicit:
+            raise InvalidInput(f"config file {str(file)!r} does not exist")
+        return Settings()
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read config file {str(file)!r}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidInput(f"config file {str(file)!r} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+    return parse_settings(data, source=str(file))
+
+
+def parse_settings(data: dict, *, source: str = "config") -> Settings:
+    for section, value in data.items():
+        if section not in _SECTIONS:
+            raise InvalidInput(f"{source}: unknown section '[{section}]' (known: {', '.join(_SECTIONS)})")
+        if not isinstance(value, dict):
+            raise InvalidInput(f"{source}: '{section}' must be a table ([{section}])")
+        allowed = _SECTIONS[section]
+        if allowed is not None:
+            for key in value:
+                if key not in allowed:
+                    raise InvalidInput(f"{source}: unknown key '{section}.{key}' (known: {', '.join(sorted(allowed))})")
+    database = data.get("database", {})
+    settings: dict = {}
+    if "url" in database:
+        url = database["url"]
+        if not isinstance(url, str) or not url.strip():
+            raise InvalidInput(f"{source}: 'database.url' must be a non-empty path or URL")
+        settings["db_url"] = url
+    if "busy_timeout" in database:
+        settings["busy_timeout"] = _duration(database["busy_timeout"], "database.busy_timeout", source, allow_zero=True)
+    for section, cls in (("policy", Policy), ("reminders", ReminderOffsets)):
+        if section in data:
+            try:
+                settings[section] = cls.from_json(data[section])
+            except InvalidValue as exc:
+                raise InvalidInput(f"{source}: [{section}] {exc}") from None
+    display = data.get("display", {})
+    if "timezone" in display:
+        settings["timezone"] = check_timezone(display["timezone"], f"{source}: 'display.timezone'")
+    return Settings(**settings)
+
+
+def check_timezone(name, what: str) -> str:
+    if not isinstance(name, str) or not name or ".." in name or name.startswith("/"):
+        raise InvalidInput(f"{what} must be a time zone name such as 'Asia/Shanghai', got {name!r}")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(f"{what}: unknown time zone {name!r}") from None
+    return name
+
+
+def _duration(value, key: str, source: str, *, allow_zero: bool) -> int:
+    try:
+        return parse_duration(value, allow_zero=allow_zero)
+    except InvalidValue as exc:
+        raise InvalidInput(f"{source}: '{key}': {exc}") from None

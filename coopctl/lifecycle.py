@@ -1,0 +1,798 @@
+"""The rules of a cooperation order (SPEC section 1): states, transitions, deadlines, reminders.
+
+Pure: no database, no command line, no clock. Every function takes an order and an instant and
+returns an `Outcome` (the new order plus the events and notifications to write) or raises
+`Refused`. Actions, `tick` and `replay` all go through `act`, `fire_due` and `remind`, so each
+rule is written exactly once: in `TRANSITIONS` (what a party may do) and `TIMERS` (what a
+deadline does).
+
+Instants and durations are integers of microseconds (see `policy.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from enum import StrEnum
+from typing import Callable
+
+from coopctl.errors import InvalidInput, Refused
+from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+
+GENESIS_HASH = "0" * 64
+MAX_ID_LENGTH = 128
+MAX_TEXT_LENGTH = 2000
+MAX_PRODUCTS = 100
+MAX_AD_BUDGET = Decimal("999999999999.99")
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    EFFECTIVE = "effective"
+    CANCEL_REQUESTED = "cancel_requested"
+    LIVE = "live"
+    DELIVERED = "delivered"
+    REVIEW_FAILED = "review_failed"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    CANCELLED_UNILATERALLY = "cancelled_unilaterally"
+    CLOSED_OVERDUE = "closed_overdue"
+    DISPUTED = "disputed"
+
+
+class TermsState(StrEnum):
+    NOT_YET_EFFECTIVE = "not_yet_effective"
+    IN_FORCE = "in_force"
+    FULFILLED = "fulfilled"
+    VOID = "void"
+
+
+TERMS_OF: dict[Status, TermsState] = {
+    Status.PENDING: TermsState.NOT_YET_EFFECTIVE,
+    Status.EFFECTIVE: TermsState.IN_FORCE,
+    Status.CANCEL_REQUESTED: TermsState.IN_FORCE,
+    Status.LIVE: TermsState.IN_FORCE,
+    Status.DELIVERED: TermsState.IN_FORCE,
+    Status.REVIEW_FAILED: TermsState.IN_FORCE,
+    Status.COMPLETED: TermsState.FULFILLED,
+    Status.REJECTED: TermsState.VOID,
+    Status.WITHDRAWN: TermsState.VOID,
+    Status.EXPIRED: TermsState.VOID,
+    Status.CANCELLED: TermsState.VOID,
+    Status.CANCELLED_UNILATERALLY: TermsState.IN_FORCE,
+    Status.CLOSED_OVERDUE: TermsState.IN_FORCE,
+    Status.DISPUTED: TermsState.IN_FORCE,
+}
+
+
+class Party(StrEnum):
+    MERCHANT = "merchant"
+    CREATOR = "creator"
+
+    @property
+    def other(self) -> "Party":
+        return Party.CREATOR if self is Party.MERCHANT else Party.MERCHANT
+
+
+class Action(StrEnum):
+    """What a party can do; the values are the command names."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    WITHDRAW = "withdraw"
+    CANCEL_REQUEST = "cancel-request"
+    CANCEL_CONFIRM = "cancel-confirm"
+    CANCEL_DECLINE = "cancel-decline"
+    GO_LIVE = "go-live"
+    DELIVER = "deliver"
+    REVIEW_PASS = "review --pass"
+    REVIEW_FAIL = "review --fail"
+
+
+class Kind(StrEnum):
+    """Event kinds (and notification kinds, plus `reminder`)."""
+
+    CREATED = "created"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+    CANCEL_REQUESTED = "cancel_requested"
+    CANCEL_CONFIRMED = "cancel_confirmed"
+    CANCEL_DECLINED = "cancel_declined"
+    WENT_LIVE = "went_live"
+    DELIVERED = "delivered"
+    REVIEW_PASSED = "review_passed"
+    REVIEW_FAILED = "review_failed"
+    EXPIRED = "expired"
+    CLOSED_OVERDUE = "closed_overdue"
+    CANCELLED_UNILATERALLY = "cancelled_unilaterally"
+    AUTO_ACCEPTED = "auto_accepted"
+    ESCALATED = "escalated"
+    REMINDER = "reminder"
+
+
+SYSTEM = "system"
+
+
+# --------------------------------------------------------------------------- the records
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    merchant: str
+    creator: str
+    products: tuple[str, ...]
+    form: str
+    commission_pct: Decimal
+    ad_budget: Decimal
+    latest_start_at: int
+    note: str | None = None
+
+    def to_json(self, tz=None) -> dict:
+        return {
+            "merchant": self.merchant,
+            "creator": self.creator,
+            "products": list(self.products),
+            "form": self.form,
+            "commission_pct": str(self.commission_pct),
+            "ad_budget": str(self.ad_budget),
+            "latest_start_at": iso(self.latest_start_at, tz) if tz else iso(self.latest_start_at),
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Terms":
+        """Read terms back from a `created` event or an export (instants in any offset)."""
+        if not isinstance(data, dict):
+            raise InvalidInput("terms must be an object")
+        try:
+            return make_terms(
+                merchant=data["merchant"],
+                creator=data["creator"],
+                products=data["products"],
+                form=data["form"],
+                commission=data["commission_pct"],
+                ad_budget=data["ad_budget"],
+                latest_start_at=_read_instant(data["latest_start_at"], "latest_start_at"),
+                note=data.get("note"),
+            )
+        except KeyError as exc:
+            raise InvalidInput(f"terms lack the field {exc.args[0]!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    id: int
+    terms: Terms
+    policy: Policy
+    reminders: ReminderOffsets
+    created_at: int
+    status: Status = Status.PENDING
+    status_since: int = 0
+    cancel_requested_by: Party | None = None
+    went_live_at: int | None = None
+    delivered_at: int | None = None
+    delivery_mode: str | None = None
+    failed_reviews: int = 0
+    last_seq: int = 0
+    last_hash: str = GENESIS_HASH
+    last_event_at: int = 0
+    reminders_sent: frozenset[str] = frozenset()
+    idempotency_key: str | None = None
+
+    @property
+    def deadline(self) -> int | None:
+        timer = TIMERS.get(self.status)
+        return timer.due(self) if timer else None
+
+    @property
+    def terms_state(self) -> TermsState:
+        return TERMS_OF[self.status]
+
+    @property
+    def liable_party(self) -> Party | None:
+        if self.status is Status.CLOSED_OVERDUE:
+            return Party.CREATOR
+        if self.status is Status.CANCELLED_UNILATERALLY:
+            return self.cancel_requested_by
+        return None
+
+    @property
+    def at_deadline(self) -> str | None:
+        """What happens when the deadline passes, in words (for tables and timelines)."""
+        timer = TIMERS.get(self.status)
+        return timer.label if timer else None
+
+    def party_id(self, party: Party) -> str:
+        return self.terms.merchant if party is Party.MERCHANT else self.terms.creator
+
+    def to_json(self, tz=None) -> dict:
+        """The order as SPEC section 2 "The order as JSON" describes it."""
+        fmt = (lambda t: None if t is None else iso(t, tz)) if tz else (lambda t: None if t is None else iso(t))
+        terms = self.terms.to_json(tz)
+        return {
+            "id": self.id,
+            **terms,
+            "status": str(self.status),
+            "terms": str(self.terms_state),
+            "liable_party": None if self.liable_party is None else str(self.liable_party),
+            "created_at": fmt(self.created_at),
+            "deadline": fmt(self.deadline),
+            "at_deadline": self.at_deadline,
+            "cancel_requested_by": None if self.cancel_requested_by is None else str(self.cancel_requested_by),
+            "went_live_at": fmt(self.went_live_at),
+            "delivered_at": fmt(self.delivered_at),
+            "delivery_mode": self.delivery_mode,
+            "failed_reviews": self.failed_reviews,
+            "policy": self.policy.to_json(),
+            "reminders": self.reminders.to_json(),
+            "idempotency_key": self.idempotency_key,
+            "last_event_at": fmt(self.last_event_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    order_id: int
+    seq: int
+    kind: str
+    at: int
+    actor: str
+    operator: str
+    data: dict
+    prev_hash: str
+    hash: str
+
+    def to_json(self, tz=None) -> dict:
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "at": iso(self.at, tz) if tz else iso(self.at),
+            "actor": self.actor,
+            "operator": self.operator,
+            "data": self.data,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def canonical_json(value) -> str:
+    """The one serialisation that hashes are computed over: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_hash(order_id: int, seq: int, kind: str, at: int, actor: str, operator: str, data: dict, prev_hash: str) -> str:
+    """SHA-256 of the previous hash followed by the event's canonical JSON (instants in UTC)."""
+    body = canonical_json(
+        {
+            "order": order_id,
+            "seq": seq,
+            "kind": kind,
+            "at": iso(at),
+            "actor": actor,
+            "operator": operator,
+            "data": data,
+            "prev_hash": prev_hash,
+        }
+    )
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    order_id: int
+    recipient: str
+    channel: str
+    kind: str
+    at: int
+    text: str
+
+    def to_json(self, tz=None) -> dict:
+        return {
+            "order": self.order_id,
+            "recipient": self.recipient,
+            "channel": self.channel,
+            "kind": self.kind,
+            "at": iso(self.at, tz) if tz else iso(self.at),
+            "text": self.text,
+        }
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a rule decided: the order after it, and what to write with it, in order."""
+
+    order: Order
+    events: list[Event] = field(default_factory=list)
+    notifications: list[Notification] = field(default_factory=list)
+
+    def then(self, other: "Outcome") -> "Outcome":
+        return Outcome(other.order, self.events + other.events, self.notifications + other.notifications)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+_DECIMAL = re.compile(r"\d{1,15}(?:\.\d{1,2})?")
+FORMS = ("live", "video")
+
+
+def check_id(value, what: str) -> str:
+    """Merchant, creator and product ids: 1 to 128 characters, no control characters."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{what} id must be non-empty text")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(f"{what} id is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029" for ch in value):
+        raise InvalidInput(f"{what} id {value!r} contains a control character")
+    return value
+
+
+def check_text(value, what: str) -> str | None:
+    """Notes, reasons and evidence: up to 2000 characters; newlines and tabs allowed."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise InvalidInput(f"{what} is {len(value)} characters long; at most {MAX_TEXT_LENGTH} are allowed")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t" for ch in value):
+        raise InvalidInput(f"{what} contains a control character")
+    return value
+
+
+def check_decimal(value, what: str, *, minimum: Decimal, maximum: Decimal, open_minimum: bool) -> Decimal:
+    """A plain decimal with at most two places ("12.5", "5000"), within bounds; never a float."""
+    text = value if isinstance(value, str) else str(value) if isinstance(value, (int, Decimal)) and not isinstance(value, bool) else None
+    if text is None or not _DECIMAL.fullmatch(text.strip()):
+        raise InvalidInput(f"{what} must be a plain decimal with at most two places, such as 12.5, got {value!r}")
+    number = Decimal(text.strip()).quantize(Decimal("0.01"))
+    too_low = number <= minimum if open_minimum else number < minimum
+    if too_low or number > maximum:
+        low = f"more than {minimum}" if open_minimum else f"at least {minimum}"
+        raise InvalidInput(f"{what} must be {low} and at most {maximum}, got {value}")
+    return number
+
+
+def make_terms(*, merchant, creator, products, form, commission, ad_budget, latest_start_at: int, note=None) -> Terms:
+    """Validate the terms of a new order; every problem is InvalidInput naming the field."""
+    if not isinstance(products, (list, tuple)) or not products:
+        raise InvalidInput("an order needs at least one product id")
+    if len(products) > MAX_PRODUCTS:
+        raise InvalidInput(f"an order may list at most {MAX_PRODUCTS} products, got {len(products)}")
+    products = tuple(check_id(p, "product") for p in products)
+    if len(set(products)) != len(products):
+        raise InvalidInput("the same product id is listed twice")
+    if form not in FORMS:
+        raise InvalidInput(f"form must be 'live' or 'video', got {form!r}")
+    if isinstance(latest_start_at, bool) or not isinstance(latest_start_at, int):
+        raise InvalidInput("latest start must be an instant")
+    return Terms(
+        merchant=check_id(merchant, "merchant"),
+        creator=check_id(creator, "creator"),
+        products=products,
+        form=form,
+        commission_pct=check_decimal(commission, "commission", minimum=Decimal(0), maximum=Decimal(100), open_minimum=True),
+        ad_budget=check_decimal(ad_budget, "ad budget", minimum=Decimal(0), maximum=MAX_AD_BUDGET, open_minimum=False),
+        latest_start_at=latest_start_at,
+        note=check_text(note, "note"),
+    )
+
+
+def _read_instant(value, what: str) -> int:
+    from datetime import timezone
+
+    try:
+        return parse_instant(value, timezone.utc)
+    except InvalidValue as exc:
+        raise InvalidInput(f"{what}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def _own(party: Party) -> Callable[[Order, Party], str | None]:
+    def guard(order: Order, acting: Party) -> str | None:
+        if acting is not party:
+            return f"only the order's {party} may do this, not its {acting}"
+        return None
+
+    return guard
+
+
+def _either(order: Order, acting: Party) -> str | None:
+    return None
+
+
+def _not_requester(order: Order, acting: Party) -> str | None:
+    if acting is order.cancel_requested_by:
+        return f"the {acting} asked for this cancellation; only the {acting.other} may answer it"
+    return None
+
+
+def _no_change(order: Order, at: int, data: dict) -> dict:
+    return {}
+
+
+def _cancel_requested(order: Order, at: int, data: dict) -> dict:
+    return {"cancel_requested_by": Party(data["by"])}
+
+
+def _cancel_declined(order: Order, at: int, data: dict) -> dict:
+    return {"cancel_requested_by": None}
+
+
+def _went_live(order: Order, at: int, data: dict) -> dict:
+    return {"went_live_at": at}
+
+
+def _delivered(order: Order, at: int, data: dict) -> dict:
+    return {
+        "delivered_at": at,
+        "delivery_mode": data["mode"],
+        "went_live_at": order.went_live_at if order.went_live_at is not None else at,
+    }
+
+
+def _review_failed(order: Order, at: int, data: dict) -> dict:
+    count = order.failed_reviews + 1
+    changes: dict = {"failed_reviews": count}
+    if count > order.policy.max_failed_reviews:
+        changes["status"] = Status.DISPUTED
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A party action allowed in one status: where it leads, its event, who may, what changes."""
+
+    target: Status
+    kind: Kind
+    guard: Callable[[Order, Party], str | None]
+    effect: Callable[[Order, int, dict], dict] = _no_change
+
+
+_DELIVER = Transition(Status.DELIVERED, Kind.DELIVERED, _own(Party.CREATOR), _delivered)
+
+TRANSITIONS: dict[tuple[Status, Action], Transition] = {
+    (Status.PENDING, Action.ACCEPT): Transition(Status.EFFECTIVE, Kind.ACCEPTED, _own(Party.CREATOR)),
+    (Status.PENDING, Action.REJECT): Transition(Status.REJECTED, Kind.REJECTED, _own(Party.CREATOR)),
+    (Status.PENDING, Action.WITHDRAW): Transition(Status.WITHDRAWN, Kind.WITHDRAWN, _own(Party.MERCHANT)),
+    (Status.EFFECTIVE, Action.CANCEL_REQUEST): Transition(
+        Status.CANCEL_REQUESTED, Kind.CANCEL_REQUESTED, _either, _cancel_requested
+    ),
+    (Status.CANCEL_REQUESTED, Action.CANCEL_CONFIRM): Transition(Status.CANCELLED, Kind.CANCEL_CONFIRMED, _not_requester),
+    (Status.CANCEL_REQUESTED, Action.CANCEL_DECLINE): Transition(
+        Status.EFFECTIVE, Kind.CANCEL_DECLINED, _not_requester, _cancel_declined
+    ),
+    (Status.EFFECTIVE, Action.GO_LIVE): Transition(Status.LIVE, Kind.WENT_LIVE, _own(Party.CREATOR), _went_live),
+    (Status.EFFECTIVE, Action.DELIVER): _DELIVER,
+    (Status.LIVE, Action.DELIVER): _DELIVER,
+    (Status.REVIEW_FAILED, Action.DELIVER): _DELIVER,
+    (Status.DELIVERED, Action.REVIEW_PASS): Transition(Status.COMPLETED, Kind.REVIEW_PASSED, _own(Party.MERCHANT)),
+    (Status.DELIVERED, Action.REVIEW_FAIL): Transition(
+        Status.REVIEW_FAILED, Kind.REVIEW_FAILED, _own(Party.MERCHANT), _review_failed
+    ),
+}
+
+
+def _requester_liable(order: Order) -> dict:
+    return {"liable_party": str(order.cancel_requested_by)}
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """The deadline of one status and what fires there."""
+
+    due: Callable[[Order], int]
+    target: Status
+    kind: Kind
+    label: str
+    data: Callable[[Order], dict] = lambda order: {}
+
+
+TIMERS: dict[Status, Timer] = {
+    Status.PENDING: Timer(
+        lambda o: min(o.created_at + o.policy.accept_window, o.terms.latest_start_at),
+        Status.EXPIRED, Kind.EXPIRED, "expires (not accepted in time)",
+    ),
+    Status.EFFECTIVE: Timer(
+        lambda o: o.terms.latest_start_at,
+        Status.CLOSED_OVERDUE, Kind.CLOSED_OVERDUE, "closed overdue, creator liable",
+        lambda o: {"liable_party": "creator"},
+    ),
+    Status.CANCEL_REQUESTED: Timer(
+        lambda o: min(o.status_since + o.policy.cancel_response_window, o.terms.latest_start_at),
+        Status.CANCELLED_UNILATERALLY, Kind.CANCELLED_UNILATERALLY, "cancelled unilaterally, requester liable",
+        _requester_liable,
+    ),
+    Status.LIVE: Timer(
+        lambda o: o.status_since + o.policy.auto_deliver_after,
+        Status.DELIVERED, Kind.DELIVERED, "delivered automatically",
+        lambda o: {"mode": "auto"},
+    ),
+    Status.DELIVERED: Timer(
+        lambda o: o.status_since + o.policy.review_window,
+        Status.COMPLETED, Kind.AUTO_ACCEPTED, "accepted automatically",
+    ),
+    Status.REVIEW_FAILED: Timer(
+        lambda o: o.status_since + o.policy.makeup_window,
+        Status.DISPUTED, Kind.ESCALATED, "escalated to dispute (no make-up in time)",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reminder:
+    """A reminder `tick` writes once, `offset` before a deadline, while the order is in `statuses`."""
+
+    name: str
+    statuses: frozenset[Status]
+    deadline: Callable[[Order], int]
+    offset: Callable[[Order], int]
+    recipient: Party
+    channel: str
+    text: str
+
+
+REMINDERS: tuple[Reminder, ...] = (
+    Reminder(
+        "accept", frozenset({Status.PENDING}), TIMERS[Status.PENDING].due,
+        lambda o: o.reminders.before_accept_deadline, Party.CREATOR, "sms",
+        "please accept or reject cooperation order #{id} before {deadline}",
+    ),
+    Reminder(
+        "latest_start", frozenset({Status.PENDING, Status.EFFECTIVE, Status.CANCEL_REQUESTED}),
+        lambda o: o.terms.latest_start_at,
+        lambda o: o.reminders.before_latest_start, Party.CREATOR, "inbox",
+        "cooperation order #{id} must go live by {deadline}",
+    ),
+    Reminder(
+        "review", frozenset({Status.DELIVERED}), TIMERS[Status.DELIVERED].due,
+        lambda o: o.reminders.before_review_deadline, Party.MERCHANT, "inbox",
+        "please review the delivery of cooperation order #{id} before {deadline}; it is accepted automatically then",
+    ),
+)
+
+MESSAGES: dict[str, str] = {
+    Kind.CREATED: "{merchant} proposes cooperation order #{id} to you; please answer before {deadline}",
+    Kind.ACCEPTED: "{creator} accepted cooperation order #{id}",
+    Kind.REJECTED: "{creator} rejected cooperation order #{id}",
+    Kind.WITHDRAWN: "{merchant} withdrew cooperation order #{id}",
+    Kind.CANCEL_REQUESTED: "{actor} asks to cancel cooperation order #{id}; please answer before {deadline}",
+    Kind.CANCEL_CONFIRMED: "{actor} agreed to cancel cooperation order #{id}",
+    Kind.CANCEL_DECLINED: "{actor} declined to cancel cooperation order #{id}",
+    Kind.WENT_LIVE: "{creator} went live for cooperation order #{id}",
+    Kind.DELIVERED: "cooperation order #{id} was delivered; please review it before {deadline}",
+    Kind.REVIEW_PASSED: "{merchant} accepted the delivery of cooperation order #{id}",
+    Kind.REVIEW_FAILED: "{merchant} rejected the delivery of cooperation order #{id}: {reason}",
+    Kind.EXPIRED: "cooperation order #{id} expired: it was not accepted in time",
+    Kind.CLOSED_OVERDUE: "cooperation order #{id} closed: the latest start time passed without going live",
+    Kind.CANCELLED_UNILATERALLY: "cooperation order #{id} closed: the cancellation request went unanswered",
+    Kind.AUTO_ACCEPTED: "the delivery of cooperation order #{id} was accepted automatically",
+    Kind.ESCALATED: "cooperation order #{id} was escalated to platform arbitration",
+}
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def actor_of(party: Party, order: Order) -> str:
+    return f"{party}:{order.party_id(party)}"
+
+
+def _message(order: Order, kind: str, actor: str, data: dict) -> str:
+    deadline = order.deadline
+    if kind == Kind.REVIEW_FAILED and order.status is Status.DISPUTED:
+        template = "{merchant} rejected the delivery of cooperation order #{id} again; it is escalated to platform arbitration"
+    else:
+        template = MESSAGES[kind]
+    return template.format(
+        id=order.id,
+        merchant=order.terms.merchant,
+        creator=order.terms.creator,
+        actor=actor,
+        reason=data.get("reason", ""),
+        deadline="-" if deadline is None else iso(deadline),
+    )
+
+
+def _record(order: Order, kind: Kind, at: int, actor: str, operator: str, data: dict, changes: dict, target: Status) -> Outcome:
+    """Write one event: the order moves to `target` (or `changes['status']`) and notifies."""
+    seq = order.last_seq + 1
+    digest = event_hash(order.id, seq, str(kind), at, actor, operator, data, order.last_hash)
+    event = Event(order.id, seq, str(kind), at, actor, operator, data, order.last_hash, digest)
+    status = changes.pop("status", target)
+    after = replace(
+        order,
+        status=status,
+        status_since=at if status is not order.status else order.status_since,
+        last_seq=seq,
+        last_hash=digest,
+        last_event_at=at,
+        **changes,
+    )
+    text = _message(after, kind, actor, data)
+    if actor == SYSTEM:
+        recipients = [actor_of(Party.MERCHANT, after), actor_of(Party.CREATOR, after)]
+    else:
+        party = Party(actor.split(":", 1)[0])
+        recipients = [actor_of(party.other, after)]
+    notes = [Notification(order.id, who, "inbox", str(kind), at, text) for who in recipients]
+    return Outcome(after, [event], notes)
+
+
+def create(
+    order_id: int,
+    terms: Terms,
+    policy: Policy,
+    reminders: ReminderOffsets,
+    at: int,
+    operator: str,
+    idempotency_key: str | None = None,
+) -> Outcome:
+    """A merchant proposes an order: it is `pending`, and the creator is told by inbox and SMS."""
+    if terms.latest_start_at <= at:
+        raise InvalidInput(
+            f"the latest start time {iso(terms.latest_start_at)} must be after the creation time {iso(at)}"
+        )
+    order = Order(
+        id=order_id, terms=terms, policy=policy, reminders=reminders, created_at=at,
+        status=Status.PENDING, status_since=at, last_event_at=at, idempotency_key=idempotency_key,
+    )
+    data = {"terms": terms.to_json(), "policy": policy.to_json(), "reminders": reminders.to_json()}
+    if idempotency_key is not None:
+        data["idempotency_key"] = idempotency_key
+    outcome = _record(order, Kind.CREATED, at, actor_of(Party.MERCHANT, order), operator, data, {}, Status.PENDING)
+    sms = replace(outcome.notifications[0], channel="sms")
+    outcome.notifications.append(sms)
+    return outcome
+
+
+def fire_due(order: Order, now: int, operator: str) -> Outcome:
+    """Fire every deadline at or before `now`, each at its own deadline, cascading."""
+    outcome = Outcome(order)
+    while (timer := TIMERS.get(outcome.order.status)) is not None:
+        due = timer.due(outcome.order)
+        if due > now:
+            break
+        current = outcome.order
+        changes: dict = {}
+        if timer.kind is Kind.DELIVERED:
+            changes = _delivered(current, due, {"mode": "auto"})
+        outcome = outcome.then(_record(current, timer.kind, due, SYSTEM, operator, timer.data(current), changes, timer.target))
+    return outcome
+
+
+def act(
+    order: Order,
+    action: Action,
+    party: Party,
+    party_id: str,
+    at: int,
+    operator: str,
+    *,
+    reason: str | None = None,
+    evidence: str | None = None,
+) -> Outcome:
+    """A party acts at `at`: due deadlines fire first, then the action if the rules allow it."""
+    if party_id != order.party_id(party):
+        raise Refused(f"{party} {party_id!r} is not the {party} of order {order.id} ({order.party_id(party)!r} is)")
+    if at < order.last_event_at:
+        raise Refused(
+            f"{iso(at)} is earlier than the last event of order {order.id} ({iso(order.last_event_at)}); "
+            "time cannot go backwards"
+        )
+    reason = check_text(reason, "reason")
+    evidence = check_text(evidence, "evidence")
+    if action is Action.REVIEW_FAIL and not (reason or "").strip():
+        raise InvalidInput("a failed review needs a reason (--reason TEXT)")
+    fired = fire_due(order, at, operator)
+    current = fired.order
+    rule = TRANSITIONS.get((current.status, action))
+    if rule is None:
+        raise Refused(_not_allowed(order, current, action, fired))
+    problem = rule.guard(current, party)
+    if problem:
+        raise Refused(f"order {order.id}: {problem}")
+    data = _action_data(action, party, reason, evidence)
+    changes = rule.effect(current, at, data)
+    step = _record(current, rule.kind, at, actor_of(party, current), operator, data, changes, rule.target)
+    return fired.then(step)
+
+
+def _action_data(action: Action, party: Party, reason: str | None, evidence: str | None) -> dict:
+    data: dict = {}
+    if action is Action.CANCEL_REQUEST:
+        data["by"] = str(party)
+    if action is Action.DELIVER:
+        data["mode"] = "manual"
+        if evidence is not None:
+            data["evidence"] = evidence
+    if reason is not None and action in (Action.REJECT, Action.WITHDRAW, Action.CANCEL_REQUEST, Action.REVIEW_FAIL):
+        data["reason"] = reason
+    return data
+
+
+def allowed_in(action: Action) -> list[Status]:
+    return [status for (status, act_), _ in TRANSITIONS.items() if act_ is action]
+
+
+def _not_allowed(before: Order, current: Order, action: Action, fired: Outcome) -> str:
+    allowed = " or ".join(allowed_in(action))
+    if fired.events:
+        last = fired.events[-1]
+        return (
+            f"too late: order {before.id} became {current.status} at {iso(last.at)} when its deadline passed; "
+            f"{action} needs {allowed}"
+        )
+    return f"order {before.id} is {current.status}; {action} needs {allowed}"
+
+
+def reminders_due(order: Order) -> list[tuple[str, int, int, Reminder]]:
+    """Reminders not yet written that apply now: (key, remind_at, deadline, reminder)."""
+    due = []
+    for reminder in REMINDERS:
+        if order.status not in reminder.statuses:
+            continue
+        offset = reminder.offset(order)
+        if offset <= 0:
+            continue
+        deadline = reminder.deadline(order)
+        key = f"{reminder.name}@{deadline}"
+        if key not in order.reminders_sent:
+            due.append((key, deadline - offset, deadline, reminder))
+    return due
+
+
+def remind(order: Order, now: int) -> Outcome:
+    """Write each reminder whose time has come while its deadline is still ahead of `now`."""
+    notes = []
+    sent = set(order.reminders_sent)
+    for key, remind_at, deadline, reminder in reminders_due(order):
+        if remind_at <= now < deadline:
+            at = max(remind_at, order.last_event_at)
+            text = reminder.text.format(id=order.id, deadline=iso(deadline))
+            notes.append(Notification(order.id, actor_of(reminder.recipient, order), reminder.channel, Kind.REMINDER.value, at, text))
+            sent.add(key)
+    if not notes:
+        return Outcome(order)
+    return Outcome(replace(order, reminders_sent=frozenset(sent)), [], notes)
+
+
+def tick_order(order: Order, now: int, operator: str) -> Outcome:
+    """What `tick` does to one order: fire every due deadline, then write due reminders."""
+    fired = fire_due(order, now, operator)
+    return fired.then(remind(fired.order, now))
+
+
+def wake_at(order: Order) -> int | None:
+    """The next instant `tick` has something to do for this order: a deadline or a reminder."""
+    times = [remind_at for _, remind_at, _, _ in reminders_due(order)]
+    deadline = order.deadline
+    if deadline is not None:
+        times.append(deadline)
+    return min(times) if times else None
+
+
+# --------------------------------------------------------------------------- events back to actions
+
+ACTION_OF_KIND: dict[str, Action] = {
+    Kind.ACCEPTED: Action.ACCEPT,
+    Kind.REJECTED: Action.REJECT,
+    Kind.WITHDRAWN: Action.WITHDRAW,
+    Kind.CANCEL_REQUESTED: Action.CANCEL_REQUEST,
+    Kind.CANCEL_CONFIRMED: Action.CANCEL_CONFIRM,
+    Kind.CANCEL_DECLINED: Action.CANCEL_DECLINE,
+    Kind.WENT_LIVE: Action.GO_LIVE,
+    Kind.DELIVERED: Action.DELIVER,
+    Kind.REVIEW_PASSED: Action.REVIEW_PASS,
+    Kind.REVIEW_FAILED: Action.REVIEW_FAIL,
+}
