@@ -1,0 +1,520 @@
+"""The command line: parse, call the service, render, map errors to exit codes.
+
+Heavy libraries (SQLModel/SQLAlchemy, rich tables) are imported inside the commands that need
+them, so `coopctl --help` starts as fast as Typer itself. The clock is read once per command,
+here, and passed down as an instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
+
+import typer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from coopctl.config import Settings
+    from coopctl.lifecycle import Action, Party
+    from coopctl.service import Service
+
+app = typer.Typer(
+    name="coopctl",
+    help="Administer cooperation orders between merchants and creators (精选联盟 合作订单管理).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ----------------------------------------------------------------------------- shared options
+
+DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="COOPCTL_DB", help="Database file or SQLAlchemy URL [default: ./coopctl.db].", show_default=False)]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", envvar="COOPCTL_CONFIG", help="TOML configuration [default: ./coopctl.toml when present].", show_default=False)]
+OperatorOpt = Annotated[Optional[str], typer.Option("--operator", envvar="COOPCTL_OPERATOR", help="Who is typing; recorded on every event [default: login name].", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+AtOpt = Annotated[Optional[str], typer.Option("--at", help="When it happens (ISO 8601; no offset = configured timezone) [default: now].", show_default=False)]
+OrderArg = Annotated[int, typer.Argument(help="The order id.", min=1, max=2**62, show_default=False)]
+MerchantOpt = Annotated[Optional[str], typer.Option("--merchant", help="The merchant acting (must be the order's merchant).", show_default=False)]
+CreatorOpt = Annotated[Optional[str], typer.Option("--creator", help="The creator acting (must be the order's creator).", show_default=False)]
+ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why, recorded on the event.", show_default=False)]
+
+
+@dataclass(frozen=True)
+class Globals:
+    db: str | None
+    config: str | None
+    operator: str | None
+
+
+@app.callback()
+def root(ctx: typer.Context, db: DbOpt = None, config: ConfigOpt = None, operator: OperatorOpt = None) -> None:
+    """coopctl: the cooperation-order lifecycle from a terminal; cron runs `coopctl tick`."""
+    ctx.obj = Globals(db, config, operator)
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+def _fail(code: int, message: str) -> typer.Exit:
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+    return typer.Exit(code)
+
+
+def guarded(command: Callable) -> Callable:
+    """Map every typed error to its exit code and one line on stderr; never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from coopctl.errors import CoopError
+
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except CoopError as exc:
+            raise _fail(exc.exit_code, str(exc)) from None
+        except KeyboardInterrupt:
+            raise _fail(130, "interrupted; the current transaction was rolled back") from None
+        except BrokenPipeError:
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+        except Exception as exc:  # a bug: say so in one line, never a traceback
+            if _is_db_error(exc):
+                raise _fail(5, f"database problem: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            if isinstance(exc, (MemoryError, RecursionError)):
+                raise _fail(2, "the input is too large or too deeply nested to process") from None
+            raise _fail(1, f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); nothing was changed; please report it") from None
+
+    return wrapper
+
+
+def _is_db_error(exc: Exception) -> bool:
+    module = type(exc).__module__
+    return module.startswith("sqlalchemy") or module.startswith("sqlite3") or module.startswith("psycopg")
+
+
+def command(name: str | None = None, **kwargs):
+    def register(func: Callable) -> Callable:
+        return app.command(name, **kwargs)(guarded(func))
+
+    return register
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: "Settings"
+    service: "Service"
+    db_from_default: bool
+
+    @property
+    def tz(self):
+        return self.settings.tz
+
+
+def runtime(ctx: typer.Context, *, default_db: str | None = None, config_db: bool = True) -> Runtime:
+    """Settings, store and operator for this command (nothing is opened yet)."""
+    from pathlib import Path
+
+    from coopctl.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
+    from coopctl.lifecycle import check_text
+    from coopctl.service import Service
+    from coopctl.store import Store, locate
+
+    g: Globals = ctx.find_root().obj or Globals(None, None, None)
+    explicit = g.config is not None and g.config != ""
+    config_path = g.config if explicit else DEFAULT_CONFIG
+    settings = load_settings(config_path, explicit=explicit)
+    if g.db:
+        db, from_default = g.db, False
+    elif settings.db_url and config_db:
+        db, from_default = settings.db_url, False
+        if "://" not in db and not os.path.isabs(db):
+            db = str(Path(config_path).parent / db)
+    else:
+        db, from_default = default_db or DEFAULT_DB, True
+    operator = g.operator if g.operator is not None else _login_name()
+    if not operator or len(operator) > 256:
+        from coopctl.errors import InvalidInput
+
+        raise InvalidInput("--operator must be 1 to 256 characters")
+    check_text(operator, "--operator")
+    store = Store(locate(db), busy_timeout=settings.busy_timeout)
+    return Runtime(settings, Service(store, settings, operator), from_default)
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def instant(value: str | None, rt: Runtime, option: str = "--at") -> int:
+    """--at/--now (or the clock, read here once) as microseconds since the epoch."""
+    from coopctl.errors import InvalidInput
+    from coopctl.policy import InvalidValue, parse_instant, to_instant
+
+    if value is None:
+        from datetime import datetime, timezone
+
+        return to_instant(datetime.now(timezone.utc).replace(microsecond=0))  # whole seconds: readable records
+    try:
+        return parse_instant(value, rt.tz)
+    except InvalidValue as exc:
+        raise InvalidInput(f"{option}: {exc}") from None
+
+
+def emit_json(value) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
+def one_party(merchant: str | None, creator: str | None) -> tuple["Party", str]:
+    from coopctl.errors import InvalidInput
+    from coopctl.lifecycle import Party
+
+    if (merchant is None) == (creator is None):
+        raise InvalidInput("name exactly one party: --merchant M or --creator C")
+    return (Party.MERCHANT, merchant) if merchant is not None else (Party.CREATOR, creator)
+
+
+def _act(ctx: typer.Context, order: int, action: "Action", party: "Party", who: str | None, at: str | None, as_json: bool, **extra) -> None:
+    from coopctl import render
+    from coopctl.errors import InvalidInput
+    from coopctl.service import perform
+
+    if who is None:
+        raise InvalidInput(f"{action} needs --{party} ID (who is acting)")
+    rt = runtime(ctx)
+    outcome = perform(rt.service, order, action, party, who, instant(at, rt), **extra)
+    if as_json:
+        emit_json(outcome.order.to_json(rt.tz))
+    else:
+        render.action_done(outcome, rt.tz)
+
+
+# ----------------------------------------------------------------------------- orders
+
+
+@command()
+def create(
+    ctx: typer.Context,
+    merchant: Annotated[str, typer.Option("--merchant", help="The merchant proposing the order.", show_default=False)],
+    creator: Annotated[str, typer.Option("--creator", help="The creator invited.", show_default=False)],
+    product: Annotated[list[str], typer.Option("--product", help="A product id; repeat for several.", show_default=False)],
+    form: Annotated[str, typer.Option("--form", help="live or video.", show_default=False)],
+    commission: Annotated[str, typer.Option("--commission", help="Commission rate in percent (0 < rate <= 100, two decimals).", show_default=False)],
+    latest_start: Annotated[str, typer.Option("--latest-start", help="Latest time to go live or publish (ISO 8601).", show_default=False)],
+    ad_budget: Annotated[str, typer.Option("--ad-budget", help="Ad budget in yuan (>= 0, two decimals).")] = "0",
+    note: Annotated[Optional[str], typer.Option("--note", help="A note on the order.", show_default=False)] = None,
+    idempotency_key: Annotated[Optional[str], typer.Option("--idempotency-key", help="Repeat-safe key: the same key and terms return the same order.", show_default=False)] = None,
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A merchant proposes an order to a creator; it waits `pending` for the creator's answer.
+
+    Example: coopctl create --merchant 商家A --creator 达人小王 --product P1 --form live
+    --commission 12.5 --ad-budget 5000 --latest-start 2026-12-01T20:00
+    """
+    from coopctl import render
+    from coopctl.service import create_order
+
+    rt = runtime(ctx)
+    order, created = create_order(
+        rt.service, merchant=merchant, creator=creator, products=product, form=form, commission=commission,
+        ad_budget=ad_budget, latest_start_at=instant(latest_start, rt, "--latest-start"), note=note,
+        at=instant(at, rt), idempotency_key=idempotency_key,
+    )
+    if not created:
+        sys.stderr.write(f"order {order.id} already exists for idempotency key {idempotency_key!r}; nothing was changed\n")
+    if as_json:
+        emit_json(order.to_json(rt.tz))
+    else:
+        render.order_created(order, rt.tz, created)
+
+
+@command()
+def accept(ctx: typer.Context, order: OrderArg, creator: CreatorOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """The creator accepts a pending order; its terms come into force.
+
+    Example: coopctl accept 12 --creator 达人小王
+    """
+    from coopctl.lifecycle import Action, Party
+
+    _act(ctx, order, Action.ACCEPT, Party.CREATOR, creator, at, as_json)
+
+
+@command()
+def reject(ctx: typer.Context, order: OrderArg, creator: CreatorOpt = None, reason: ReasonOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """The creator declines a pending order.
+
+    Example: coopctl reject 12 --creator 达人小王 --reason "schedule full"
+    """
+    from coopctl.lifecycle import Action, Party
+
+    _act(ctx, order, Action.REJECT, Party.CREATOR, creator, at, as_json, reason=reason)
+
+
+@command()
+def withdraw(ctx: typer.Context, order: OrderArg, merchant: MerchantOpt = None, reason: ReasonOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """The merchant withdraws an order before the creator accepted it.
+
+    Example: coopctl withdraw 12 --merchant 商家A
+    """
+    from coopctl.lifecycle import Action, Party
+
+    _act(ctx, order, Action.WITHDRAW, Party.MERCHANT, merchant, at, as_json, reason=reason)
+
+
+@command("cancel-request")
+def cancel_request(ctx: typer.Context, order: OrderArg, merchant: MerchantOpt = None, creator: CreatorOpt = None, reason: ReasonOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """Either party asks to cancel an effective order; the other must answer in time.
+
+    Example: coopctl cancel-request 12 --merchant 商家A --reason "product recalled"
+    """
+    from coopctl.lifecycle import Action
+
+    party, who = one_party(merchant, creator)
+    _act(ctx, order, Action.CANCEL_REQUEST, party, who, at, as_json, reason=reason)
+
+
+@command("cancel-confirm")
+def cancel_confirm(ctx: typer.Context, order: OrderArg, merchant: MerchantOpt = None, creator: CreatorOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """The other party agrees to cancel: the order is cancelled by agreement.
+
+    Example: coopctl cancel-confirm 12 --creator 达人小王
+    """
+    from coopctl.lifecycle import Action
+
+    party, who = one_party(merchant, creator)
+    _act(ctx, order, Action.CANCEL_CONFIRM, party, who, at, as_json)
+
+
+@command("cancel-decline")
+def cancel_decline(ctx: typer.Context, order: OrderArg, merchant: MerchantOpt = None, creator: CreatorOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """The other party declines to cancel: the order is effective again.
+
+    Example: coopctl cancel-decline 12 --creator 达人小王
+    """
+    from coopctl.lifecycle import Action
+
+    party, who = one_party(merchant, creator)
+    _act(ctx, order, Action.CANCEL_DECLINE, party, who, at, as_json)
+
+
+@command("go-live")
+def go_live(ctx: typer.Context, order: OrderArg, creator: CreatorOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """The creator went live or published; delivery follows (automatically after a while).
+
+    Example: coopctl go-live 12 --creator 达人小王 --at 2026-12-01T19:30
+    """
+    from coopctl.lifecycle import Action, Party
+
+    _act(ctx, order, Action.GO_LIVE, Party.CREATOR, creator, at, as_json)
+
+
+@command()
+def deliver(ctx: typer.Context, order: OrderArg, creator: CreatorOpt = None, evidence: Annotated[Optional[str], typer.Option("--evidence", help="A link or a note proving the delivery.", show_default=False)] = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """The creator delivers (also a make-up after a failed review); the merchant reviews it.
+
+    Example: coopctl deliver 12 --creator 达人小王 --evidence https://v.douyin.com/abc
+    """
+    from coopctl.lifecycle import Action, Party
+
+    _act(ctx, order, Action.DELIVER, Party.CREATOR, creator, at, as_json, evidence=evidence)
+
+
+@command()
+def review(
+    ctx: typer.Context,
+    order: OrderArg,
+    merchant: MerchantOpt = None,
+    passed: Annotated[bool, typer.Option("--pass", help="Accept the delivery.")] = False,
+    failed: Annotated[bool, typer.Option("--fail", help="Reject the delivery (needs --reason).")] = False,
+    reason: ReasonOpt = None,
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The merchant reviews a delivery: --pass completes it, --fail asks for a make-up.
+
+    Example: coopctl review 12 --merchant 商家A --fail --reason "product not shown"
+    """
+    from coopctl.errors import InvalidInput
+    from coopctl.lifecycle import Action, Party
+
+    if passed == failed:
+        raise InvalidInput("review needs exactly one of --pass or --fail")
+    if failed and not (reason or "").strip():
+        raise InvalidInput("review --fail needs --reason TEXT")
+    if passed and reason is not None:
+        raise InvalidInput("--reason goes with --fail, not --pass")
+    action = Action.REVIEW_PASS if passed else Action.REVIEW_FAIL
+    _act(ctx, order, action, Party.MERCHANT, merchant, at, as_json, reason=reason)
+
+
+# ----------------------------------------------------------------------------- the clock
+
+
+@command()
+def tick(
+    ctx: typer.Context,
+    now: Annotated[Optional[str], typer.Option("--now", help="Apply everything due up to this instant [default: now].", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; write nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fire every deadline and reminder due by now; cron runs this every minute.
+
+    Example (crontab): * * * * * cd /srv/coop && coopctl tick --json >> tick.log
+    """
+    from coopctl import render
+    from coopctl.service import tick as run_tick
+
+    rt = runtime(ctx)
+    at = instant(now, rt, "--now")
+    with render.tick_progress() as (total_hint, progress):
+        report = run_tick(rt.service, at, dry_run=dry_run, progress=progress, total_hint=total_hint)
+    if as_json:
+        emit_json(render.tick_json(report, rt.tz))
+    else:
+        render.tick_summary(report, rt.tz, dry_run)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@command()
+def show(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
+    """Show an order's terms and the timeline of its events and deadlines.
+
+    Example: coopctl show 12
+    """
+    from coopctl import render
+    from coopctl.service import get_order
+
+    rt = runtime(ctx)
+    record, events = get_order(rt.service, order)
+    if as_json:
+        emit_json({**record.to_json(rt.tz), "events": [e.to_json(rt.tz) for e in events]})
+    else:
+        render.order_detail(record, events, rt.tz)
+
+
+@command()
+def history(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
+    """List an order's events with their hashes.
+
+    Example: coopctl history 12 --json
+    """
+    from coopctl import render
+    from coopctl.service import get_order
+
+    rt = runtime(ctx)
+    record, events = get_order(rt.service, order)
+    if as_json:
+        emit_json([e.to_json(rt.tz) for e in events])
+    else:
+        render.history_table(record, events, rt.tz)
+
+
+@command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[Optional[list[str]], typer.Option("--status", help="Only these statuses; repeat for several.", show_default=False)] = None,
+    merchant: Annotated[Optional[str], typer.Option("--merchant", help="Only this merchant's orders.", show_default=False)] = None,
+    creator: Annotated[Optional[str], typer.Option("--creator", help="Only this creator's orders.", show_default=False)] = None,
+    due_before: Annotated[Optional[str], typer.Option("--due-before", help="Only orders whose next deadline is before this instant, soonest first.", show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many orders.", min=1, show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List orders with their next deadline and what happens then.
+
+    Example: coopctl list --status pending --due-before 2026-12-01
+    """
+    from coopctl import render
+    from coopctl.errors import InvalidInput
+    from coopctl.lifecycle import Status
+    from coopctl.service import list_orders
+
+    known = {s.value for s in Status}
+    for s in status or []:
+        if s not in known:
+            raise InvalidInput(f"--status: unknown status {s!r} (known: {', '.join(sorted(known))})")
+    rt = runtime(ctx)
+    before = None if due_before is None else instant(due_before, rt, "--due-before")
+    orders = list_orders(rt.service, statuses=status, merchant=merchant, creator=creator, due_before=before, limit=limit)
+    if as_json:
+        emit_json([o.to_json(rt.tz) for o in orders])
+    else:
+        render.orders_table(orders, rt.tz)
+
+
+@command()
+def notifications(
+    ctx: typer.Context,
+    order: Annotated[Optional[int], typer.Option("--order", help="Only this order's notifications.", min=1, show_default=False)] = None,
+    pending: Annotated[bool, typer.Option("--pending", help="Only those not yet marked sent.")] = False,
+    mark_sent: Annotated[bool, typer.Option("--mark-sent", help="Mark the pending ones listed as sent (for the dispatcher).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The notification outbox (in-app messages and SMS), oldest first.
+
+    Example: coopctl notifications --pending --mark-sent --json   # hand them to the dispatcher
+    """
+    from coopctl import render
+    from coopctl.service import notifications as outbox
+
+    rt = runtime(ctx)
+    sent_at = instant(None, rt) if mark_sent else None
+    rows = outbox(rt.service, order_id=order, pending=pending or mark_sent, mark_sent_at=sent_at)
+    if as_json:
+        emit_json([render.notification_json(r, rt.tz) for r in rows])
+    else:
+        render.notifications_table(rows, rt.tz)
+
+
+# ----------------------------------------------------------------------------- databases
+
+
+@command()
+def init(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Create an empty coopctl database (nothing happens if it already is one).
+
+    Example: coopctl --db /srv/coop/coopctl.db init
+    """
+    rt = runtime(ctx)
+    created = rt.service.store.initialise()
+    where = rt.service.store.location.display
+    if as_json:
+        emit_json({"database": where, "created": created})
+    else:
+        print(f"{'created' if created else 'already a coopctl database:'} {where}")
+
+
+@command()
+def demo(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Build a demonstration database from sample_data/, run tick, and show the orders.
+
+    Example: coopctl demo     # writes ./coopctl-demo.db
+    """
+    from coopctl import render
+    from coopctl.demo import run_demo
+
+    rt = runtime(ctx, default_db="coopctl-demo.db", config_db=False)
+    orders = run_demo(rt.service, now=instant(None, rt))
+    if as_json:
+        emit_json([o.to_json(rt.tz) for o in orders])
+    else:
+        render.orders_table(orders, rt.tz, title=f"demo database {rt.service.store.location.display}")
+
+
+def main() -> None:
+    """The console-script entry point."""
+    app()

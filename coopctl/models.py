@@ -1,0 +1,100 @@
+"""The tables, declared once with SQLModel.
+
+Instants are BIGINT microseconds since the epoch (UTC); money and rates are decimal strings;
+lists and maps are canonical JSON text. Nothing here is SQLite-only, so PostgreSQL serves too.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Index, Text
+from sqlmodel import Field, SQLModel
+
+SCHEMA_VERSION = 1
+APPLICATION = "coopctl"
+
+
+class Meta(SQLModel, table=True):
+    """Key/value facts about the database: application, schema_version, made_by."""
+
+    __tablename__ = "coopctl_meta"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_type=Text)
+
+
+class OrderRow(SQLModel, table=True):
+    """One order: its terms, its policy, where it stands, and when `tick` next has work for it."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_wake_at", "wake_at"),
+        Index("ix_orders_deadline", "deadline"),
+        Index("ix_orders_merchant", "merchant"),
+        Index("ix_orders_creator", "creator"),
+        Index("ix_orders_status", "status"),
+        Index("ux_orders_idempotency_key", "idempotency_key", unique=True),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    merchant: str = Field(max_length=128)
+    creator: str = Field(max_length=128)
+    products: str = Field(sa_type=Text)  # JSON array
+    form: str = Field(max_length=8)
+    commission_pct: str = Field(max_length=32)
+    ad_budget: str = Field(max_length=32)
+    latest_start_at: int = Field(sa_type=BigInteger)
+    note: str | None = Field(default=None, sa_type=Text)
+    policy: str = Field(sa_type=Text)  # JSON object
+    reminders: str = Field(sa_type=Text)  # JSON object
+    created_at: int = Field(sa_type=BigInteger)
+    status: str = Field(max_length=32)
+    status_since: int = Field(sa_type=BigInteger)
+    cancel_requested_by: str | None = Field(default=None, max_length=16)
+    went_live_at: int | None = Field(default=None, sa_type=BigInteger)
+    delivered_at: int | None = Field(default=None, sa_type=BigInteger)
+    delivery_mode: str | None = Field(default=None, max_length=16)
+    failed_reviews: int = 0
+    liable_party: str | None = Field(default=None, max_length=16)
+    deadline: int | None = Field(default=None, sa_type=BigInteger)
+    wake_at: int | None = Field(default=None, sa_type=BigInteger)
+    last_seq: int = 0
+    last_hash: str = Field(max_length=64)
+    last_event_at: int = Field(sa_type=BigInteger)
+    reminders_sent: str = Field(default="[]", sa_type=Text)  # JSON array of reminder keys
+    idempotency_key: str | None = Field(default=None, max_length=256)
+
+
+class EventRow(SQLModel, table=True):
+    """The hash-chained history of each order; (order_id, seq) can never be written twice."""
+
+    __tablename__ = "events"
+    order_id: int = Field(primary_key=True, foreign_key="orders.id")
+    seq: int = Field(primary_key=True)
+    kind: str = Field(max_length=32)
+    at: int = Field(sa_type=BigInteger)
+    actor: str = Field(max_length=160)
+    operator: str = Field(max_length=256)
+    data: str = Field(sa_type=Text)  # canonical JSON
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class NotificationRow(SQLModel, table=True):
+    """The outbox: written with the event that causes it; `sent_at` is set when dispatched."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_order", "order_id"), Index("ix_notifications_sent", "sent_at", "id"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="orders.id")
+    recipient: str = Field(max_length=160)
+    channel: str = Field(max_length=16)
+    kind: str = Field(max_length=32)
+    at: int = Field(sa_type=BigInteger)
+    text: str = Field(sa_type=Text)
+    sent_at: int | None = Field(default=None, sa_type=BigInteger)
+
+
+ORDERS = OrderRow.__table__
+EVENTS = EventRow.__table__
+NOTIFICATIONS = NotificationRow.__table__
+META = Meta.__table__

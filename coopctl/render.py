@@ -1,0 +1,269 @@
+"""Rich tables, panels, timelines and progress bars; JSON shapes that are not an order's own.
+
+Data goes to stdout, messages to stderr. On a terminal rich draws colour; piped, the same
+tables come out as plain text (no escape codes), and NO_COLOR turns colour off everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from datetime import tzinfo
+
+from rich import box
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from coopctl.lifecycle import Event, Order, Outcome, Status
+from coopctl.policy import iso, to_datetime
+
+STATUS_STYLE = {
+    Status.PENDING: "yellow",
+    Status.EFFECTIVE: "cyan",
+    Status.CANCEL_REQUESTED: "magenta",
+    Status.LIVE: "bold cyan",
+    Status.DELIVERED: "blue",
+    Status.REVIEW_FAILED: "bold yellow",
+    Status.COMPLETED: "green",
+    Status.REJECTED: "dim",
+    Status.WITHDRAWN: "dim",
+    Status.EXPIRED: "dim",
+    Status.CANCELLED: "dim",
+    Status.CANCELLED_UNILATERALLY: "red",
+    Status.CLOSED_OVERDUE: "red",
+    Status.DISPUTED: "bold red",
+}
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    terminal = stream.isatty()
+    return Console(
+        file=stream,
+        width=None if terminal else 200,
+        no_color=bool(os.environ.get("NO_COLOR")) or None,
+        highlight=False,
+        soft_wrap=False,
+    )
+
+
+def when(instant: int | None, tz: tzinfo) -> str:
+    if instant is None:
+        return "—"
+    moment = to_datetime(instant, tz)
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}"
+    return text
+
+
+def _status(status: Status | str) -> Text:
+    return Text(str(status), style=STATUS_STYLE.get(Status(status), ""))
+
+
+def _tz_name(tz: tzinfo) -> str:
+    return str(getattr(tz, "key", tz))
+
+
+# --------------------------------------------------------------------------- orders
+
+
+def order_created(order: Order, tz: tzinfo, created: bool) -> None:
+    console = _console()
+    verb = "created" if created else "already exists"
+    console.print(f"order {order.id} {verb}: {order.status}, {order.at_deadline or ''} at {when(order.deadline, tz)}".rstrip())
+
+
+def action_done(outcome: Outcome, tz: tzinfo) -> None:
+    console = _console()
+    order = outcome.order
+    for e in outcome.events:
+        console.print(f"order {order.id}: {e.kind} at {when(e.at, tz)} by {e.actor}")
+    line = f"order {order.id} is now {order.status} (terms {order.terms_state})"
+    if order.deadline is not None:
+        line += f"; next deadline {when(order.deadline, tz)}: {order.at_deadline}"
+    if order.liable_party is not None:
+        line += f"; liable: {order.liable_party}"
+    console.print(line)
+
+
+def _terms_panel(order: Order, tz: tzinfo) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    t = order.terms
+    rows = [
+        ("merchant", t.merchant),
+        ("creator", t.creator),
+        ("products", ", ".join(t.products)),
+        ("form", t.form),
+        ("commission", f"{t.commission_pct}%"),
+        ("ad budget", f"¥{t.ad_budget}"),
+        ("latest start", when(t.latest_start_at, tz)),
+        ("note", t.note or "—"),
+        ("status", _status(order.status)),
+        ("terms", str(order.terms_state)),
+        ("liable party", str(order.liable_party) if order.liable_party else "—"),
+        ("deadline", f"{when(order.deadline, tz)}  → {order.at_deadline}" if order.deadline else "—"),
+        ("failed reviews", str(order.failed_reviews)),
+        ("policy", ", ".join(f"{k}={v}" for k, v in order.policy.to_json().items())),
+    ]
+    if order.cancel_requested_by is not None:
+        rows.insert(11, ("cancel requested by", str(order.cancel_requested_by)))
+    if order.delivered_at is not None:
+        rows.insert(11, ("delivered", f"{when(order.delivered_at, tz)} ({order.delivery_mode})"))
+    if order.went_live_at is not None:
+        rows.insert(11, ("went live", when(order.went_live_at, tz)))
+    for label, value in rows:
+        grid.add_row(label, value)
+    return Panel(grid, title=f"order {order.id}", subtitle=f"times in {_tz_name(tz)}", expand=False)
+
+
+def _details(e: Event) -> str:
+    data = e.data
+    if e.kind == "created":
+        return f"latest start {data.get('terms', {}).get('latest_start_at', '')}"
+    return ", ".join(f"{k}={v}" for k, v in data.items())
+
+
+def timeline_table(order: Order, events: list[Event], tz: tzinfo, states: list[Order] | None = None, title: str | None = None) -> Table:
+    table = Table(title=title or "timeline", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("seq", justify="right")
+    table.add_column("at")
+    table.add_column("event")
+    table.add_column("actor")
+    table.add_column("operator")
+    table.add_column("state after")
+    table.add_column("deadline then")
+    table.add_column("details", overflow="fold")
+    for index, e in enumerate(events):
+        after = states[index] if states is not None and index < len(states) else None
+        table.add_row(
+            str(e.seq), when(e.at, tz), e.kind, e.actor, e.operator,
+            _status(after.status) if after else "",
+            when(after.deadline, tz) if after and after.deadline else "—" if after else "",
+            _details(e),
+        )
+    if order.deadline is not None:
+        table.add_row("", when(order.deadline, tz), Text("next: " + (order.at_deadline or ""), style="italic"), "system", "", "", "", "")
+    return table
+
+
+def order_detail(order: Order, events: list[Event], tz: tzinfo) -> None:
+    from coopctl.history import Divergence, rebuild
+
+    try:
+        states = [step.order for step in rebuild(order.id, events)]
+    except Divergence:
+        states = None
+    console = _console()
+    console.print(Group(_terms_panel(order, tz), timeline_table(order, events, tz, states)))
+
+
+def history_table(order: Order, events: list[Event], tz: tzinfo) -> None:
+    table = Table(title=f"history of order {order.id}", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("seq", "at", "kind", "actor", "operator", "data", "hash"):
+        table.add_column(name, overflow="fold")
+    for e in events:
+        table.add_row(str(e.seq), when(e.at, tz), e.kind, e.actor, e.operator, _details(e), e.hash[:16])
+    _console().print(table)
+
+
+def orders_table(orders: list[Order], tz: tzinfo, title: str | None = None) -> None:
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for name, justify in (("id", "right"), ("merchant", "left"), ("creator", "left"), ("form", "left"),
+                          ("commission", "right"), ("status", "left"), ("terms", "left"), ("liable", "left"),
+                          ("next deadline", "left"), ("then", "left")):
+        table.add_column(name, justify=justify)
+    for o in orders:
+        table.add_row(
+            str(o.id), o.terms.merchant, o.terms.creator, o.terms.form, f"{o.terms.commission_pct}%",
+            _status(o.status), str(o.terms_state), str(o.liable_party or "—"),
+            when(o.deadline, tz), o.at_deadline or "—",
+        )
+    console = _console()
+    console.print(table)
+    console.print(f"{len(orders)} order{'s' if len(orders) != 1 else ''}; times in {_tz_name(tz)}")
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+def notification_json(row, tz: tzinfo) -> dict:
+    return {
+        "order": row.order_id,
+        "recipient": row.recipient,
+        "channel": row.channel,
+        "kind": row.kind,
+        "at": iso(row.at, tz),
+        "text": row.text,
+    }
+
+
+def notifications_table(rows, tz: tzinfo) -> None:
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("order", "at", "recipient", "channel", "kind", "sent", "text"):
+        table.add_column(name, overflow="fold")
+    for r in rows:
+        table.add_row(str(r.order_id), when(r.at, tz), r.recipient, r.channel, r.kind, when(r.sent_at, tz) if r.sent_at else "pending", r.text)
+    console = _console()
+    console.print(table)
+    console.print(f"{len(rows)} notification{'s' if len(rows) != 1 else ''}")
+
+
+# --------------------------------------------------------------------------- tick
+
+
+def tick_json(report, tz: tzinfo) -> dict:
+    return {
+        "now": iso(report.now, tz),
+        "applied": report.applied,
+        "by_kind": dict(sorted(report.by_kind.items())),
+        "reminders": report.reminders,
+    }
+
+
+def tick_summary(report, tz: tzinfo, dry_run: bool) -> None:
+    verb = "would apply" if dry_run else "applied"
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.by_kind.items()))
+    line = f"tick at {when(report.now, tz)}: {verb} {report.applied} transition{'s' if report.applied != 1 else ''}"
+    if kinds:
+        line += f" ({kinds})"
+    line += f", {report.reminders} reminder{'s' if report.reminders != 1 else ''}"
+    if dry_run:
+        line += "; nothing was written (dry run)"
+    _console().print(line)
+
+
+PROGRESS_THRESHOLD = 1000
+
+
+@contextmanager
+def tick_progress():
+    """A progress bar on stderr for long ticks on a terminal; nothing when piped."""
+    progress_bar = None
+    task = None
+    state = {"total": 0}
+
+    def total_hint(total: int) -> None:
+        nonlocal progress_bar, task
+        state["total"] = total
+        if total >= PROGRESS_THRESHOLD and sys.stderr.isatty():
+            from rich.progress import Progress
+
+            progress_bar = Progress(console=_console(stderr=True), transient=True)
+            progress_bar.start()
+            task = progress_bar.add_task("tick", total=total)
+
+    def advance(orders: int, applied: int) -> None:
+        if progress_bar is not None:
+            progress_bar.update(task, advance=orders)
+
+    try:
+        yield (total_hint if sys.stderr.isatty() else None), advance
+    finally:
+        if progress_bar is not None:
+            progress_bar.stop()

@@ -1,0 +1,183 @@
+"""Use cases: load -> decide (lifecycle) -> save, one transaction each.
+
+Usable from Python without the command line: every function takes a `Service` (store,
+settings, operator) and plain values, returns records, and raises the typed errors of
+`coopctl.errors`. The clock is never read here: instants are arguments.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from coopctl import lifecycle
+from coopctl.config import Settings
+from coopctl.errors import NotFound, Refused
+from coopctl.lifecycle import Action, Event, Kind, Order, Outcome, Party, make_terms
+from coopctl.store import Store
+
+TICK_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class Service:
+    store: Store
+    settings: Settings
+    operator: str
+
+
+@dataclass
+class TickReport:
+    now: int
+    applied: int = 0
+    by_kind: Counter = field(default_factory=Counter)
+    reminders: int = 0
+    orders: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self.applied += len(outcome.events)
+        self.by_kind.update(e.kind for e in outcome.events)
+        self.reminders += sum(1 for n in outcome.notifications if n.kind == Kind.REMINDER)
+        if outcome.events or outcome.notifications:
+            self.orders += 1
+
+
+def create_order(
+    svc: Service,
+    *,
+    merchant: str,
+    creator: str,
+    products: list[str],
+    form: str,
+    commission: str,
+    ad_budget: str,
+    latest_start_at: int,
+    note: str | None,
+    at: int,
+    idempotency_key: str | None = None,
+) -> tuple[Order, bool]:
+    """Create an order; returns (order, created). A repeated idempotency key returns the first order."""
+    terms = make_terms(
+        merchant=merchant, creator=creator, products=products, form=form, commission=commission,
+        ad_budget=ad_budget, latest_start_at=latest_start_at, note=note,
+    )
+    if idempotency_key is not None:
+        idempotency_key = lifecycle.check_id(idempotency_key, "idempotency key")
+    svc.store.initialise()
+    with svc.store.write() as tx:
+        if idempotency_key is not None:
+            existing = tx.find_by_key(idempotency_key)
+            if existing is not None:
+                if existing.terms != terms:
+                    raise Refused(
+                        f"idempotency key {idempotency_key!r} was already used for order {existing.id} "
+                        "with other terms; use a new key for a new order"
+                    )
+                return existing, False
+        order_id = tx.new_order_id()
+        outcome = lifecycle.create(
+            order_id, terms, svc.settings.policy, svc.settings.reminders, at, svc.operator, idempotency_key
+        )
+        tx.fill_new(outcome)
+    return outcome.order, True
+
+
+def perform(
+    svc: Service,
+    order_id: int,
+    action: Action,
+    party: Party,
+    party_id: str,
+    at: int,
+    *,
+    reason: str | None = None,
+    evidence: str | None = None,
+) -> Outcome:
+    """A party acts on an order: due deadlines fire first, then the action, all in one transaction."""
+    svc.store.require()
+    with svc.store.write() as tx:
+        order = tx.load(order_id, lock=True)
+        if order is None:
+            raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
+        outcome = lifecycle.act(order, action, party, party_id, at, svc.operator, reason=reason, evidence=evidence)
+        tx.save([order], [outcome])
+    return outcome
+
+
+def tick(
+    svc: Service,
+    now: int,
+    *,
+    dry_run: bool = False,
+    batch: int = TICK_BATCH,
+    progress: Callable[[int, int], None] | None = None,
+    total_hint: Callable[[int], None] | None = None,
+) -> TickReport:
+    """Fire every deadline and reminder due at `now`, in batches each committed on its own.
+
+    Only orders whose next wake-up (deadline or reminder) is at or before `now` are read, through
+    the index on `wake_at`. A killed tick loses at most its current batch; a rerun finishes the job.
+    """
+    svc.store.require()
+    report = TickReport(now)
+    if total_hint is not None:
+        with svc.store.read() as tx:
+            total_hint(tx.count_due(now))
+    after: tuple[int, int] | None = None
+    while True:
+        with svc.store.write() as tx:
+            orders = tx.due(now, limit=batch, after=after, skip_locked=True)
+            if not orders:
+                break
+            outcomes = [lifecycle.tick_order(order, now, svc.operator) for order in orders]
+            if not dry_run:
+                tx.save(orders, outcomes)
+        for outcome in outcomes:
+            report.add(outcome)
+        last = orders[-1]
+        after = (lifecycle.wake_at(last), last.id)  # the key it was selected by, before this tick
+        if progress is not None:
+            progress(len(orders), report.applied)
+        if len(orders) < batch:
+            break
+    return report
+
+
+def get_order(svc: Service, order_id: int) -> tuple[Order, list[Event]]:
+    svc.store.require()
+    with svc.store.read() as tx:
+        order = tx.load(order_id)
+        if order is None:
+            raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
+        return order, tx.events(order_id)
+
+
+def list_orders(
+    svc: Service,
+    *,
+    statuses: list[str] | None = None,
+    merchant: str | None = None,
+    creator: str | None = None,
+    due_before: int | None = None,
+    limit: int | None = None,
+) -> list[Order]:
+    svc.store.require()
+    with svc.store.read() as tx:
+        return tx.list_orders(statuses=statuses, merchant=merchant, creator=creator, due_before=due_before, limit=limit)
+
+
+def notifications(svc: Service, *, order_id: int | None = None, pending: bool = False, mark_sent_at: int | None = None):
+    """Outbox rows, oldest first; with `mark_sent_at`, the listed pending ones are marked sent atomically."""
+    svc.store.require()
+    if mark_sent_at is None:
+        with svc.store.read() as tx:
+            if order_id is not None and tx.load(order_id) is None:
+                raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
+            return tx.notification_rows(None if order_id is None else [order_id], pending=pending)
+    with svc.store.write() as tx:
+        if order_id is not None and tx.load(order_id) is None:
+            raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
+        rows = tx.notification_rows(None if order_id is None else [order_id], pending=True)
+        tx.mark_sent([r.id for r in rows], mark_sent_at)
+        return rows
