@@ -263,9 +263,12 @@ class Event:
         }
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value) -> str:
     """The one serialisation that hashes are computed over: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def event_hash(order_id: int, seq: int, kind: str, at: int, actor: str, operator: str, data: dict, prev_hash: str) -> str:
@@ -589,7 +592,7 @@ def actor_of(party: Party, order: Order) -> str:
 
 
 def _message(order: Order, kind: str, actor: str, data: dict) -> str:
-    deadline = order.deadline
+    deadline = order.deadline if order.status in TIMERS else None
     if kind == Kind.REVIEW_FAILED and order.status is Status.DISPUTED:
         template = "{merchant} rejected the delivery of cooperation order #{id} again; it is escalated to platform arbitration"
     else:
@@ -600,7 +603,7 @@ def _message(order: Order, kind: str, actor: str, data: dict) -> str:
         creator=order.terms.creator,
         actor=actor,
         reason=data.get("reason", ""),
-        deadline="-" if deadline is None else iso(deadline),
+        deadline="-" if deadline is None or "{deadline}" not in template else iso(deadline),
     )
 
 

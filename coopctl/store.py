@@ -16,10 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import bindparam, create_engine, event, func, insert, select, update
+from sqlalchemy import Integer, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from coopctl.errors import Busy, InvalidInput, StorageError
 from coopctl.lifecycle import Event, Notification, Order, Outcome, Party, Status, Terms, wake_at
@@ -107,7 +107,8 @@ class Store:
                 engine = create_engine(
                     self.location.url,
                     connect_args={"timeout": seconds, "isolation_level": None, "check_same_thread": False},
-                    poolclass=NullPool,
+                    # An in-memory database lives only as long as its connection: keep one for the Store.
+                    poolclass=StaticPool if self.location.path is None else NullPool,
                 )
                 event.listen(engine, "connect", _sqlite_connect)
                 event.listen(engine, "begin", _sqlite_begin)
@@ -230,59 +231,77 @@ def _reminders(text: str) -> ReminderOffsets:
     return ReminderOffsets.from_json(json.loads(text))
 
 
-def _dumps(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_dumps = _ENCODER.encode
+
+ORDER_COLUMNS = (
+    "id", "merchant", "creator", "products", "form", "commission_pct", "ad_budget", "latest_start_at", "note",
+    "policy", "reminders", "created_at", "status", "status_since", "cancel_requested_by", "went_live_at",
+    "delivered_at", "delivery_mode", "failed_reviews", "last_seq", "last_hash", "last_event_at",
+    "reminders_sent", "idempotency_key",
+)
+_STATUS = {s.value: s for s in Status}
+_PARTY = {None: None, "merchant": Party.MERCHANT, "creator": Party.CREATOR}
+_NO_REMINDERS: frozenset[str] = frozenset()
 
 
 def order_from_row(row) -> Order:
+    """An order from a row of ORDER_COLUMNS, in that order (a Row or a plain tuple)."""
+    (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
+     status, since, requested_by, went_live, delivered, mode, failed, seq, digest, last_at, sent, key) = row
     return Order(
-        id=row.id,
-        terms=Terms(
-            merchant=row.merchant,
-            creator=row.creator,
-            products=tuple(json.loads(row.products)),
-            form=row.form,
-            commission_pct=Decimal(row.commission_pct),
-            ad_budget=Decimal(row.ad_budget),
-            latest_start_at=row.latest_start_at,
-            note=row.note,
-        ),
-        policy=_policy(row.policy),
-        reminders=_reminders(row.reminders),
-        created_at=row.created_at,
-        status=Status(row.status),
-        status_since=row.status_since,
-        cancel_requested_by=None if row.cancel_requested_by is None else Party(row.cancel_requested_by),
-        went_live_at=row.went_live_at,
-        delivered_at=row.delivered_at,
-        delivery_mode=row.delivery_mode,
-        failed_reviews=row.failed_reviews,
-        last_seq=row.last_seq,
-        last_hash=row.last_hash,
-        last_event_at=row.last_event_at,
-        reminders_sent=frozenset(json.loads(row.reminders_sent)),
-        idempotency_key=row.idempotency_key,
+        oid,
+        Terms(merchant, creator, tuple(json.loads(products)), form, Decimal(commission), Decimal(budget), latest, note),
+        _policy(policy),
+        _reminders(reminders),
+        created,
+        _STATUS[status],
+        since,
+        _PARTY[requested_by],
+        went_live,
+        delivered,
+        mode,
+        failed,
+        seq,
+        digest,
+        last_at,
+        _NO_REMINDERS if sent == "[]" else frozenset(json.loads(sent)),
+        key,
+    )
+
+
+STATE_COLUMNS = (
+    "status", "status_since", "cancel_requested_by", "went_live_at", "delivered_at", "delivery_mode",
+    "failed_reviews", "liable_party", "deadline", "wake_at", "last_seq", "last_hash", "last_event_at",
+    "reminders_sent",
+)
+
+
+def _state_tuple(order: Order) -> tuple:
+    """The columns that change as an order moves, in STATE_COLUMNS order."""
+    requested_by = order.cancel_requested_by
+    liable = order.liable_party
+    sent = order.reminders_sent
+    return (
+        order.status.value,
+        order.status_since,
+        None if requested_by is None else requested_by.value,
+        order.went_live_at,
+        order.delivered_at,
+        order.delivery_mode,
+        order.failed_reviews,
+        None if liable is None else liable.value,
+        order.deadline,
+        wake_at(order),
+        order.last_seq,
+        order.last_hash,
+        order.last_event_at,
+        _dumps(sorted(sent)) if sent else "[]",
     )
 
 
 def _state_values(order: Order) -> dict:
-    """The columns that change as an order moves."""
-    return {
-        "status": str(order.status),
-        "status_since": order.status_since,
-        "cancel_requested_by": None if order.cancel_requested_by is None else str(order.cancel_requested_by),
-        "went_live_at": order.went_live_at,
-        "delivered_at": order.delivered_at,
-        "delivery_mode": order.delivery_mode,
-        "failed_reviews": order.failed_reviews,
-        "liable_party": None if order.liable_party is None else str(order.liable_party),
-        "deadline": order.deadline,
-        "wake_at": wake_at(order),
-        "last_seq": order.last_seq,
-        "last_hash": order.last_hash,
-        "last_event_at": order.last_event_at,
-        "reminders_sent": _dumps(sorted(order.reminders_sent)),
-    }
+    return dict(zip(STATE_COLUMNS, _state_tuple(order)))
 
 
 def order_values(order: Order) -> dict:
@@ -306,6 +325,61 @@ def order_values(order: Order) -> dict:
     }
 
 
+EVENT_COLUMNS = ("order_id", "seq", "kind", "at", "actor", "operator", "data", "prev_hash", "hash")
+NOTIFICATION_COLUMNS = ("order_id", "recipient", "channel", "kind", "at", "text")
+
+
+def _event_tuple(e: Event) -> tuple:
+    return (e.order_id, e.seq, e.kind, e.at, e.actor, e.operator, _dumps(e.data) if e.data else "{}", e.prev_hash, e.hash)
+
+
+def _notification_tuple(n: Notification) -> tuple:
+    return (n.order_id, n.recipient, n.channel, n.kind, n.at, n.text)
+
+
+class Bulk:
+    """A statement compiled once for the connection's dialect and run with executemany on
+    plain tuples: the SQL is still built from the SQLModel tables (portable), but the per-row
+    parameter processing of SQLAlchemy is skipped on the hot paths (tick, bulk loading)."""
+
+    _cache: dict = {}
+
+    def __init__(self, sql: str, names: tuple[str, ...] | None, defaults: dict):
+        self.sql = sql
+        self.names = names  # positional dialects: the order of the parameters
+        self.defaults = defaults  # values the compiler bound itself (e.g. OFFSET 0)
+
+    @classmethod
+    def of(cls, conn: Connection, key: str, build) -> "Bulk":
+        dialect = conn.dialect
+        cached = cls._cache.get((key, dialect.name, dialect.paramstyle))
+        if cached is None:
+            compiled = build().compile(dialect=dialect)
+            names = tuple(compiled.positiontup) if compiled.positional else None
+            cached = cls(str(compiled), names, {k: v for k, v in compiled.params.items() if v is not None})
+            cls._cache[(key, dialect.name, dialect.paramstyle)] = cached
+        return cached
+
+    def run(self, conn: Connection, columns: tuple[str, ...], rows: list[tuple]):
+        """Execute for rows given as tuples in `columns` order."""
+        if self.names is not None:
+            if self.names != columns:
+                index = [columns.index(n) for n in self.names]
+                rows = [tuple(r[i] for i in index) for r in rows]
+            return conn.exec_driver_sql(self.sql, rows)
+        return conn.exec_driver_sql(self.sql, [dict(zip(columns, r)) for r in rows])
+
+    def query(self, conn: Connection, params: dict):
+        params = {**self.defaults, **params}
+        if self.names is not None:
+            return conn.exec_driver_sql(self.sql, tuple(params[n] for n in self.names))
+        return conn.exec_driver_sql(self.sql, params)
+
+
+def _insert(table, columns: tuple[str, ...]):
+    return lambda: insert(table).values({c: bindparam(c) for c in columns})
+
+
 def event_values(e: Event) -> dict:
     return {
         "order_id": e.order_id, "seq": e.seq, "kind": e.kind, "at": e.at, "actor": e.actor,
@@ -322,15 +396,37 @@ def notification_values(n: Notification) -> dict:
 
 
 def _update_statement():
-    names = [
-        "status", "status_since", "cancel_requested_by", "went_live_at", "delivered_at", "delivery_mode",
-        "failed_reviews", "liable_party", "deadline", "wake_at", "last_seq", "last_hash", "last_event_at",
-        "reminders_sent",
-    ]
     return (
         update(ORDERS)
         .where(ORDERS.c.id == bindparam("b_id"), ORDERS.c.last_seq == bindparam("b_last_seq"))
-        .values({name: bindparam(name) for name in names})
+        .values({name: bindparam(name) for name in STATE_COLUMNS})
+    )
+
+
+_UPDATE_COLUMNS = STATE_COLUMNS + ("b_id", "b_last_seq")
+
+
+def _select_orders():
+    return select(*[ORDERS.c[name] for name in ORDER_COLUMNS])
+
+
+def _select_due():
+    return (
+        _select_orders()
+        .where(ORDERS.c.wake_at <= bindparam("now"))
+        .order_by(ORDERS.c.wake_at, ORDERS.c.id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+
+
+def _select_due_after():
+    wake, oid = bindparam("after_wake"), bindparam("after_id")
+    return (
+        _select_orders()
+        .where(ORDERS.c.wake_at <= bindparam("now"))
+        .where((ORDERS.c.wake_at > wake) | ((ORDERS.c.wake_at == wake) & (ORDERS.c.id > oid)))
+        .order_by(ORDERS.c.wake_at, ORDERS.c.id)
+        .limit(bindparam("limit", type_=Integer))
     )
 
 
@@ -370,14 +466,14 @@ class Tx:
     # ---------------------------------------------------------------- orders
 
     def load(self, order_id: int, *, lock: bool = False) -> Order | None:
-        query = select(ORDERS).where(ORDERS.c.id == order_id)
+        query = _select_orders().where(ORDERS.c.id == order_id)
         if lock and not self.is_sqlite:
             query = query.with_for_update()
         row = self.conn.execute(query).first()
         return None if row is None else order_from_row(row)
 
     def find_by_key(self, key: str) -> Order | None:
-        row = self.conn.execute(select(ORDERS).where(ORDERS.c.idempotency_key == key)).first()
+        row = self.conn.execute(_select_orders().where(ORDERS.c.idempotency_key == key)).first()
         return None if row is None else order_from_row(row)
 
     def new_order_id(self) -> int:
@@ -399,7 +495,14 @@ class Tx:
     def insert_orders(self, orders: list[Order]) -> None:
         """Bulk insert of whole orders with their ids (import, bulk loading)."""
         if orders:
-            self.conn.execute(insert(ORDERS), [order_values(o) for o in orders])
+            columns = tuple(order_values(orders[0]))
+            bulk = Bulk.of(self.conn, "insert_orders", _insert(ORDERS, columns))
+            bulk.run(self.conn, columns, [tuple(order_values(o).values()) for o in orders])
+
+    def insert_new(self, outcomes: list[Outcome]) -> None:
+        """Bulk path for whole new orders decided by the rules (bulk loading, benchmarks)."""
+        self.insert_orders([o.order for o in outcomes])
+        self._append_many(outcomes)
 
     def ids_present(self, ids: list[int]) -> set[int]:
         present: set[int] = set()
@@ -413,13 +516,8 @@ class Tx:
         changed = [(b, o) for b, o in zip(before, outcomes) if o.events or o.notifications]
         if not changed:
             return
-        params = []
-        for b, o in changed:
-            values = _state_values(o.order)
-            values["b_id"] = b.id
-            values["b_last_seq"] = b.last_seq
-            params.append(values)
-        result = self.conn.execute(_update_statement(), params)
+        params = [_state_tuple(o.order) + (b.id, b.last_seq) for b, o in changed]
+        result = Bulk.of(self.conn, "update_state", _update_statement).run(self.conn, _UPDATE_COLUMNS, params)
         if result.rowcount not in (-1, len(params)):
             raise Busy("another coopctl changed some of these orders at the same time; nothing was changed, try again")
         self._append_many([o for _, o in changed])
@@ -428,12 +526,13 @@ class Tx:
         self._append_many([outcome])
 
     def _append_many(self, outcomes: list[Outcome]) -> None:
-        events = [event_values(e) for o in outcomes for e in o.events]
-        notes = [notification_values(n) for o in outcomes for n in o.notifications]
+        events = [_event_tuple(e) for o in outcomes for e in o.events]
+        notes = [_notification_tuple(n) for o in outcomes for n in o.notifications]
         if events:
-            self.conn.execute(insert(EVENTS), events)
+            Bulk.of(self.conn, "insert_events", _insert(EVENTS, EVENT_COLUMNS)).run(self.conn, EVENT_COLUMNS, events)
         if notes:
-            self.conn.execute(insert(NOTIFICATIONS), notes)
+            bulk = Bulk.of(self.conn, "insert_notifications", _insert(NOTIFICATIONS, NOTIFICATION_COLUMNS))
+            bulk.run(self.conn, NOTIFICATION_COLUMNS, notes)
 
     def insert_history(self, events: list[Event], notifications: list[dict]) -> None:
         """Bulk insert of stored events and notification rows (import)."""
@@ -441,6 +540,14 @@ class Tx:
             self.conn.execute(insert(EVENTS), [event_values(e) for e in events])
         if notifications:
             self.conn.execute(insert(NOTIFICATIONS), notifications)
+
+    def follow_explicit_ids(self) -> None:
+        """After orders were inserted with their own ids (import): new ids must come after them.
+        SQLite takes max(id) + 1 by itself; a PostgreSQL sequence has to be moved on."""
+        if self.conn.dialect.name == "postgresql":
+            self.conn.exec_driver_sql(
+                "SELECT setval(pg_get_serial_sequence('orders', 'id'), (SELECT max(id) FROM orders))"
+            )
 
     # ---------------------------------------------------------------- reading
 
@@ -478,14 +585,16 @@ class Tx:
 
     def due(self, now: int, *, limit: int, after: tuple[int, int] | None = None, skip_locked: bool = False) -> list[Order]:
         """Orders whose next deadline or reminder is at or before `now`, by (wake_at, id)."""
-        query = select(ORDERS).where(ORDERS.c.wake_at <= now)
-        if after is not None:
-            wake, oid = after
-            query = query.where((ORDERS.c.wake_at > wake) | ((ORDERS.c.wake_at == wake) & (ORDERS.c.id > oid)))
-        query = query.order_by(ORDERS.c.wake_at, ORDERS.c.id).limit(limit)
+        params: dict = {"now": now, "limit": limit}
+        if after is None:
+            key, build = "due", _select_due
+        else:
+            key, build = "due_after", _select_due_after
+            params["after_wake"], params["after_id"] = after
         if skip_locked and not self.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        return [order_from_row(r) for r in self.conn.execute(query)]
+            key += "_skip_locked"
+            build = (lambda plain: lambda: plain().with_for_update(skip_locked=True))(build)
+        return [order_from_row(r) for r in Bulk.of(self.conn, key, build).query(self.conn, params)]
 
     def count_due(self, now: int) -> int:
         return self.conn.execute(select(func.count()).select_from(ORDERS).where(ORDERS.c.wake_at <= now)).scalar_one()
@@ -499,7 +608,7 @@ class Tx:
         due_before: int | None = None,
         limit: int | None = None,
     ) -> list[Order]:
-        query = select(ORDERS).where(ORDERS.c.status != "")
+        query = _select_orders().where(ORDERS.c.status != "")
         if statuses:
             query = query.where(ORDERS.c.status.in_(statuses))
         if merchant is not None:
