@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone, tzinfo
 
 SECOND = 1_000_000
@@ -102,10 +103,7 @@ class Policy:
     max_failed_reviews: int = 2
 
     def to_json(self) -> dict:
-        return {
-            f.name: getattr(self, f.name) if f.name == "max_failed_reviews" else format_duration(getattr(self, f.name))
-            for f in fields(self)
-        }
+        return dict(_policy_json(self))
 
     @classmethod
     def from_json(cls, data: dict) -> "Policy":
@@ -121,11 +119,24 @@ class ReminderOffsets:
     before_review_deadline: int = 48 * HOUR
 
     def to_json(self) -> dict:
-        return {f.name: format_duration(getattr(self, f.name)) for f in fields(self)}
+        return dict(_offsets_json(self))
 
     @classmethod
     def from_json(cls, data: dict) -> "ReminderOffsets":
         return cls(**_read_keys(cls, data, counts=set(), allow_zero=True))
+
+
+@lru_cache(maxsize=64)
+def _policy_json(policy: Policy) -> tuple:
+    return tuple(
+        (f.name, getattr(policy, f.name) if f.name == "max_failed_reviews" else format_duration(getattr(policy, f.name)))
+        for f in fields(policy)
+    )
+
+
+@lru_cache(maxsize=64)
+def _offsets_json(offsets: ReminderOffsets) -> tuple:
+    return tuple((f.name, format_duration(getattr(offsets, f.name))) for f in fields(offsets))
 
 
 def _read_keys(cls, data: dict, *, counts: set[str], allow_zero: bool) -> dict:
