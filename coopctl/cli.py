@@ -171,6 +171,15 @@ def instant(value: str | None, rt: Runtime, option: str = "--at") -> int:
         raise InvalidInput(f"{option}: {exc}") from None
 
 
+def clock() -> int:
+    """The wall clock, for records of when something ran (tick_runs), not for the rules."""
+    from datetime import datetime, timezone
+
+    from coopctl.policy import to_instant
+
+    return to_instant(datetime.now(timezone.utc))
+
+
 def emit_json(value) -> None:
     import json
 
@@ -380,7 +389,7 @@ def tick(
     rt = runtime(ctx)
     at = instant(now, rt, "--now")
     with render.tick_progress() as (total_hint, progress):
-        report = run_tick(rt.service, at, dry_run=dry_run, progress=progress, total_hint=total_hint)
+        report = run_tick(rt.service, at, dry_run=dry_run, progress=progress, total_hint=total_hint, clock=clock)
     if as_json:
         emit_json(render.tick_json(report, rt.tz))
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Index, Text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tick_runs (coopctl/migrations.py upgrades older databases in place)
 APPLICATION = "coopctl"
 
 
@@ -94,7 +94,23 @@ class NotificationRow(SQLModel, table=True):
     sent_at: int | None = Field(default=None, sa_type=BigInteger)
 
 
+class TickRun(SQLModel, table=True):
+    """One row per completed (non-dry) `tick`: when it ran, for which instant, what it did.
+    `doctor` reads the last one to tell whether cron is running."""
+
+    __tablename__ = "tick_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: int = Field(sa_type=BigInteger)  # the clock when the run started
+    finished_at: int = Field(sa_type=BigInteger)  # the clock when it committed its last batch
+    now: int = Field(sa_type=BigInteger)  # the instant it applied deadlines up to (--now)
+    applied: int = 0  # timed-out transitions written
+    reminders: int = 0
+    operator: str = Field(max_length=256)
+
+
 ORDERS = OrderRow.__table__
 EVENTS = EventRow.__table__
 NOTIFICATIONS = NotificationRow.__table__
 META = Meta.__table__
+TICK_RUNS = TickRun.__table__

@@ -113,12 +113,16 @@ def tick(
     batch: int = TICK_BATCH,
     progress: Callable[[int, int], None] | None = None,
     total_hint: Callable[[int], None] | None = None,
+    clock: Callable[[], int] | None = None,
 ) -> TickReport:
     """Fire every deadline and reminder due at `now`, in batches each committed on its own.
 
     Only orders whose next wake-up (deadline or reminder) is at or before `now` are read, through
     the index on `wake_at`. A killed tick loses at most its current batch; a rerun finishes the job.
+    A run that finishes records itself in `tick_runs` (started and finished by `clock`, which the
+    command line passes in; without one, both are `now`), so that `doctor` can tell when cron ran.
     """
+    started_at = now if clock is None else clock()
     svc.store.require()
     report = TickReport(now)
     if total_hint is not None:
@@ -141,6 +145,12 @@ def tick(
             progress(len(orders), report.applied)
         if len(orders) < batch:
             break
+    if not dry_run:
+        with svc.store.write() as tx:
+            tx.record_tick_run(
+                started_at=started_at, finished_at=now if clock is None else clock(), now=now,
+                applied=report.applied, reminders=report.reminders, operator=svc.operator,
+            )
     return report
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 
 from coopctl.errors import Busy, InvalidInput, StorageError
 from coopctl.lifecycle import Event, Notification, Order, Outcome, Party, Status, Terms, wake_at
-from coopctl.models import APPLICATION, EVENTS, META, NOTIFICATIONS, ORDERS, SCHEMA_VERSION, SQLModel
+from coopctl.models import APPLICATION, EVENTS, META, NOTIFICATIONS, ORDERS, SCHEMA_VERSION, TICK_RUNS, SQLModel
 from coopctl.policy import SECOND, Policy, ReminderOffsets
 
 _BUSY_WORDS = ("database is locked", "database table is locked", "lock timeout", "could not obtain lock", "deadlock")
@@ -140,7 +140,17 @@ class Store:
             if path.is_dir():
                 raise StorageError(f"{path} is a directory, not a database file")
         with self.read() as tx:
-            tx.check_schema()
+            version = tx.schema_version()
+        if version < SCHEMA_VERSION:
+            self.upgrade()
+
+    def upgrade(self) -> bool:
+        """Bring an older coopctl database to this schema version in place, in one write
+        transaction (coopctl/migrations.py); True when it was upgraded now."""
+        from coopctl import migrations
+
+        with self.write() as tx:
+            return bool(migrations.upgrade(tx.conn, tx.schema_version()))
 
     def initialise(self, *, made_by: str = "init") -> bool:
         """Create the schema if the database is new; True when it was created now."""
@@ -153,7 +163,9 @@ class Store:
         with self.write() as tx:
             state = tx.schema_state()
             if state == "coopctl":
-                tx.check_schema()
+                from coopctl import migrations
+
+                migrations.upgrade(tx.conn, tx.schema_version())
                 return False
             if state == "foreign":
                 raise StorageError(
@@ -455,13 +467,23 @@ class Tx:
         meta = self.meta()
         if meta.get("application") != APPLICATION:
             raise StorageError("this database is not a coopctl database")
-        version = int(meta.get("schema_version", "0"))
+        try:
+            version = int(meta.get("schema_version", ""))
+        except ValueError:
+            raise StorageError(
+                f"this coopctl database records no readable schema version ({meta.get('schema_version')!r}); "
+                "restore it from a backup"
+            ) from None
         if version > SCHEMA_VERSION:
             raise StorageError(
                 f"this database has schema version {version}, newer than this coopctl understands "
                 f"({SCHEMA_VERSION}); upgrade coopctl"
             )
         return meta
+
+    def schema_version(self) -> int:
+        """The schema version of this coopctl database (not newer than this coopctl's)."""
+        return int(self.check_schema()["schema_version"])
 
     # ---------------------------------------------------------------- orders
 
@@ -628,3 +650,18 @@ class Tx:
 
     def max_order_id(self) -> int:
         return self.conn.execute(select(func.max(ORDERS.c.id))).scalar() or 0
+
+    # ---------------------------------------------------------------- tick runs
+
+    def record_tick_run(self, *, started_at: int, finished_at: int, now: int, applied: int, reminders: int, operator: str) -> None:
+        """One row per completed tick (schema 2): `doctor` reads when cron last ran."""
+        self.conn.execute(
+            insert(TICK_RUNS).values(
+                started_at=started_at, finished_at=finished_at, now=now, applied=applied, reminders=reminders,
+                operator=operator,
+            )
+        )
+
+    def last_tick_run(self):
+        """The latest tick run row (id, started_at, finished_at, now, applied, reminders, operator), or None."""
+        return self.conn.execute(select(TICK_RUNS).order_by(TICK_RUNS.c.id.desc()).limit(1)).first()

@@ -1,0 +1,78 @@
+"""Schema upgrades: one step per version, from N to N + 1, run in place when a command opens
+an older database.
+
+`upgrade` runs every step from the database's version to `SCHEMA_VERSION` and records the new
+version, all on the caller's connection, inside the caller's ONE write transaction
+(`Store.upgrade`, or `Store.initialise`): a step that fails leaves the database exactly at its
+old version. A newer database is never touched (`Tx.check_schema` refuses it, exit 5).
+
+Each step carries its own frozen copy of the tables it creates, so that a later change to
+`coopctl/models.py` never changes what an old step does. The steps use portable SQLAlchemy DDL
+(SQLite and PostgreSQL both run DDL inside a transaction). A step that must rebuild a SQLite
+table (what `ALTER TABLE` cannot do) should use sqlite-utils' `Table.transform()` on the same
+connection, per SPEC section 3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, update
+from sqlalchemy.engine import Connection
+
+from coopctl.errors import StorageError
+from coopctl.models import META, SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class Step:
+    """Upgrades a database from `version` to `version + 1`."""
+
+    version: int
+    what: str
+    run: Callable[[Connection], None]
+
+
+# --------------------------------------------------------------------------- 1 -> 2
+
+_V2 = MetaData()
+_V2_TICK_RUNS = Table(  # frozen: tick_runs as version 2 defines it (models.TickRun)
+    "tick_runs",
+    _V2,
+    Column("id", Integer, primary_key=True),
+    Column("started_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger, nullable=False),
+    Column("now", BigInteger, nullable=False),
+    Column("applied", Integer, nullable=False),
+    Column("reminders", Integer, nullable=False),
+    Column("operator", String(256), nullable=False),
+)
+
+
+def _add_tick_runs(conn: Connection) -> None:
+    _V2_TICK_RUNS.create(conn)
+
+
+# --------------------------------------------------------------------------- the list
+
+STEPS: tuple[Step, ...] = (
+    Step(1, "add tick_runs: one row per tick run, so that `doctor` can tell when cron last ran", _add_tick_runs),
+)
+
+
+def upgrade(conn: Connection, version: int) -> list[Step]:
+    """Bring a database of schema `version` to `SCHEMA_VERSION` on `conn` (already in a write
+    transaction); the steps run, in order. Nothing is committed here."""
+    if version == SCHEMA_VERSION:
+        return []
+    steps = {step.version: step for step in STEPS}
+    path = [steps.get(v) for v in range(version, SCHEMA_VERSION)]
+    if version < 1 or version > SCHEMA_VERSION or None in path:
+        raise StorageError(
+            f"this database has schema version {version}, which this coopctl (schema {SCHEMA_VERSION}) cannot upgrade"
+        )
+    for step in path:
+        step.run(conn)
+    conn.execute(update(META).where(META.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+    return path

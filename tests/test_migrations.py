@@ -1,0 +1,205 @@
+"""Schema versions (coopctl/migrations.py): a version-1 database, built from the frozen DDL in
+tests/fixtures/schema_v1.sql, is upgraded in place by any command, inside one transaction;
+a newer one is refused (exit 5) naming both versions and is left untouched."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from coopctl import migrations
+from coopctl.errors import StorageError
+from coopctl.models import SCHEMA_VERSION
+from coopctl.policy import DAY, iso
+from coopctl.store import Store, locate
+from conftest import base_env, coopctl_executable, read_rows
+from dbtools import BASE, SCENARIOS, file_digest, scenario_outcome, verify_all
+
+V1_DDL = Path(__file__).parent / "fixtures" / "schema_v1.sql"
+
+
+def build_v1(path: Path, orders: int = 6) -> None:
+    """A version-1 database as coopctl 0.1 left it: the frozen DDL, WAL, and a few orders in
+    different statuses written through the storage layer (which has not changed for them)."""
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_DDL.read_text())
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    store = Store(locate(str(path)))
+    with store.write() as tx:  # write() itself never checks nor upgrades the schema
+        tx.insert_new([
+            scenario_outcome(i, BASE + i * 60_000_000, BASE + 5 * DAY, SCENARIOS[i % len(SCENARIOS)])
+            for i in range(1, orders + 1)
+        ])
+    store.dispose()
+
+
+def schema(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {name: " ".join(sql.split()) for name, sql in conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
+        )}
+    finally:
+        conn.close()
+
+
+def meta(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT key, value FROM coopctl_meta"))
+    finally:
+        conn.close()
+
+
+def test_the_frozen_v1_fixture_is_version_1(db_path):
+    build_v1(db_path)
+    assert meta(db_path)["schema_version"] == "1"
+    assert "tick_runs" not in schema(db_path)
+    assert SCHEMA_VERSION == 2, "a new schema version needs a step in coopctl/migrations.py and a test here"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--json"],
+        ["show", "1"],
+        ["history", "2", "--json"],
+        ["tick", "--now", iso(BASE + 40 * DAY), "--json"],
+        ["init"],
+        ["export", "1", "2"],
+        ["accept", "6", "--creator", "达人-6", "--at", iso(BASE + 3_600_000_000)],
+    ],
+    ids=lambda a: a[0],
+)
+def test_any_command_upgrades_a_version_1_database_in_place(run_coopctl, db_path, args):
+    build_v1(db_path)
+    before = read_rows(db_path)
+    result = run_coopctl(*args)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert meta(db_path)["schema_version"] == str(SCHEMA_VERSION)
+    after = read_rows(db_path)
+    assert "tick_runs" in after
+    if args[0] not in ("tick", "accept"):  # every row of version 1 is still there, unchanged
+        assert {k: v for k, v in after.items() if k != "coopctl_meta"} == {
+            **{k: v for k, v in before.items() if k != "coopctl_meta"}, "tick_runs": [],
+        }
+    verify_all(db_path)
+
+
+def test_an_upgraded_database_has_exactly_the_schema_of_a_new_one(run_coopctl, tmp_path, db_path):
+    build_v1(db_path)
+    assert run_coopctl("list").returncode == 0
+    fresh = tmp_path / "fresh.db"
+    assert run_coopctl("init", env={"COOPCTL_DB": str(fresh)}).returncode == 0
+    assert schema(db_path) == schema(fresh)
+
+
+def test_a_tick_on_an_upgraded_database_records_its_run(run_coopctl, db_path):
+    build_v1(db_path)
+    result = run_coopctl("tick", "--now", iso(BASE + 40 * DAY), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    conn = sqlite3.connect(db_path)
+    try:
+        runs = conn.execute("SELECT now, applied, reminders, operator, started_at <= finished_at FROM tick_runs").fetchall()
+    finally:
+        conn.close()
+    assert runs == [(BASE + 40 * DAY, report["applied"], report["reminders"], "ops-test", 1)]
+    assert report["applied"] > 0
+    verify_all(db_path)
+
+
+def test_the_upgrade_is_atomic_a_failing_step_leaves_version_1(db_path, monkeypatch):
+    build_v1(db_path)
+    before = read_rows(db_path)
+    ran: list[str] = []
+
+    def half_then_fail(conn):
+        migrations._add_tick_runs(conn)  # the first half of the step is done...
+        ran.append("created tick_runs")
+        raise StorageError("simulated failure in the middle of an upgrade step")
+
+    monkeypatch.setattr(migrations, "STEPS", (migrations.Step(1, "fails half way", half_then_fail),))
+    store = Store(locate(str(db_path)))
+    with pytest.raises(StorageError, match="simulated failure"):
+        store.require()
+    store.dispose()
+    assert ran == ["created tick_runs"]
+    assert meta(db_path)["schema_version"] == "1"
+    assert read_rows(db_path) == before  # ...and rolled back: no tick_runs, nothing else changed
+    monkeypatch.undo()
+    store = Store(locate(str(db_path)))
+    store.require()  # the real step then upgrades it
+    store.dispose()
+    assert meta(db_path)["schema_version"] == str(SCHEMA_VERSION)
+
+
+def test_a_failing_upgrade_is_one_line_and_exit_5_from_the_command_line(invoke, db_path, monkeypatch):
+    build_v1(db_path)
+    digest = file_digest(db_path)
+
+    def broken(conn):
+        conn.exec_driver_sql("CREATE TABLE tick_runs (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql("CREATE TABLE tick_runs (id INTEGER PRIMARY KEY)")  # fails: already exists
+
+    monkeypatch.setattr(migrations, "STEPS", (migrations.Step(1, "broken", broken),))
+    result = invoke("list")
+    assert result.exit_code == 5
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: database problem")
+    assert meta(db_path)["schema_version"] == "1"
+    assert file_digest(db_path) == digest
+
+
+def test_several_processes_opening_an_old_database_at_once_upgrade_it_once(tmp_path, db_path):
+    build_v1(db_path)
+    env = base_env(db_path)
+    procs = [
+        subprocess.Popen([coopctl_executable(), "list", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+        for _ in range(4)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read().decode()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    assert [code for code, _ in results] == [0, 0, 0, 0], results
+    assert meta(db_path)["schema_version"] == str(SCHEMA_VERSION)
+    verify_all(db_path)
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "1"], ["tick"], ["init"], ["doctor"]], ids=lambda a: a[0])
+def test_a_newer_schema_is_refused_with_exit_5_naming_both_versions_and_left_untouched(run_coopctl, db_path, command):
+    assert run_coopctl("init").returncode == 0
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE coopctl_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.commit()
+    conn.close()
+    digest = file_digest(db_path)
+    result = run_coopctl(*command)
+    assert result.returncode == 5
+    assert result.stderr == (
+        f"error: this database has schema version {SCHEMA_VERSION + 1}, newer than this coopctl understands "
+        f"({SCHEMA_VERSION}); upgrade coopctl\n"
+    )
+    assert file_digest(db_path) == digest
+
+
+def test_an_unreadable_schema_version_is_exit_5(run_coopctl, db_path):
+    assert run_coopctl("init").returncode == 0
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE coopctl_meta SET value = 'two' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    result = run_coopctl("list")
+    assert result.returncode == 5
+    assert result.stderr == "error: this coopctl database records no readable schema version ('two'); restore it from a backup\n"
+
+
+def test_upgrade_refuses_versions_it_has_no_steps_for(db_path):
+    with pytest.raises(StorageError, match="schema version 0, which this coopctl .* cannot upgrade"):
+        migrations.upgrade(None, 0)
