@@ -508,6 +508,40 @@ def init(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 @command()
+def doctor(
+    ctx: typer.Context,
+    now: Annotated[Optional[str], typer.Option("--now", help="Check for deadlines missed as of this instant [default: now].", show_default=False)] = None,
+    grace: Annotated[str, typer.Option("--grace", help="How long past a deadline counts as missed by cron.")] = "10m",
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a database: integrity, schema version, every order's hash chain, missed deadlines (cron).
+
+    Each finding says what to do. Exit 0 when healthy, 1 when something needs attention; only reads.
+
+    Example (crontab, hourly): 0 * * * * coopctl doctor > /dev/null || mail -s coopctl ops
+    """
+    from coopctl import render
+    from coopctl.doctor import Unhealthy, examine
+    from coopctl.errors import InvalidInput
+    from coopctl.policy import InvalidValue, parse_duration
+
+    try:
+        grace_us = parse_duration(grace, allow_zero=True)
+    except InvalidValue as exc:
+        raise InvalidInput(f"--grace: {exc}") from None
+    rt = runtime(ctx)
+    report = examine(rt.service.store, instant(now, rt, "--now"), rt.tz, grace=grace_us)
+    if as_json:
+        emit_json(report.to_json(rt.tz))
+    else:
+        render.doctor_report(report, rt.tz)
+    if not report.healthy:
+        first = report.problems[0]
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        raise Unhealthy(f"{first.message}{more}; {first.action}")
+
+
+@command()
 def demo(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Build a demonstration database from sample_data/, run tick, and show the orders.
 

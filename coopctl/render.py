@@ -267,3 +267,20 @@ def tick_progress():
     finally:
         if progress_bar is not None:
             progress_bar.stop()
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def doctor_report(report, tz: tzinfo) -> None:
+    table = Table(title=f"doctor: {report.database}", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("check", "", "finding", "what to do"):
+        table.add_column(name, overflow="fold")
+    for f in report.findings:
+        mark = Text("ok", style="green") if f.ok else Text("PROBLEM", style="bold red")
+        table.add_row(f.check, mark, f.message, f.action or "")
+    console = _console()
+    console.print(table)
+    problems = len(report.problems)
+    verdict = "healthy" if not problems else f"{problems} problem{'s' if problems != 1 else ''}"
+    console.print(f"{verdict}: {report.orders} orders checked at {when(report.now, tz)} ({_tz_name(tz)})")

@@ -131,8 +131,10 @@ class Store:
         path = self.location.path
         return path is None or path.exists()
 
-    def require(self) -> None:
-        """For commands that never create a database: it must exist and be a current coopctl one."""
+    def require(self, *, upgrade: bool = True) -> int:
+        """For commands that never create a database: it must exist and be a coopctl one, not newer
+        than this coopctl; an older one is upgraded in place (unless `upgrade` is False: `doctor`
+        only looks). Returns the schema version it has now."""
         path = self.location.path
         if path is not None:
             if not path.exists():
@@ -141,8 +143,10 @@ class Store:
                 raise StorageError(f"{path} is a directory, not a database file")
         with self.read() as tx:
             version = tx.schema_version()
-        if version < SCHEMA_VERSION:
+        if version < SCHEMA_VERSION and upgrade:
             self.upgrade()
+            version = SCHEMA_VERSION
+        return version
 
     def upgrade(self) -> bool:
         """Bring an older coopctl database to this schema version in place, in one write
@@ -665,3 +669,20 @@ class Tx:
     def last_tick_run(self):
         """The latest tick run row (id, started_at, finished_at, now, applied, reminders, operator), or None."""
         return self.conn.execute(select(TICK_RUNS).order_by(TICK_RUNS.c.id.desc()).limit(1)).first()
+
+    # ---------------------------------------------------------------- doctor
+
+    def order_heads(self, after_id: int, limit: int) -> list[tuple[int, int, str]]:
+        """(id, last_seq, last_hash) of the next `limit` orders after `after_id`, by id: `doctor`
+        walks every order's hash chain in chunks, never loading all orders at once."""
+        query = (
+            select(ORDERS.c.id, ORDERS.c.last_seq, ORDERS.c.last_hash)
+            .where(ORDERS.c.id > after_id, ORDERS.c.status != "")
+            .order_by(ORDERS.c.id)
+            .limit(limit)
+        )
+        return [tuple(r) for r in self.conn.execute(query)]
+
+    def oldest_due(self, now: int) -> int | None:
+        """The earliest wake-up (deadline or reminder) at or before `now`, or None."""
+        return self.conn.execute(select(func.min(ORDERS.c.wake_at)).where(ORDERS.c.wake_at <= now)).scalar()
