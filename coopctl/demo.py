@@ -56,6 +56,9 @@ def _fresh(svc: Service) -> None:
             with store.read() as tx:
                 state = tx.schema_state()
                 made_by = tx.meta().get("made_by") if state == "coopctl" else None
+            if state == "empty" and path is None:  # a new, empty server database (PostgreSQL)
+                store.initialise(made_by=MADE_BY)
+                return
             if made_by != MADE_BY:
                 raise StorageError(
                     f"{store.location.display} exists and was not created by `coopctl demo`; "

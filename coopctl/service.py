@@ -128,10 +128,16 @@ def tick(
     if total_hint is not None:
         with svc.store.read() as tx:
             total_hint(tx.count_due(now))
+    # Several ticks may run at once (PostgreSQL): each batch is claimed with row locks that skip
+    # the rows another tick holds (FOR UPDATE SKIP LOCKED), so no order is handled twice. A written
+    # order is no longer due, so each batch starts again from the top, and a tick stops only when
+    # no due order is left unclaimed: rows another tick held and released unhandled (it failed) are
+    # picked up too. A dry run writes nothing, and an order the rules leave as it is stays due:
+    # those move on past the key they were selected by instead, so the loop always ends.
     after: tuple[int, int] | None = None
     while True:
-        with svc.store.write() as tx:
-            orders = tx.due(now, limit=batch, after=after, skip_locked=True)
+        with (svc.store.read() if dry_run else svc.store.write()) as tx:
+            orders = tx.due(now, limit=batch, after=after, skip_locked=not dry_run)
             if not orders:
                 break
             outcomes = [lifecycle.tick_order(order, now, svc.operator) for order in orders]
@@ -139,11 +145,12 @@ def tick(
                 tx.save(orders, outcomes)
         for outcome in outcomes:
             report.add(outcome)
-        last = orders[-1]
-        after = (lifecycle.wake_at(last), last.id)  # the key it was selected by, before this tick
+        if dry_run or not all(o.events or o.notifications for o in outcomes):
+            last = orders[-1]
+            after = (lifecycle.wake_at(last), last.id)  # the key it was selected by, before this tick
         if progress is not None:
             progress(len(orders), report.applied)
-        if len(orders) < batch:
+        if dry_run and len(orders) < batch:
             break
     if not dry_run:
         with svc.store.write() as tx:

@@ -26,6 +26,7 @@ from coopctl.lifecycle import Event, Notification, Order, Outcome, Party, Status
 from coopctl.models import APPLICATION, EVENTS, META, NOTIFICATIONS, ORDERS, SCHEMA_VERSION, TICK_RUNS, SQLModel
 from coopctl.policy import SECOND, Policy, ReminderOffsets
 
+_SCHEMA_LOCK = 0x636F6F70  # "coop": the PostgreSQL advisory lock key taken while the schema is created or upgraded
 _BUSY_WORDS = ("database is locked", "database table is locked", "lock timeout", "could not obtain lock", "deadlock")
 
 
@@ -79,9 +80,30 @@ def translate(exc: DBAPIError, where: str) -> Exception:
     detail = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
     if "not a database" in detail or "file is encrypted" in detail:
         return StorageError(f"{where} is not a SQLite database ({detail}); point --db at a coopctl database")
-    if "no such table" in detail or "does not exist" in detail and "relation" in detail:
+    if "no such table" in detail:
         return StorageError(f"{where} is not a coopctl database (no coopctl tables); run `coopctl init` on a new file")
+    if "does not exist" in detail and "relation" in detail:
+        return StorageError(f"{where} is not a coopctl database (no coopctl tables); run `coopctl init` to create them")
+    server = _server_problem(detail, where)
+    if server is not None:
+        return server
     return StorageError(f"database problem at {where}: {detail}")
+
+
+def _server_problem(detail: str, where: str) -> StorageError | None:
+    """PostgreSQL connection failures, said in one line without the driver's preamble (and never
+    with a password: `where` hides it and the server does not echo it)."""
+    lowered = detail.lower()
+    reason = detail.split("FATAL:", 1)[-1].strip() if "FATAL:" in detail else detail
+    if "database" in lowered and "does not exist" in lowered:
+        return StorageError(
+            f"{where}: {reason}; create it on the server (createdb), then run `coopctl init`"
+        )
+    if "connection refused" in lowered or "could not translate host name" in lowered or "failed to resolve host" in lowered or "timeout expired" in lowered:
+        return StorageError(f"cannot reach the PostgreSQL server of {where} ({reason.split(': ')[-1]}); is it running?")
+    if "authentication failed" in lowered or "no pg_hba.conf entry" in lowered or "role" in lowered and "does not exist" in lowered:
+        return StorageError(f"the PostgreSQL server of {where} refused the login: {reason}")
+    return None
 
 
 class Store:
@@ -154,6 +176,7 @@ class Store:
         from coopctl import migrations
 
         with self.write() as tx:
+            tx.lock_schema()
             return bool(migrations.upgrade(tx.conn, tx.schema_version()))
 
     def initialise(self, *, made_by: str = "init") -> bool:
@@ -165,6 +188,7 @@ class Store:
             if not path.parent.exists():
                 raise StorageError(f"cannot create {path}: the folder {path.parent} does not exist")
         with self.write() as tx:
+            tx.lock_schema()
             state = tx.schema_state()
             if state == "coopctl":
                 from coopctl import migrations
@@ -454,6 +478,13 @@ class Tx:
         self.is_sqlite = is_sqlite
 
     # ---------------------------------------------------------------- schema
+
+    def lock_schema(self) -> None:
+        """Creating or upgrading the schema, one process at a time: on PostgreSQL a transaction-level
+        advisory lock (two first `create`s on a new database would otherwise both create tables);
+        SQLite's BEGIN IMMEDIATE already serialises every writer."""
+        if self.conn.dialect.name == "postgresql":
+            self.conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
 
     def schema_state(self) -> str:
         """'empty', 'coopctl' or 'foreign'."""
