@@ -64,6 +64,11 @@ def create_order(
     )
     if idempotency_key is not None:
         idempotency_key = lifecycle.check_id(idempotency_key, "idempotency key")
+    if idempotency_key is None or not svc.store.exists():
+        # No earlier order can be returned: decide before touching storage (the rules are pure), so
+        # that an invalid order leaves no new database behind. The id is known only inside the
+        # transaction, where the rules run again.
+        lifecycle.create(0, terms, svc.settings.policy, svc.settings.reminders, at, svc.operator, idempotency_key)
     svc.store.initialise()
     with svc.store.write() as tx:
         if idempotency_key is not None:

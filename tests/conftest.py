@@ -1,0 +1,112 @@
+"""Shared fixtures: a temporary database, the installed `coopctl` entry point, and CliRunner.
+
+Both runners start from the same environment: the database is `db_path` (through COOPCTL_DB),
+the operator is `OPERATOR`, colours are off (NO_COLOR), no COOPCTL_CONFIG leaks in from the
+caller, and the working directory is the test's `tmp_path` (so `./coopctl.toml` and
+`./coopctl-demo.db` land there). `env={"NAME": None}` unsets a variable for one call.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+OPERATOR = "ops-test"
+
+
+def coopctl_executable() -> str:
+    """The installed console script: next to this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "coopctl"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("coopctl")
+    if found is None:  # pragma: no cover
+        pytest.fail("the `coopctl` entry point is not installed (pip install -e .)")
+    return found
+
+
+def base_env(db: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COOPCTL_")}
+    env.update({"COOPCTL_DB": str(db), "COOPCTL_OPERATOR": OPERATOR, "NO_COLOR": "1"})
+    return env
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Where the test's database lives; not created until a command creates it."""
+    return tmp_path / "coopctl.db"
+
+
+@pytest.fixture
+def run_coopctl(tmp_path: Path, db_path: Path):
+    """Run the installed entry point as a subprocess: run_coopctl("list", "--json") -> CompletedProcess."""
+    executable = coopctl_executable()
+
+    def run(*args: str, env: dict[str, str | None] | None = None, input: str | None = None, timeout: float = 60):
+        full = base_env(db_path)
+        for key, value in (env or {}).items():
+            if value is None:
+                full.pop(key, None)
+            else:
+                full[key] = value
+        return subprocess.run(
+            [executable, *map(str, args)], capture_output=True, text=True, encoding="utf-8",
+            env=full, cwd=tmp_path, input=input, timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture
+def invoke(tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run `coopctl.cli.app` in-process with CliRunner: invoke("list", "--json") -> Result.
+
+    `result.stdout` and `result.stderr` are separate. An exception that escapes the command
+    (a traceback for a user) is re-raised here so that the test fails with it.
+    """
+    import typer.testing
+
+    from coopctl.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    # CliRunner rebuilds the click command from the Typer app on every call (about half the cost
+    # of a call): build it once per test instead.
+    built = {}
+    build = getattr(typer.testing, "_get_command", None)
+    if build is not None:
+        monkeypatch.setattr(typer.testing, "_get_command", lambda a: built.get(id(a)) or built.setdefault(id(a), build(a)))
+    runner = CliRunner()
+
+    def run(*args: str, env: dict[str, str | None] | None = None, input: str | None = None):
+        full: dict[str, str | None] = {k: None for k in os.environ if k.startswith("COOPCTL_")}
+        full.update({"COOPCTL_DB": str(db_path), "COOPCTL_OPERATOR": OPERATOR, "NO_COLOR": "1"})
+        full.update(env or {})
+        result = runner.invoke(app, [str(a) for a in args], env=full, input=input)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return run
+
+
+def read_rows(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every table of a SQLite file, in a stable order (to compare before/after)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {name: sorted(conn.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr) for name in names}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db_rows(db_path: Path):
+    """db_rows() -> {table: rows} of the test's database (or of another path given)."""
+    return lambda path=None: read_rows(path or db_path)
