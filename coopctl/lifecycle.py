@@ -622,8 +622,9 @@ def _message(order: Order, kind: str, actor: str, data: dict) -> str:
 def _record(order: Order, kind: Kind, at: int, actor: str, operator: str, data: dict, changes: dict, target: Status) -> Outcome:
     """Write one event: the order moves to `target` (or `changes['status']`) and notifies."""
     seq = order.last_seq + 1
-    digest = event_hash(order.id, seq, str(kind), at, actor, operator, data, order.last_hash)
-    event = Event(order.id, seq, str(kind), at, actor, operator, data, order.last_hash, digest)
+    kind_text = kind.value
+    digest = event_hash(order.id, seq, kind_text, at, actor, operator, data, order.last_hash)
+    event = Event(order.id, seq, kind_text, at, actor, operator, data, order.last_hash, digest)
     status = changes.pop("status", target)
     changes["status"] = status
     changes["status_since"] = at if status is not order.status else order.status_since
@@ -637,7 +638,7 @@ def _record(order: Order, kind: Kind, at: int, actor: str, operator: str, data: 
     else:
         party = Party(actor.split(":", 1)[0])
         recipients = [actor_of(party.other, after)]
-    notes = [Notification(order.id, who, "inbox", str(kind), at, text) for who in recipients]
+    notes = [Notification(order.id, who, "inbox", kind_text, at, text) for who in recipients]
     return Outcome(after, [event], notes)
 
 
@@ -670,17 +671,21 @@ def create(
 
 def fire_due(order: Order, now: int, operator: str) -> Outcome:
     """Fire every deadline at or before `now`, each at its own deadline, cascading."""
-    outcome = Outcome(order)
-    while (timer := TIMERS.get(outcome.order.status)) is not None:
-        due = timer.due(outcome.order)
+    current = order
+    events: list[Event] = []
+    notes: list[Notification] = []
+    while (timer := TIMERS.get(current.status)) is not None:
+        due = timer.due(current)
         if due > now:
             break
-        current = outcome.order
         changes: dict = {}
         if timer.kind is Kind.DELIVERED:
             changes = _delivered(current, due, {"mode": "auto"})
-        outcome = outcome.then(_record(current, timer.kind, due, SYSTEM, operator, timer.data(current), changes, timer.target))
-    return outcome
+        step = _record(current, timer.kind, due, SYSTEM, operator, timer.data(current), changes, timer.target)
+        current = step.order
+        events += step.events
+        notes += step.notifications
+    return Outcome(current, events, notes)
 
 
 def act(
@@ -782,7 +787,10 @@ def remind(order: Order, now: int) -> Outcome:
 def tick_order(order: Order, now: int, operator: str) -> Outcome:
     """What `tick` does to one order: fire every due deadline, then write due reminders."""
     fired = fire_due(order, now, operator)
-    return fired.then(remind(fired.order, now))
+    reminded = remind(fired.order, now)
+    if not reminded.notifications:
+        return fired
+    return Outcome(reminded.order, fired.events, fired.notifications + reminded.notifications)
 
 
 def wake_at(order: Order) -> int | None:

@@ -17,7 +17,7 @@ from coopctl.errors import NotFound, Refused
 from coopctl.lifecycle import Action, Event, Kind, Order, Outcome, Party, make_terms
 from coopctl.store import Store
 
-TICK_BATCH = 2000
+TICK_BATCH = 5000  # orders per committed batch: ~25 MB of work in memory at most
 
 
 @dataclass(frozen=True)

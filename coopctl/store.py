@@ -9,6 +9,7 @@ the few SQLite-specific statements (PRAGMAs) live here and nowhere else.
 from __future__ import annotations
 
 import json
+import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,7 +20,7 @@ from typing import Iterator
 from sqlalchemy import Integer, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 
 from coopctl.errors import Busy, InvalidInput, StorageError
 from coopctl.lifecycle import Event, Notification, Order, Outcome, Party, Status, Terms, wake_at
@@ -130,7 +131,9 @@ class Store:
                     self.location.url,
                     connect_args={"timeout": seconds, "isolation_level": None, "check_same_thread": False},
                     # An in-memory database lives only as long as its connection: keep one for the Store.
-                    poolclass=StaticPool if self.location.path is None else NullPool,
+                    # One connection serves the whole command (a file database keeps it in the pool, so the
+                    # WAL is not checkpointed by a close after every batch); memory lives only in it.
+                    poolclass=StaticPool if self.location.path is None else QueuePool,
                 )
                 event.listen(engine, "connect", _sqlite_connect)
                 event.listen(engine, "begin", _sqlite_begin)
@@ -187,6 +190,8 @@ class Store:
                 raise StorageError(f"{path} is a directory, not a database file")
             if not path.parent.exists():
                 raise StorageError(f"cannot create {path}: the folder {path.parent} does not exist")
+        if path is not None and (not path.exists() or path.stat().st_size == 0):
+            self._ensure_wal()  # a new file is born in WAL mode, before any table exists
         with self.write() as tx:
             tx.lock_schema()
             state = tx.schema_state()
@@ -194,27 +199,42 @@ class Store:
                 from coopctl import migrations
 
                 migrations.upgrade(tx.conn, tx.schema_version())
-                return False
-            if state == "foreign":
+                created = False
+            elif state == "foreign":
                 raise StorageError(
                     f"{self.location.display} already holds tables that are not coopctl's; refusing to touch it"
                 )
-            SQLModel.metadata.create_all(tx.conn)
-            tx.conn.execute(
-                insert(META),
-                [
-                    {"key": "application", "value": APPLICATION},
-                    {"key": "schema_version", "value": str(SCHEMA_VERSION)},
-                    {"key": "made_by", "value": made_by},
-                ],
-            )
-        if self.location.is_sqlite:
-            raw = self.engine.raw_connection()  # WAL is a property of the file: set once, outside a transaction
+            else:
+                SQLModel.metadata.create_all(tx.conn)
+                tx.conn.execute(
+                    insert(META),
+                    [
+                        {"key": "application", "value": APPLICATION},
+                        {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                        {"key": "made_by", "value": made_by},
+                    ],
+                )
+                created = True
+        self._ensure_wal()  # also mends a coopctl database left in another journal mode
+        return created
+
+    def _ensure_wal(self) -> None:
+        """WAL is a property of the file, set outside a transaction (waiting out locks like any
+        statement); only on a new file or a coopctl database, never on someone else's."""
+        if not self.location.is_sqlite:
+            return
+        try:
+            raw = self.engine.raw_connection()
             try:
-                raw.cursor().execute("PRAGMA journal_mode=WAL")
+                cursor = raw.cursor()
+                if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() not in ("wal", "memory"):
+                    cursor.execute("PRAGMA journal_mode=WAL")
             finally:
                 raw.close()
-        return True
+        except DBAPIError as exc:
+            raise translate(exc, self.location.display) from None
+        except sqlite3.Error as exc:
+            raise translate(OperationalError("PRAGMA journal_mode=WAL", None, exc), self.location.display) from None
 
     # ---------------------------------------------------------------- transactions
 
