@@ -52,6 +52,8 @@ def verify_chain(order_id: int, events: list[Event]) -> None:
     previous = GENESIS_HASH
     for position, e in enumerate(events, start=1):
         if e.seq != position:
+            if e.seq > position and any(later.seq == position for later in events[position:]):
+                raise Divergence(position, f"events reordered: seq {position} comes after seq {e.seq}")
             if e.seq > position:
                 raise Divergence(position, f"event removed: seq {position} is missing (found seq {e.seq} next)")
             raise Divergence(e.seq, f"event inserted or reordered: seq {e.seq} appears at position {position}")

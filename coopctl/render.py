@@ -129,7 +129,7 @@ def _details(e: Event) -> str:
     return ", ".join(f"{k}={v}" for k, v in data.items())
 
 
-def timeline_table(order: Order, events: list[Event], tz: tzinfo, states: list[Order] | None = None, title: str | None = None) -> Table:
+def timeline_table(order: Order | None, events: list[Event], tz: tzinfo, states: list[Order] | None = None, title: str | None = None) -> Table:
     table = Table(title=title or "timeline", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("seq", justify="right")
     table.add_column("at")
@@ -147,7 +147,7 @@ def timeline_table(order: Order, events: list[Event], tz: tzinfo, states: list[O
             when(after.deadline, tz) if after and after.deadline else "—" if after else "",
             _details(e),
         )
-    if order.deadline is not None:
+    if order is not None and order.deadline is not None:
         table.add_row("", when(order.deadline, tz), Text("next: " + (order.at_deadline or ""), style="italic"), "system", "", "", "", "")
     return table
 
@@ -267,6 +267,143 @@ def tick_progress():
     finally:
         if progress_bar is not None:
             progress_bar.stop()
+
+
+# --------------------------------------------------------------------------- export, replay, import
+
+
+def export_done(path: str, document: dict) -> None:
+    orders = document["orders"]
+    events = sum(len(o["events"]) for o in orders)
+    notes = sum(len(o["notifications"]) for o in orders)
+    _console().print(
+        f"exported {len(orders)} order{'s' if len(orders) != 1 else ''} ({events} events, {notes} notifications) to {path}"
+    )
+
+
+def _verdict_line(verdict, tz: tzinfo) -> Text:
+    end = verdict.rebuilt
+    if verdict.ok:
+        line = Text(f"order {verdict.order_id}: ", style="bold")
+        line.append("reproduced", style="bold green")
+        line.append(f" — {len(verdict.exported.events)} events, ends ")
+        line.append_text(_status(end.status))
+        line.append(f" (terms {end.terms_state}), liable party: {end.liable_party or 'none'}")
+        if end.deadline is not None:
+            line.append(f"; next deadline {when(end.deadline, tz)}: {end.at_deadline}")
+        return line
+    line = Text(f"order {verdict.order_id}: ", style="bold")
+    line.append(f"DIVERGES at event seq {verdict.divergence.seq}", style="bold red")
+    line.append(f": {verdict.divergence.why}")
+    return line
+
+
+def replay_report(verdicts: list, tz: tzinfo, source: str) -> None:
+    """Per order: the timeline rebuilt by the rules (state and deadline after each event), then the verdict."""
+    console = _console()
+    for verdict in verdicts:
+        steps = verdict.steps
+        states = [step.order for step in steps]
+        title = f"order {verdict.order_id} as replayed from {source}"
+        if not verdict.ok and len(states) < len(verdict.exported.events):
+            title += f" (not reproduced from seq {len(states) + 1})"
+        first = states[0] if states else None
+        parts = []
+        if first is not None:
+            t = first.terms
+            parts.append(Text(
+                f"order {verdict.order_id}: {t.merchant} → {t.creator}, {', '.join(t.products)} ({t.form}), "
+                f"commission {t.commission_pct}%, ad budget ¥{t.ad_budget}, latest start {when(t.latest_start_at, tz)}",
+                style="bold",
+            ))
+            parts.append(Text(f"policy: {', '.join(f'{k}={v}' for k, v in first.policy.to_json().items())}"))
+        parts.append(timeline_table(verdict.rebuilt if verdict.ok else None, verdict.exported.events, tz, states, title=title))
+        parts.append(_verdict_line(verdict, tz))
+        console.print(Group(*parts))
+        console.print()
+    good = sum(1 for v in verdicts if v.ok)
+    console.print(f"{good} of {len(verdicts)} order{'s' if len(verdicts) != 1 else ''} reproduced; times in {_tz_name(tz)}")
+
+
+def what_if_report(results: list, tz: tzinfo, policy_source: str) -> None:
+    """Per order: both outcomes side by side, the recorded actions the other policy would refuse, and
+    the alternative timeline."""
+    console = _console()
+    for r in results:
+        recorded, alternative = r.recorded, r.alternative
+        table = Table(title=f"order {r.order_id}: as recorded vs under {policy_source} (both at {when(r.until, tz)})",
+                      box=box.SIMPLE_HEAD, title_justify="left")
+        table.add_column("")
+        table.add_column("as recorded")
+        table.add_column(f"under {policy_source}")
+
+        def cell(order, name):
+            if order is None:
+                return "—"
+            if name == "status":
+                return _status(order.status)
+            if name == "deadline":
+                return f"{when(order.deadline, tz)} → {order.at_deadline}" if order.deadline is not None else "—"
+            value = {"terms": order.terms_state, "liable party": order.liable_party, "failed reviews": order.failed_reviews}[name]
+            return "—" if value is None else str(value)
+
+        for name in ("status", "terms", "liable party", "deadline", "failed reviews"):
+            table.add_row(name, cell(recorded, name), cell(alternative, name))
+        mine = r.verdict.steps[0].order.policy.to_json() if r.verdict.steps else {}
+        theirs = r.policy.to_json()
+        changed = [k for k in theirs if mine.get(k) != theirs[k]]
+        table.add_row("policy", ", ".join(f"{k}={mine.get(k)}" for k in changed) or "(same)",
+                      ", ".join(f"{k}={theirs[k]}" for k in changed) or "(same)")
+        parts: list = [table]
+        if not r.verdict.ok:
+            parts.append(Text(f"note: the recorded history is not reproduced ({r.verdict.message})", style="yellow"))
+        if r.problem:
+            parts.append(Text(f"cannot replay under {policy_source}: {r.problem}", style="red"))
+        for e, why in r.refused:
+            parts.append(Text(f"seq {e.seq} {e.kind} by {e.actor} at {when(e.at, tz)} would have been refused: {why}", style="yellow"))
+        difference = r.first_difference
+        if r.problem is None:
+            if difference is None:
+                parts.append(Text("same outcome: the histories do not differ", style="green"))
+            else:
+                parts.append(Text(f"first difference at seq {difference.seq}: {_difference_text(difference, tz)}", style="bold"))
+        if r.steps:
+            states = [s.order for s in r.steps]
+            parts.append(timeline_table(alternative, [s.event for s in r.steps], tz, states,
+                                        title=f"order {r.order_id} under {policy_source}"))
+        console.print(Group(*parts))
+        console.print()
+    differ = sum(1 for r in results if r.first_difference is not None or r.problem)
+    console.print(f"{differ} of {len(results)} order{'s' if len(results) != 1 else ''} would have gone differently "
+                  f"under {policy_source}; times in {_tz_name(tz)}")
+
+
+def _difference_text(d, tz: tzinfo) -> str:
+    def step(e):
+        return f"{e.kind} at {when(e.at, tz)} by {e.actor}"
+
+    if d.recorded is None:
+        mine = "the recorded history ends here"
+    elif d.fired_later:
+        mine = f"by the export time the rules fire {step(d.recorded)}"
+    else:
+        mine = f"recorded {step(d.recorded)}"
+    theirs = "nothing more happens" if d.what_if is None else step(d.what_if)
+    return f"{mine}; under the other policy {theirs}"
+
+
+def import_done(verdicts: list, where: str, tz: tzinfo) -> None:
+    table = Table(title=f"imported into {where}", box=box.SIMPLE_HEAD, title_justify="left")
+    for name, justify in (("id", "right"), ("merchant", "left"), ("creator", "left"), ("events", "right"),
+                          ("status", "left"), ("liable", "left"), ("next deadline", "left")):
+        table.add_column(name, justify=justify)
+    for v in verdicts:
+        o = v.rebuilt
+        table.add_row(str(o.id), o.terms.merchant, o.terms.creator, str(len(v.exported.events)), _status(o.status),
+                      str(o.liable_party or "—"), when(o.deadline, tz))
+    console = _console()
+    console.print(table)
+    console.print(f"{len(verdicts)} order{'s' if len(verdicts) != 1 else ''} imported; every history replayed; times in {_tz_name(tz)}")
 
 
 # --------------------------------------------------------------------------- doctor

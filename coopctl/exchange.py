@@ -1,0 +1,710 @@
+"""Export, replay and import (SPEC section 2, "Export, replay, import").
+
+Library first: every function works without the command line and raises the typed errors of
+`coopctl.errors` (a malformed file is `InvalidInput`, exit 2; a history that the rules do not
+reproduce, or an id that already exists, is `Refused`, exit 1; an unknown order `NotFound`, 3).
+
+The rules are not written again here. `replay` checks each order with `history.verify_chain`
+(the hash chain) and `history.rebuild` (every event fed back through `lifecycle.create`, `act`
+and `fire_due`, so an event that was not allowed at its instant, or that a deadline should have
+pre-empted, is caught), passes the rebuilt orders through a scratch in-memory database, and
+compares what comes back with the exported orders. `what_if` replays the party actions of an
+export under another policy with the same `create`, `act` and `fire_due`.
+
+The document: {"format": "coopctl-export", "version": 1, "exported_at": TS, "orders": [ORDER]},
+each ORDER being `Order.to_json(tz)` plus "reminders_sent" (which reminders `tick` already wrote,
+so that an import does not send them again), "events" and "notifications" (with "sent_at").
+Orders are sorted by id, events by seq, notifications by id; the same database exports the same
+bytes apart from "exported_at".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field, replace
+from datetime import timezone, tzinfo
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from coopctl.errors import CoopError, InvalidInput, NotFound, Refused
+from coopctl.history import Divergence, Step, rebuild, verify_chain
+from coopctl.lifecycle import (
+    ACTION_OF_KIND,
+    SYSTEM,
+    Event,
+    Kind,
+    Order,
+    Party,
+    Terms,
+    act,
+    create,
+    fire_due,
+)
+from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+
+FORMAT = "coopctl-export"
+VERSION = 1
+MAX_ID = 2**62
+WHAT_IF_OPERATOR = "what-if"
+
+# The fields of "The order as JSON" that SPEC names: an export must carry every one of them.
+REQUIRED_FIELDS = (
+    "id", "merchant", "creator", "products", "form", "commission_pct", "ad_budget", "latest_start_at",
+    "note", "status", "terms", "liable_party", "created_at", "deadline", "cancel_requested_by",
+    "went_live_at", "delivered_at", "delivery_mode", "failed_reviews", "policy",
+)
+_INSTANTS = {"latest_start_at", "created_at", "deadline", "went_live_at", "delivered_at", "last_event_at"}
+_DECIMALS = {"commission_pct", "ad_budget"}
+_TEXT = {"merchant", "creator", "form", "status", "terms"}
+_TEXT_OR_NULL = {"note", "liable_party", "cancel_requested_by", "delivery_mode", "at_deadline", "idempotency_key"}
+_REMINDER_KEY = re.compile(r"[a-z_]{1,32}@-?\d{1,20}")
+_MAX_DIGITS = 40
+
+
+# --------------------------------------------------------------------------- the records
+
+
+@dataclass(frozen=True)
+class ExportedOrder:
+    """One order of an export file, read and type-checked (not yet checked against the rules)."""
+
+    id: int
+    fields: dict  # the order's own JSON fields, as written in the file
+    events: list[Event]
+    notifications: list[dict]  # rows for the outbox: order_id, recipient, channel, kind, at, text, sent_at
+    reminders_sent: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    exported_at: int
+    orders: list[ExportedOrder]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What replay found for one order: the rebuilt steps, and where it diverges (if it does)."""
+
+    exported: ExportedOrder
+    steps: list[Step]  # the order after each event; only the reproduced prefix when it diverges
+    rebuilt: Order | None  # the order the rules end with (None when the history itself diverges)
+    divergence: Divergence | None = None
+
+    @property
+    def order_id(self) -> int:
+        return self.exported.id
+
+    @property
+    def ok(self) -> bool:
+        return self.divergence is None
+
+    @property
+    def message(self) -> str:
+        """One line: the order, the seq and why (empty when reproduced)."""
+        if self.divergence is None:
+            return ""
+        return f"order {self.order_id} diverges at {self.divergence}"
+
+    def to_json(self, tz: tzinfo = timezone.utc) -> dict:
+        end = self.rebuilt
+        return {
+            "order": self.order_id,
+            "verdict": "reproduced" if self.ok else "diverges",
+            "events": len(self.exported.events),
+            "status": None if end is None else str(end.status),
+            "terms": None if end is None else str(end.terms_state),
+            "liable_party": None if end is None or end.liable_party is None else str(end.liable_party),
+            "deadline": None if end is None or end.deadline is None else iso(end.deadline, tz),
+            "seq": None if self.divergence is None else self.divergence.seq,
+            "reason": None if self.divergence is None else self.divergence.why,
+        }
+
+
+@dataclass
+class WhatIf:
+    """One order replayed under another policy: its party actions at their instants, deadlines as the
+    other windows say. Both sides are taken at `until` (the export time, or the last event if later):
+    the recorded side also fires, with the same rules, any deadline that was due but not yet ticked."""
+
+    verdict: Verdict
+    policy: Policy
+    until: int
+    recorded_steps: list[Step] = field(default_factory=list)  # the recorded history (+ deadlines due by `until`)
+    steps: list[Step] = field(default_factory=list)  # the alternative history, order after each event
+    refused: list[tuple[Event, str]] = field(default_factory=list)  # recorded party actions the rules would refuse
+    problem: str | None = None  # why the order cannot be replayed at all
+
+    @property
+    def order_id(self) -> int:
+        return self.verdict.order_id
+
+    @property
+    def recorded(self) -> Order | None:
+        return self.recorded_steps[-1].order if self.recorded_steps else None
+
+    @property
+    def alternative(self) -> Order | None:
+        return self.steps[-1].order if self.steps else None
+
+    @property
+    def first_difference(self) -> Difference | None:
+        """Where the recorded and the alternative histories first part, or None when they do not."""
+        recorded = [s.event for s in self.recorded_steps] or self.verdict.exported.events
+        ends = len(self.verdict.exported.events)
+        alternative = [s.event for s in self.steps]
+        for index in range(max(len(recorded), len(alternative))):
+            mine = recorded[index] if index < len(recorded) else None
+            theirs = alternative[index] if index < len(alternative) else None
+            if mine is not None and theirs is not None and _same_step(mine, theirs):
+                continue
+            return Difference(index + 1, mine, mine is not None and mine.seq > ends, theirs)
+        return None
+
+    def to_json(self, tz: tzinfo = timezone.utc) -> dict:
+        difference = self.first_difference
+        return {
+            "order": self.order_id,
+            "verdict": self.verdict.to_json(tz)["verdict"],
+            "policy": self.policy.to_json(),
+            "until": iso(self.until, tz),
+            "recorded": _outcome_json(self.recorded, tz),
+            "what_if": _outcome_json(self.alternative, tz),
+            "same_outcome": difference is None and self.problem is None,
+            "first_difference": None if difference is None else difference.to_json(tz),
+            "refused": [{"seq": e.seq, "kind": e.kind, "actor": e.actor, "reason": why} for e, why in self.refused],
+            "problem": self.problem,
+        }
+
+
+@dataclass(frozen=True)
+class Difference:
+    """The first event where two histories part: `recorded` (None: nothing more happened; `fired_later`:
+    a deadline the rules fire after the export's last event, by the export time) against `what_if`."""
+
+    seq: int
+    recorded: Event | None
+    fired_later: bool
+    what_if: Event | None
+
+    def to_json(self, tz: tzinfo = timezone.utc) -> dict:
+        def step(e: Event | None):
+            return None if e is None else {"kind": e.kind, "at": iso(e.at, tz), "actor": e.actor}
+
+        return {"seq": self.seq, "recorded": step(self.recorded), "fired_later": self.fired_later, "what_if": step(self.what_if)}
+
+
+def _same_step(a: Event, b: Event) -> bool:
+    if (a.kind, a.at, a.actor) != (b.kind, b.at, b.actor):
+        return False
+    return a.kind == Kind.CREATED or a.data == b.data  # a created event carries its policy, which differs by design
+
+
+def _outcome_json(order: Order | None, tz: tzinfo) -> dict | None:
+    if order is None:
+        return None
+    return {
+        "status": str(order.status),
+        "terms": str(order.terms_state),
+        "liable_party": None if order.liable_party is None else str(order.liable_party),
+        "deadline": None if order.deadline is None else iso(order.deadline, tz),
+        "at_deadline": order.at_deadline,
+        "failed_reviews": order.failed_reviews,
+    }
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_document(svc, order_ids: list[int] | None, *, exported_at: int, tz: tzinfo) -> dict:
+    """The export document of these orders (None: every order), read in one transaction."""
+    svc.store.require()
+    with svc.store.read() as tx:
+        if order_ids is None:
+            ids = tx.all_order_ids()
+        else:
+            ids = sorted(set(order_ids))
+            missing = sorted(set(ids) - tx.ids_present(ids))
+            if missing:
+                names = ", ".join(str(i) for i in missing)
+                raise NotFound(f"no order {names}; `coopctl list` shows the orders")
+        events = tx.events_of(ids)
+        orders = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            notes: dict[int, list] = {i: [] for i in chunk}
+            for row in tx.notification_rows(chunk):
+                notes[row.order_id].append(row)
+            for order_id in chunk:
+                order = tx.load(order_id)
+                orders.append(_order_document(order, events[order_id], notes[order_id], tz))
+    return {"format": FORMAT, "version": VERSION, "exported_at": iso(exported_at, tz), "orders": orders}
+
+
+def _order_document(order: Order, events: list[Event], notes: list, tz: tzinfo) -> dict:
+    return {
+        **order.to_json(tz),
+        "reminders_sent": sorted(order.reminders_sent),
+        "events": [e.to_json(tz) for e in events],
+        "notifications": [
+            {
+                "order": n.order_id,
+                "recipient": n.recipient,
+                "channel": n.channel,
+                "kind": n.kind,
+                "at": iso(n.at, tz),
+                "text": n.text,
+                "sent_at": None if n.sent_at is None else iso(n.sent_at, tz),
+            }
+            for n in notes
+        ],
+    }
+
+
+def dumps(document: dict) -> str:
+    """The file's text: stable key order (that of `to_json`), UTF-8 as is, two-space indent."""
+    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write the whole file or nothing: a temporary file beside it, flushed, then renamed over it."""
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidInput(f"--out {str(target)!r} is a directory; give a file name")
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {str(target)!r}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, target)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise InvalidInput(f"cannot write {str(target)!r}: {exc.strerror}") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- reading a file
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_DIGITS:
+        raise _TooLarge(f"the number {text[:20]}... is too large")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or len(text) > 2 * _MAX_DIGITS:
+        raise _TooLarge(f"the number {text[:20]}... is too large")
+    return value
+
+
+def _no_constant(name: str):
+    raise _TooLarge(f"{name} is not a number JSON allows")
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of an export file; a missing or unreadable file is invalid input (exit 2)."""
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise InvalidInput(f"{str(path)!r} is a directory, not an export file") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {str(path)!r}: {exc.strerror}") from None
+
+
+def parse_document(raw: bytes | str, *, source: str = "the file") -> ExportFile:
+    """Read and type-check an export; anything malformed is InvalidInput naming the order and field."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{source} is not a coopctl export: it is not UTF-8 text") from None
+    try:
+        document = json.loads(raw, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise InvalidInput(f"{source} is not a coopctl export: its JSON is nested too deeply") from None
+    except _TooLarge as exc:
+        raise InvalidInput(f"{source} is not a coopctl export: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, and int() refusing thousands of digits
+        raise InvalidInput(f"{source} is not a coopctl export: not JSON ({exc})") from None
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{source} is not a coopctl export: it holds text that is not valid Unicode") from None
+    except RecursionError:
+        raise InvalidInput(f"{source} is not a coopctl export: its JSON is nested too deeply") from None
+    if not isinstance(document, dict):
+        raise InvalidInput(f"{source} is not a coopctl export: expected a JSON object, got {_kind(document)}")
+    if document.get("format") != FORMAT:
+        raise InvalidInput(
+            f"{source} is not a coopctl export: 'format' is {document.get('format')!r}, expected {FORMAT!r}"
+        )
+    version = document.get("version")
+    if type(version) is not int or version != VERSION:
+        raise InvalidInput(f"{source}: unsupported export version {version!r}; this coopctl reads version {VERSION}")
+    exported_at = _instant(document, "exported_at", source)
+    orders = document.get("orders")
+    if not isinstance(orders, list):
+        raise InvalidInput(f"{source}: 'orders' must be an array, got {_kind(orders)}")
+    parsed: list[ExportedOrder] = []
+    seen: set[int] = set()
+    for index, item in enumerate(orders):
+        order = _parse_order(item, f"{source}: orders[{index}]")
+        if order.id in seen:
+            raise InvalidInput(f"{source}: order {order.id} appears twice")
+        seen.add(order.id)
+        parsed.append(order)
+    return ExportFile(exported_at, parsed)
+
+
+def load(path: str | os.PathLike) -> ExportFile:
+    return parse_document(read_file(path), source=str(path))
+
+
+def _kind(value) -> str:
+    names = {dict: "an object", list: "an array", str: "text", bool: "true/false", type(None): "null"}
+    for cls, name in names.items():
+        if isinstance(value, cls):
+            return name
+    return "a number"
+
+
+def _get(obj: dict, key: str, where: str):
+    if key not in obj:
+        raise InvalidInput(f"{where}: the field {key!r} is missing")
+    return obj[key]
+
+
+def _text(obj: dict, key: str, where: str, *, nullable: bool = False) -> str | None:
+    value = _get(obj, key, where)
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where}: {key!r} must be text{' or null' if nullable else ''}, got {_kind(value)}")
+    return value
+
+
+def _integer(obj: dict, key: str, where: str, *, low: int = 0, high: int = MAX_ID) -> int:
+    value = _get(obj, key, where)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{where}: {key!r} must be a whole number, got {_kind(value)}")
+    if not low <= value <= high:
+        raise InvalidInput(f"{where}: {key!r} must be from {low} to {high}, got {value}")
+    return value
+
+
+def _instant(obj: dict, key: str, where: str, *, nullable: bool = False) -> int | None:
+    value = _get(obj, key, where)
+    if value is None and nullable:
+        return None
+    try:
+        return parse_instant(value, timezone.utc)
+    except InvalidValue as exc:
+        raise InvalidInput(f"{where}: {key!r}: {exc}") from None
+
+
+def _normal(key: str, value):
+    """A field's value in a form that compares by meaning: instants as instants, decimals as numbers."""
+    if value is None:
+        return None
+    if key in _INSTANTS:
+        return parse_instant(value, timezone.utc)
+    if key in _DECIMALS:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise InvalidValue(f"expected a decimal, got {_kind(value)}")
+        try:
+            number = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise InvalidValue(f"expected a decimal such as '12.5', got {value!r}") from None
+        if not number.is_finite():
+            raise InvalidValue(f"expected a decimal such as '12.5', got {value!r}")
+        return number
+    if key == "policy":
+        return Policy.from_json(value)
+    if key == "reminders":
+        return ReminderOffsets.from_json(value)
+    return value
+
+
+def _parse_order(item, where: str) -> ExportedOrder:
+    if not isinstance(item, dict):
+        raise InvalidInput(f"{where} must be an object, got {_kind(item)}")
+    order_id = _integer(item, "id", where, low=1)
+    where = f"{where.rsplit(':', 1)[0]}: order {order_id}"
+    for key in REQUIRED_FIELDS:
+        _get(item, key, where)
+    for key in _TEXT:
+        _text(item, key, where)
+    for key in _TEXT_OR_NULL:
+        if key in item:
+            _text(item, key, where, nullable=True)
+    products = item["products"]
+    if not isinstance(products, list) or not all(isinstance(p, str) for p in products):
+        raise InvalidInput(f"{where}: 'products' must be an array of text")
+    _integer(item, "failed_reviews", where, high=10_000)
+    if "reminders" in item and not isinstance(item["reminders"], dict):
+        raise InvalidInput(f"{where}: 'reminders' must be an object, got {_kind(item['reminders'])}")
+    if not isinstance(item["policy"], dict):
+        raise InvalidInput(f"{where}: 'policy' must be an object, got {_kind(item['policy'])}")
+    for key in (*_INSTANTS, *_DECIMALS, "policy", "reminders"):
+        if key not in item:
+            continue
+        if item[key] is None and key not in {"deadline", "went_live_at", "delivered_at"}:
+            raise InvalidInput(f"{where}: {key!r} must not be null")
+        try:
+            _normal(key, item[key])
+        except InvalidValue as exc:
+            raise InvalidInput(f"{where}: {key!r}: {exc}") from None
+    sent = _get(item, "reminders_sent", where)
+    if not isinstance(sent, list) or not all(isinstance(k, str) and _REMINDER_KEY.fullmatch(k) for k in sent):
+        raise InvalidInput(f"{where}: 'reminders_sent' must be an array of reminder keys such as 'accept@1764547200000000'")
+    events_raw = _get(item, "events", where)
+    if not isinstance(events_raw, list):
+        raise InvalidInput(f"{where}: 'events' must be an array, got {_kind(events_raw)}")
+    events = [_parse_event(order_id, e, f"{where}, events[{i}]") for i, e in enumerate(events_raw)]
+    notes_raw = _get(item, "notifications", where)
+    if not isinstance(notes_raw, list):
+        raise InvalidInput(f"{where}: 'notifications' must be an array, got {_kind(notes_raw)}")
+    notes = [_parse_notification(order_id, n, f"{where}, notifications[{i}]") for i, n in enumerate(notes_raw)]
+    return ExportedOrder(order_id, item, events, notes, frozenset(sent))
+
+
+def _parse_event(order_id: int, item, where: str) -> Event:
+    if not isinstance(item, dict):
+        raise InvalidInput(f"{where} must be an object, got {_kind(item)}")
+    data = _get(item, "data", where)
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{where}: 'data' must be an object, got {_kind(data)}")
+    return Event(
+        order_id=order_id,
+        seq=_integer(item, "seq", where, low=1),
+        kind=_text(item, "kind", where),
+        at=_instant(item, "at", where),
+        actor=_text(item, "actor", where),
+        operator=_text(item, "operator", where),
+        data=data,
+        prev_hash=_text(item, "prev_hash", where),
+        hash=_text(item, "hash", where),
+    )
+
+
+def _parse_notification(order_id: int, item, where: str) -> dict:
+    if not isinstance(item, dict):
+        raise InvalidInput(f"{where} must be an object, got {_kind(item)}")
+    owner = _integer(item, "order", where, low=1)
+    if owner != order_id:
+        raise InvalidInput(f"{where}: it belongs to order {owner}, not to order {order_id}")
+    return {
+        "order_id": order_id,
+        "recipient": _text(item, "recipient", where),
+        "channel": _text(item, "channel", where),
+        "kind": _text(item, "kind", where),
+        "at": _instant(item, "at", where),
+        "text": _text(item, "text", where),
+        "sent_at": _instant(item, "sent_at", where, nullable=True),
+    }
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def replay(export: ExportFile) -> list[Verdict]:
+    """Check every order: hash chain, each event allowed at its instant, and the rebuilt order
+    (stored in and read back from a scratch database) equal to the exported one."""
+    verdicts = _unique_keys([_rebuild(order) for order in export.orders])
+    rebuilt = [v for v in verdicts if v.ok]
+    if not rebuilt:
+        return verdicts
+    stored = _through_scratch(rebuilt)
+    checked = {}
+    for verdict in rebuilt:
+        order = stored[verdict.order_id]
+        why = _difference(order, verdict.exported.fields)
+        if why is not None:
+            last = verdict.exported.events[-1]
+            verdict = replace(verdict, rebuilt=order, divergence=Divergence(last.seq, why))
+        else:
+            verdict = replace(verdict, rebuilt=order)
+        checked[verdict.order_id] = verdict
+    return [checked.get(v.order_id, v) for v in verdicts]
+
+
+def _rebuild(exported: ExportedOrder) -> Verdict:
+    events = exported.events
+    try:
+        verify_chain(exported.id, events)
+        steps = rebuild(exported.id, events)
+        final = steps[-1].order
+        key = final.idempotency_key
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise Divergence(1, "not allowed: the idempotency key must be text of 1 to 256 characters")
+    except Divergence as divergence:
+        return Verdict(exported, _prefix(exported.id, events, divergence.seq), None, divergence)
+    return Verdict(exported, steps, replace(final, reminders_sent=exported.reminders_sent))
+
+
+def _unique_keys(verdicts: list[Verdict]) -> list[Verdict]:
+    """An idempotency key names one order: a second order created with it would have been the first one."""
+    owner: dict[str, int] = {}
+    checked = []
+    for v in verdicts:
+        key = v.rebuilt.idempotency_key if v.rebuilt is not None else None
+        if key is not None and key in owner:
+            why = f"not allowed: idempotency key {key!r} already belongs to order {owner[key]} of this file"
+            v = replace(v, steps=[], rebuilt=None, divergence=Divergence(1, why))
+        elif key is not None:
+            owner[key] = v.order_id
+        checked.append(v)
+    return checked
+
+
+def _prefix(order_id: int, events: list[Event], seq: int) -> list[Step]:
+    """The steps before the divergence, for the timeline (none when even they cannot be rebuilt)."""
+    try:
+        return rebuild(order_id, events[: seq - 1]) if seq > 1 else []
+    except Divergence:
+        return []
+
+
+def _through_scratch(verdicts: list[Verdict]) -> dict[int, Order]:
+    """Save the rebuilt orders and their events in a scratch in-memory database; read them back."""
+    from coopctl.store import Store, locate
+
+    store = Store(locate("sqlite://"))
+    try:
+        store.initialise(made_by="replay")
+        with store.write() as tx:
+            tx.insert_orders([v.rebuilt for v in verdicts])
+            tx.insert_history([e for v in verdicts for e in v.exported.events], [])
+        with store.read() as tx:
+            return {v.order_id: tx.load(v.order_id) for v in verdicts}
+    finally:
+        store.dispose()
+
+
+def _difference(order: Order, exported: dict) -> str | None:
+    """The first field of the order JSON where the rebuilt order and the export disagree."""
+    mine = order.to_json()
+    for key, value in mine.items():
+        if key not in exported:
+            continue  # a field this export does not carry (the required ones were checked when reading)
+        theirs = exported[key]
+        try:
+            same = _normal(key, value) == _normal(key, theirs)
+        except InvalidValue:
+            same = False
+        if not same:
+            return f"outcome differs: the rules end with {key} {value!r}, the export says {theirs!r}"
+    return None
+
+
+# --------------------------------------------------------------------------- what if
+
+
+def what_if(export: ExportFile, policy: Policy, verdicts: list[Verdict] | None = None) -> list[WhatIf]:
+    """Replay each order's party actions under `policy`; informational, it never raises on a history."""
+    verdicts = verdicts if verdicts is not None else replay(export)
+    return [_what_if_one(v, policy, export.exported_at) for v in verdicts]
+
+
+def _what_if_one(verdict: Verdict, policy: Policy, exported_at: int) -> WhatIf:
+    events = verdict.exported.events
+    until = max([exported_at, *(e.at for e in events)])
+    result = WhatIf(verdict, policy, until)
+    if verdict.rebuilt is not None and len(verdict.steps) == len(events):
+        tail = fire_due(verdict.rebuilt, until, WHAT_IF_OPERATOR)
+        result.recorded_steps = verdict.steps + (rebuild(verdict.order_id, events + tail.events)[len(events):] if tail.events else [])
+    if not events or events[0].kind != Kind.CREATED:
+        result.problem = "the history does not start with a created event"
+        return result
+    first = events[0]
+    try:
+        data = first.data
+        terms = Terms.from_json(data.get("terms"))
+        reminders = ReminderOffsets.from_json(data.get("reminders", {}))
+        outcome = create(verdict.order_id, terms, policy, reminders, first.at, first.operator, data.get("idempotency_key"))
+    except (CoopError, InvalidValue) as exc:
+        result.problem = f"cannot create the order again: {exc}"
+        return result
+    order, produced = outcome.order, list(outcome.events)
+    for e in events[1:]:
+        if e.actor == SYSTEM:
+            continue
+        action = ACTION_OF_KIND.get(e.kind)
+        party_text, _, party_id = e.actor.partition(":")
+        if action is None or party_text not in (Party.MERCHANT, Party.CREATOR):
+            result.refused.append((e, f"{e.actor!r} cannot cause a {e.kind!r} event"))
+            continue
+        data = e.data
+        try:
+            step = act(
+                order, action, Party(party_text), party_id, e.at, e.operator,
+                reason=data.get("reason"), evidence=data.get("evidence"),
+            )
+        except CoopError as exc:
+            result.refused.append((e, str(exc)))
+            continue
+        order, produced = step.order, produced + step.events
+    tail = fire_due(order, until, WHAT_IF_OPERATOR)
+    try:
+        result.steps = rebuild(verdict.order_id, produced + tail.events)  # the same rules give each step's state
+    except Divergence as exc:  # pragma: no cover - the rules reproduce what they produced
+        result.problem = f"the alternative history does not rebuild: {exc}"
+    return result
+
+
+# --------------------------------------------------------------------------- import
+
+
+def import_orders(svc, export: ExportFile) -> list[Verdict]:
+    """Load every order of an export after the replay checks, all or nothing, keeping ids, events
+    and hashes. A history that does not replay, or an id (or idempotency key) already in the
+    database, is refused and nothing is written. Creates the database if it is missing."""
+    verdicts = replay(export)
+    failed = [v for v in verdicts if not v.ok]
+    if failed:
+        more = f" ({len(failed)} orders diverge)" if len(failed) > 1 else ""
+        raise Refused(f"{failed[0].message}{more}; nothing was imported (`coopctl replay` shows the timeline)")
+    svc.store.initialise()
+    where = svc.store.location.display
+    with svc.store.write() as tx:
+        present = sorted(tx.ids_present([v.order_id for v in verdicts]))
+        if present:
+            names = ", ".join(str(i) for i in present)
+            exists = f"order {names} already exists" if len(present) == 1 else f"orders {names} already exist"
+            raise Refused(
+                f"{exists} in {where}; nothing was imported "
+                "(import never overwrites an order: import into another database)"
+            )
+        for v in verdicts:
+            key = v.rebuilt.idempotency_key
+            if key is not None and (existing := tx.find_by_key(key)) is not None:
+                raise Refused(
+                    f"order {v.order_id} has idempotency key {key!r}, which order {existing.id} of {where} "
+                    "already uses; nothing was imported"
+                )
+        tx.insert_orders([v.rebuilt for v in verdicts])
+        tx.insert_history(
+            [e for v in verdicts for e in v.exported.events],
+            [n for v in verdicts for n in v.exported.notifications],
+        )
+        tx.follow_explicit_ids()
+    return verdicts
