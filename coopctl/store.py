@@ -479,6 +479,17 @@ def _select_due():
     )
 
 
+def _select_due_claim():
+    """Due orders for a worker to claim (PostgreSQL): ordered by the indexed wake_at only, so that
+    LIMIT stops the index scan early; SQLite's index on wake_at already ends with the id."""
+    return (
+        _select_orders()
+        .where(ORDERS.c.wake_at <= bindparam("now"))
+        .order_by(ORDERS.c.wake_at)
+        .limit(bindparam("limit", type_=Integer))
+    )
+
+
 def _select_due_after():
     wake, oid = bindparam("after_wake"), bindparam("after_id")
     return (
@@ -669,6 +680,8 @@ class Tx:
             key, build = "due_after", _select_due_after
             params["after_wake"], params["after_id"] = after
         if skip_locked and not self.is_sqlite:
+            if after is None:  # claiming: by wake_at alone, which the index yields in order (no sort of every due row)
+                key, build = "due_claim", _select_due_claim
             key += "_skip_locked"
             build = (lambda plain: lambda: plain().with_for_update(skip_locked=True))(build)
         return [order_from_row(r) for r in Bulk.of(self.conn, key, build).query(self.conn, params)]
