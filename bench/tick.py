@@ -13,6 +13,21 @@
    64-hex hash and a JSON payload, and two notification rows.
 
 With --json the last line is {"orders", "due", "tick_s", "baseline_s", "ratio", "peak_rss_mb", "db"}.
+
+PostgreSQL (`--db URL`, the URL of any database on the server, used to create others):
+
+    python bench/tick.py --db postgresql+psycopg://postgres@127.0.0.1:5432/postgres \
+        --orders 200000 --due 20000 [--workers 1,2,4] [--json]
+
+1. Builds (once, cached on the server as database `coopctl_bench_N_D`) the same order book through
+   the same rules and bulk path.
+2. For each worker count W: copies it (`CREATE DATABASE … TEMPLATE`, not timed), starts W
+   `coopctl tick --now T` processes at once, and times until the last one finishes. The ticks share
+   the due orders through `FOR UPDATE SKIP LOCKED`; the run checks that together they applied
+   exactly D transitions and that no order received two.
+
+With --json the last line is {"orders", "due", "db": "postgresql", "runs": [{"workers", "tick_s",
+"orders_per_s", "applied_by_worker", "peak_rss_mb"}, …], "idle_tick_s"}.
 """
 
 from __future__ import annotations
@@ -41,8 +56,9 @@ NOW = parse_instant("2026-12-01T12:00:00+08:00", timezone.utc)
 CHUNK = 20_000
 
 
-def build(path: Path, orders: int, due: int, *, progress: bool = True) -> None:
-    """N orders through the rules and the storage layer's bulk path; D of them due at NOW."""
+def build(path: Path | str, orders: int, due: int, *, progress: bool = True) -> None:
+    """N orders through the rules and the storage layer's bulk path; D of them due at NOW.
+    `path` is a SQLite file, or the URL of an empty PostgreSQL database."""
     store = Store(locate(str(path)))
     store.initialise(made_by="bench")
     policy, reminders = Policy(), ReminderOffsets()
@@ -62,12 +78,16 @@ def build(path: Path, orders: int, due: int, *, progress: bool = True) -> None:
                 batch.append(lifecycle.create(order_id, later_terms, policy, reminders, created, "bench"))
         with store.write() as tx:
             tx.insert_new(batch)
+            tx.follow_explicit_ids()
         if progress:
             rate = order_id / (time.perf_counter() - started)
-            print(f"\rbuilding {path.name}: {order_id:,}/{orders:,} orders ({rate:,.0f}/s)", end="", file=sys.stderr)
+            name = store.location.display if store.location.path is None else path.name
+            print(f"\rbuilding {name}: {order_id:,}/{orders:,} orders ({rate:,.0f}/s)", end="", file=sys.stderr)
     if progress:
         print(file=sys.stderr)
     store.dispose()
+    if store.location.path is None:
+        return
     import sqlite3
 
     with sqlite3.connect(path) as conn:
@@ -163,15 +183,135 @@ def run(orders: int, due: int) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class Server:
+    """The PostgreSQL server behind --db: creates, copies and drops the bench databases."""
+
+    def __init__(self, url: str):
+        from sqlalchemy.engine import make_url
+
+        self.url = make_url(url)
+        if self.url.get_backend_name() != "postgresql":
+            raise SystemExit(f"--db must be a PostgreSQL URL (postgresql+psycopg://...), not {url!r}")
+
+    def database_url(self, name: str) -> str:
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
+    def admin(self):
+        import psycopg
+
+        u = self.url
+        return psycopg.connect(
+            host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database or "postgres",
+            autocommit=True,
+        )
+
+    def exists(self, name: str) -> bool:
+        with self.admin() as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+    def create(self, name: str, template: str | None = None) -> None:
+        with self.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+
+    def rename(self, old: str, new: str) -> None:
+        with self.admin() as conn:
+            conn.execute(f'ALTER DATABASE "{old}" RENAME TO "{new}"')
+
+    def drop(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def query(self, name: str, sql: str):
+        import psycopg
+
+        u = self.url
+        with psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password, dbname=name, autocommit=True) as conn:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if cursor.description is not None else []
+
+
+def cached_pg(server: Server, orders: int, due: int) -> str:
+    """The name of the template database with the order book, built once."""
+    name = f"coopctl_bench_{orders}_{due}"
+    if not server.exists(name):
+        partial = f"{name}_partial"
+        server.create(partial)
+        build(server.database_url(partial), orders, due)
+        server.query(partial, "VACUUM ANALYZE")
+        server.rename(partial, name)
+    return name
+
+
+def tick_workers(argv: list[str], workers: int, env: dict) -> tuple[float, list[dict], float]:
+    """Start `workers` tick processes at once; (wall seconds until the last ends, their reports, peak RSS MB)."""
+    started = time.perf_counter()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(workers)]
+    reports, rss = [], 0.0
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"a tick worker failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
+        reports.append(json.loads(out))
+    wall = time.perf_counter() - started
+    usage = __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)
+    return wall, reports, usage.ru_maxrss / 1024
+
+
+def run_postgres(url: str, orders: int, due: int, workers: list[int]) -> dict:
+    server = Server(url)
+    template = cached_pg(server, orders, due)
+    env = {**os.environ, "NO_COLOR": "1", "COOPCTL_OPERATOR": "bench"}
+    env.pop("COOPCTL_CONFIG", None)
+    work = f"{template}_run"
+    runs, idle_s = [], None
+    try:
+        for count in workers:
+            server.create(work, template)
+            argv = [*coopctl_argv(), "--db", server.database_url(work), "tick", "--now", iso(NOW), "--json"]
+            wall, reports, rss = tick_workers(argv, count, env)
+            applied = [r["applied"] for r in reports]
+            if sum(applied) != due:
+                raise SystemExit(f"{count} workers applied {sum(applied)} transitions together, expected {due}")
+            (twice,), = server.query(work, "SELECT count(*) FROM (SELECT order_id FROM events WHERE kind = 'expired' "
+                                           "GROUP BY order_id HAVING count(*) > 1) AS d")
+            (left,), = server.query(work, f"SELECT count(*) FROM orders WHERE wake_at <= {NOW}")
+            if twice or left:
+                raise SystemExit(f"{count} workers: {twice} orders expired twice, {left} still due")
+            runs.append({
+                "workers": count, "tick_s": round(wall, 3), "orders_per_s": round(due / wall),
+                "applied_by_worker": sorted(applied, reverse=True), "peak_rss_mb": round(rss, 1),
+            })
+            print(f"{count} worker(s): {wall:.2f} s, applied {applied}", file=sys.stderr)
+            if idle_s is None:
+                idle_s, _, _ = tick_workers(argv, 1, env)
+    finally:
+        server.drop(work)
+    return {"orders": orders, "due": due, "db": "postgresql", "runs": runs, "idle_tick_s": round(idle_s or 0, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--due", type=int, default=10_000)
     parser.add_argument("--json", action="store_true", help="end with one JSON line of figures")
+    parser.add_argument("--db", help="a PostgreSQL URL: measure there instead of SQLite (the server's databases are created from it)")
+    parser.add_argument("--workers", default="1,2,4", help="PostgreSQL: concurrent tick processes per run, comma-separated [1,2,4]")
     args = parser.parse_args()
     if not 0 <= args.due <= args.orders:
         parser.error("--due must be between 0 and --orders")
-    result = run(args.orders, args.due)
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        parser.error("--workers: comma-separated counts, e.g. 1,2,4")
+    if not workers or min(workers) < 1:
+        parser.error("--workers: each count must be at least 1")
+    if args.db and args.db.startswith("sqlite"):
+        parser.error("--db is for PostgreSQL; without it the benchmark runs on SQLite")
+    result = run_postgres(args.db, args.orders, args.due, workers) if args.db else run(args.orders, args.due)
     if args.json:
         print(json.dumps(result))
     else:
