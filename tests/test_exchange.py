@@ -145,6 +145,14 @@ def single_error(result) -> str:
     return lines[0]
 
 
+def copy_db(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite database, including what is still in its WAL file."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    dst.close()
+    src.close()
+
+
 def count_rows(db: Path, table: str) -> int:
     with sqlite3.connect(db) as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
@@ -237,7 +245,7 @@ def test_round_trip_export_import_into_a_fresh_database_keeps_events_and_hashes(
 
 def test_import_keeps_the_outbox_state(made, tmp_path):
     db = tmp_path / "copy.db"
-    shutil.copy(made[0], db)
+    copy_db(made[0], db)
     cli = Cli(db, tmp_path)
     cli.ok("notifications", "--order", "1", "--mark-sent")
     path = write(tmp_path, cli.ok("export", "--all").stdout)
@@ -311,7 +319,7 @@ def test_tick_treats_imported_orders_like_any_other(made, tmp_path):
     """Order 3 is live at the export: an imported copy fires the same deadlines and reminders as the
     original, and a reminder written before an export is not written again after the import."""
     original = Cli(tmp_path / "original.db", tmp_path)
-    shutil.copy(made[0], original.db)
+    copy_db(made[0], original.db)
     fresh = Cli(tmp_path / "fresh.db", tmp_path)
     fresh.ok("import", write(tmp_path, made[1]))
     ticks = []
