@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from pg import backend, pg_server, pg_url  # noqa: F401  the PostgreSQL fixtures: a throwaway server (tests/pg.py)
+
 OPERATOR = "ops-test"
 
 
