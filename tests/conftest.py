@@ -112,3 +112,26 @@ def read_rows(path: Path) -> dict[str, list[tuple]]:
 def db_rows(db_path: Path):
     """db_rows() -> {table: rows} of the test's database (or of another path given)."""
     return lambda path=None: read_rows(path or db_path)
+
+
+@pytest.fixture
+def db_bytes(db_path: Path):
+    """db_bytes(settle=False) -> (bytes of the database file, bytes of its WAL).
+
+    To prove that a command wrote nothing, take the "before" with settle=True: it checkpoints the
+    WAL into the file first, so that a checkpoint the command happens to run on exit (or a
+    connection still open in this process) cannot move bytes around; anything the command writes
+    then shows up in the WAL or in the file.
+    """
+
+    def read(settle: bool = False) -> tuple[bytes, bytes]:
+        if settle:
+            conn = sqlite3.connect(db_path)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+        wal = Path(f"{db_path}-wal")
+        return db_path.read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+    return read

@@ -292,17 +292,17 @@ def test_tick_json_shape_counts_and_a_second_tick_applies_nothing(invoke):
     assert (accepted["kind"], accepted["at"]) == ("auto_accepted", "2026-11-17T20:00:00+08:00")
 
 
-def test_tick_dry_run_reports_the_same_and_writes_nothing(invoke, db_path, db_rows):
+def test_tick_dry_run_reports_the_same_and_writes_nothing(invoke, db_rows, db_bytes):
     create(invoke)
     create(invoke, at="2026-11-02T10:00:00+08:00")
-    rows, data = db_rows(), db_path.read_bytes()
+    rows, data = db_rows(), db_bytes(settle=True)
     now = ("--now", "2026-11-04T12:00:00+08:00")  # expires order 1; order 2's accept reminder is due
     dry = as_json(invoke("tick", *now, "--dry-run", "--json"))
     assert ok(invoke("tick", *now, "--dry-run")) == (
         "tick at 2026-11-04 12:00:00: would apply 1 transition (expired 1), 1 reminder; nothing was written (dry run)\n"
     )
     assert db_rows() == rows
-    assert db_path.read_bytes() == data
+    assert db_bytes() == data
     real = as_json(invoke("tick", *now, "--json"))
     assert dry == real == {"now": "2026-11-04T12:00:00+08:00", "applied": 1, "by_kind": {"expired": 1}, "reminders": 1}
 

@@ -126,16 +126,16 @@ def test_failed_review_make_up_and_escalation_to_dispute(run_coopctl, invoke, tm
     assert (final["status"], final["failed_reviews"], final["terms"], final["deadline"]) == ("disputed", 2, "in_force", None)
 
 
-def test_tick_cascade_dry_run_and_repeat(run_coopctl, invoke, db_path, db_rows):
+def test_tick_cascade_dry_run_and_repeat(run_coopctl, invoke, db_rows, db_bytes):
     accepted_in_process(invoke)  # the ticks run as cron runs them
     assert invoke("go-live", 1, "--creator", C, "--at", "2026-11-02T20:00").exit_code == 0
-    rows, data = db_rows(), db_path.read_bytes()
+    rows, data = db_rows(), db_bytes(settle=True)
     now = ("--now", "2027-01-01T00:00:00+08:00")
     expected = {
         "now": "2027-01-01T00:00:00+08:00", "applied": 2, "by_kind": {"auto_accepted": 1, "delivered": 1}, "reminders": 0,
     }
     assert ok_json(run_coopctl("tick", *now, "--dry-run", "--json")) == expected
-    assert db_rows() == rows and db_path.read_bytes() == data
+    assert db_rows() == rows and db_bytes() == data
     assert ok_json(run_coopctl("tick", *now, "--json")) == expected
     assert ok_json(run_coopctl("tick", *now, "--json")) == {**expected, "applied": 0, "by_kind": {}}
     events = json.loads(invoke("history", 1, "--json").stdout)

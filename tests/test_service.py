@@ -288,13 +288,13 @@ def test_one_tick_fires_a_whole_cascade_each_step_at_its_deadline(svc):
     assert (again.applied, dict(again.by_kind), again.reminders) == (0, {}, 0)
 
 
-def test_a_dry_run_tick_reports_the_same_and_writes_nothing(svc, db_path, db_rows):
+def test_a_dry_run_tick_reports_the_same_and_writes_nothing(svc, db_rows, db_bytes):
     flow_to_live(svc)
     new(svc, created=T0 + 50 * DAY, latest=T0 + 70 * DAY)  # its accept reminder is due at T0 + 52d
-    rows, data = db_rows(), db_path.read_bytes()
+    rows, data = db_rows(), db_bytes(settle=True)
     dry = tick(svc, T0 + 52 * DAY, dry_run=True)
     assert db_rows() == rows
-    assert db_path.read_bytes() == data
+    assert db_bytes() == data
     real = tick(svc, T0 + 52 * DAY)
     assert (dry.applied, dict(dry.by_kind), dry.reminders) == (real.applied, dict(real.by_kind), real.reminders) == (
         2, {"delivered": 1, "auto_accepted": 1}, 1,
