@@ -144,6 +144,7 @@ def runtime(ctx: typer.Context, *, default_db: str | None = None, config_db: boo
         raise InvalidInput("--operator must be 1 to 256 characters")
     check_text(operator, "--operator")
     store = Store(locate(db), busy_timeout=settings.busy_timeout)
+    ctx.call_on_close(store.dispose)  # close the pooled connection: the last close checkpoints the WAL
     return Runtime(settings, Service(store, settings, operator), from_default)
 
 
@@ -377,6 +378,7 @@ def tick(
     ctx: typer.Context,
     now: Annotated[Optional[str], typer.Option("--now", help="Apply everything due up to this instant [default: now].", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; write nothing.")] = False,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Orders per transaction; each batch commits on its own, so a smaller one holds the write lock for less time [default: 5000].", min=1, max=1_000_000, show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fire every deadline and reminder due by now; cron runs this every minute.
@@ -389,7 +391,8 @@ def tick(
     rt = runtime(ctx)
     at = instant(now, rt, "--now")
     with render.tick_progress() as (total_hint, progress):
-        report = run_tick(rt.service, at, dry_run=dry_run, progress=progress, total_hint=total_hint, clock=clock)
+        sizing = {} if batch is None else {"batch": batch}
+        report = run_tick(rt.service, at, dry_run=dry_run, progress=progress, total_hint=total_hint, clock=clock, **sizing)
     if as_json:
         emit_json(render.tick_json(report, rt.tz))
     else:

@@ -17,6 +17,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
+from datetime import timezone, tzinfo
 from enum import StrEnum
 from typing import Callable
 
@@ -24,6 +25,7 @@ from coopctl.errors import InvalidInput, Refused
 from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
 
 GENESIS_HASH = "0" * 64
+UTC = timezone.utc
 MAX_ID_LENGTH = 128
 MAX_TEXT_LENGTH = 2000
 MAX_PRODUCTS = 100
@@ -603,7 +605,7 @@ def actor_of(party: Party, order: Order) -> str:
     return f"{party}:{order.party_id(party)}"
 
 
-def _message(order: Order, kind: str, actor: str, data: dict) -> str:
+def _message(order: Order, kind: str, actor: str, data: dict, tz: tzinfo = UTC) -> str:
     deadline = order.deadline if order.status in TIMERS else None
     if kind == Kind.REVIEW_FAILED and order.status is Status.DISPUTED:
         template = "{merchant} rejected the delivery of cooperation order #{id} again; it is escalated to platform arbitration"
@@ -615,11 +617,13 @@ def _message(order: Order, kind: str, actor: str, data: dict) -> str:
         creator=order.terms.creator,
         actor=actor,
         reason=data.get("reason", ""),
-        deadline="-" if deadline is None or "{deadline}" not in template else iso(deadline),
+        deadline="-" if deadline is None or "{deadline}" not in template else iso(deadline, tz),
     )
 
 
-def _record(order: Order, kind: Kind, at: int, actor: str, operator: str, data: dict, changes: dict, target: Status) -> Outcome:
+def _record(
+    order: Order, kind: Kind, at: int, actor: str, operator: str, data: dict, changes: dict, target: Status, tz: tzinfo = UTC
+) -> Outcome:
     """Write one event: the order moves to `target` (or `changes['status']`) and notifies."""
     seq = order.last_seq + 1
     kind_text = kind.value
@@ -632,7 +636,7 @@ def _record(order: Order, kind: Kind, at: int, actor: str, operator: str, data: 
     changes["last_hash"] = digest
     changes["last_event_at"] = at
     after = evolve(order, changes)
-    text = _message(after, kind, actor, data)
+    text = _message(after, kind, actor, data, tz)
     if actor == SYSTEM:
         recipients = [actor_of(Party.MERCHANT, after), actor_of(Party.CREATOR, after)]
     else:
@@ -650,11 +654,12 @@ def create(
     at: int,
     operator: str,
     idempotency_key: str | None = None,
+    tz: tzinfo = UTC,
 ) -> Outcome:
     """A merchant proposes an order: it is `pending`, and the creator is told by inbox and SMS."""
     if terms.latest_start_at <= at:
         raise InvalidInput(
-            f"the latest start time {iso(terms.latest_start_at)} must be after the creation time {iso(at)}"
+            f"the latest start time {iso(terms.latest_start_at, tz)} must be after the creation time {iso(at, tz)}"
         )
     order = Order(
         id=order_id, terms=terms, policy=policy, reminders=reminders, created_at=at,
@@ -663,13 +668,13 @@ def create(
     data = {"terms": terms.to_json(), "policy": policy.to_json(), "reminders": reminders.to_json()}
     if idempotency_key is not None:
         data["idempotency_key"] = idempotency_key
-    outcome = _record(order, Kind.CREATED, at, actor_of(Party.MERCHANT, order), operator, data, {}, Status.PENDING)
+    outcome = _record(order, Kind.CREATED, at, actor_of(Party.MERCHANT, order), operator, data, {}, Status.PENDING, tz)
     inbox = outcome.notifications[0]
     outcome.notifications.append(Notification(inbox.order_id, inbox.recipient, "sms", inbox.kind, inbox.at, inbox.text))
     return outcome
 
 
-def fire_due(order: Order, now: int, operator: str) -> Outcome:
+def fire_due(order: Order, now: int, operator: str, tz: tzinfo = UTC) -> Outcome:
     """Fire every deadline at or before `now`, each at its own deadline, cascading."""
     current = order
     events: list[Event] = []
@@ -681,7 +686,7 @@ def fire_due(order: Order, now: int, operator: str) -> Outcome:
         changes: dict = {}
         if timer.kind is Kind.DELIVERED:
             changes = _delivered(current, due, {"mode": "auto"})
-        step = _record(current, timer.kind, due, SYSTEM, operator, timer.data(current), changes, timer.target)
+        step = _record(current, timer.kind, due, SYSTEM, operator, timer.data(current), changes, timer.target, tz)
         current = step.order
         events += step.events
         notes += step.notifications
@@ -698,30 +703,31 @@ def act(
     *,
     reason: str | None = None,
     evidence: str | None = None,
+    tz: tzinfo = UTC,
 ) -> Outcome:
     """A party acts at `at`: due deadlines fire first, then the action if the rules allow it."""
     if party_id != order.party_id(party):
         raise Refused(f"{party} {party_id!r} is not the {party} of order {order.id} ({order.party_id(party)!r} is)")
     if at < order.last_event_at:
         raise Refused(
-            f"{iso(at)} is earlier than the last event of order {order.id} ({iso(order.last_event_at)}); "
+            f"{iso(at, tz)} is earlier than the last event of order {order.id} ({iso(order.last_event_at, tz)}); "
             "time cannot go backwards"
         )
     reason = check_text(reason, "reason")
     evidence = check_text(evidence, "evidence")
     if action is Action.REVIEW_FAIL and not (reason or "").strip():
         raise InvalidInput("a failed review needs a reason (--reason TEXT)")
-    fired = fire_due(order, at, operator)
+    fired = fire_due(order, at, operator, tz)
     current = fired.order
     rule = TRANSITIONS.get((current.status, action))
     if rule is None:
-        raise Refused(_not_allowed(order, current, action, fired))
+        raise Refused(_not_allowed(order, current, action, fired, tz))
     problem = rule.guard(current, party)
     if problem:
         raise Refused(f"order {order.id}: {problem}")
     data = _action_data(action, party, reason, evidence)
     changes = rule.effect(current, at, data)
-    step = _record(current, rule.kind, at, actor_of(party, current), operator, data, changes, rule.target)
+    step = _record(current, rule.kind, at, actor_of(party, current), operator, data, changes, rule.target, tz)
     return fired.then(step)
 
 
@@ -742,12 +748,12 @@ def allowed_in(action: Action) -> list[Status]:
     return [status for (status, act_), _ in TRANSITIONS.items() if act_ is action]
 
 
-def _not_allowed(before: Order, current: Order, action: Action, fired: Outcome) -> str:
+def _not_allowed(before: Order, current: Order, action: Action, fired: Outcome, tz: tzinfo = UTC) -> str:
     allowed = " or ".join(allowed_in(action))
     if fired.events:
         last = fired.events[-1]
         return (
-            f"too late: order {before.id} became {current.status} at {iso(last.at)} when its deadline passed; "
+            f"too late: order {before.id} became {current.status} at {iso(last.at, tz)} when its deadline passed; "
             f"{action} needs {allowed}"
         )
     return f"order {before.id} is {current.status}; {action} needs {allowed}"
@@ -769,14 +775,14 @@ def reminders_due(order: Order) -> list[tuple[str, int, int, Reminder]]:
     return due
 
 
-def remind(order: Order, now: int) -> Outcome:
+def remind(order: Order, now: int, tz: tzinfo = UTC) -> Outcome:
     """Write each reminder whose time has come while its deadline is still ahead of `now`."""
     notes = []
     sent = set(order.reminders_sent)
     for key, remind_at, deadline, reminder in reminders_due(order):
         if remind_at <= now < deadline:
             at = max(remind_at, order.last_event_at)
-            text = reminder.text.format(id=order.id, deadline=iso(deadline))
+            text = reminder.text.format(id=order.id, deadline=iso(deadline, tz))
             notes.append(Notification(order.id, actor_of(reminder.recipient, order), reminder.channel, Kind.REMINDER.value, at, text))
             sent.add(key)
     if not notes:
@@ -784,10 +790,10 @@ def remind(order: Order, now: int) -> Outcome:
     return Outcome(replace(order, reminders_sent=frozenset(sent)), [], notes)
 
 
-def tick_order(order: Order, now: int, operator: str) -> Outcome:
+def tick_order(order: Order, now: int, operator: str, tz: tzinfo = UTC) -> Outcome:
     """What `tick` does to one order: fire every due deadline, then write due reminders."""
-    fired = fire_due(order, now, operator)
-    reminded = remind(fired.order, now)
+    fired = fire_due(order, now, operator, tz)
+    reminded = remind(fired.order, now, tz)
     if not reminded.notifications:
         return fired
     return Outcome(reminded.order, fired.events, fired.notifications + reminded.notifications)

@@ -68,7 +68,7 @@ def create_order(
         # No earlier order can be returned: decide before touching storage (the rules are pure), so
         # that an invalid order leaves no new database behind. The id is known only inside the
         # transaction, where the rules run again.
-        lifecycle.create(0, terms, svc.settings.policy, svc.settings.reminders, at, svc.operator, idempotency_key)
+        lifecycle.create(0, terms, svc.settings.policy, svc.settings.reminders, at, svc.operator, idempotency_key, svc.settings.tz)
     svc.store.initialise()
     with svc.store.write() as tx:
         if idempotency_key is not None:
@@ -82,7 +82,8 @@ def create_order(
                 return existing, False
         order_id = tx.new_order_id()
         outcome = lifecycle.create(
-            order_id, terms, svc.settings.policy, svc.settings.reminders, at, svc.operator, idempotency_key
+            order_id, terms, svc.settings.policy, svc.settings.reminders, at, svc.operator, idempotency_key,
+            svc.settings.tz,
         )
         tx.fill_new(outcome)
     return outcome.order, True
@@ -105,7 +106,9 @@ def perform(
         order = tx.load(order_id, lock=True)
         if order is None:
             raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
-        outcome = lifecycle.act(order, action, party, party_id, at, svc.operator, reason=reason, evidence=evidence)
+        outcome = lifecycle.act(
+            order, action, party, party_id, at, svc.operator, reason=reason, evidence=evidence, tz=svc.settings.tz
+        )
         tx.save([order], [outcome])
     return outcome
 
@@ -145,7 +148,8 @@ def tick(
             orders = tx.due(now, limit=batch, after=after, skip_locked=not dry_run)
             if not orders:
                 break
-            outcomes = [lifecycle.tick_order(order, now, svc.operator) for order in orders]
+            tz = svc.settings.tz
+            outcomes = [lifecycle.tick_order(order, now, svc.operator, tz) for order in orders]
             if not dry_run:
                 tx.save(orders, outcomes)
         for outcome in outcomes:

@@ -77,7 +77,7 @@ def test_create_order_creates_the_database_when_missing(svc, db_path):
 @pytest.mark.parametrize(
     "latest, message",
     [
-        (T0, r"the latest start time 2026-11-01T02:00:00\+00:00 must be after the creation time 2026-11-01T02:00:00\+00:00"),
+        (T0, r"the latest start time 2026-11-01T10:00:00\+08:00 must be after the creation time 2026-11-01T10:00:00\+08:00"),
         (T0 - 1, "must be after the creation time"),
     ],
 )
@@ -217,9 +217,9 @@ def test_an_unknown_order_is_not_found(svc):
         (Action.GO_LIVE, Party.CREATOR, C, T0 + HOUR, "order 1 is pending; go-live needs effective"),
         (Action.DELIVER, Party.CREATOR, C, T0 + HOUR, "order 1 is pending; deliver needs effective or live or review_failed"),
         (Action.ACCEPT, Party.CREATOR, C, T0 - 1,
-         "2026-11-01T01:59:59.999999+00:00 is earlier than the last event of order 1 (2026-11-01T02:00:00+00:00); time cannot go backwards"),
+         "2026-11-01T09:59:59.999999+08:00 is earlier than the last event of order 1 (2026-11-01T10:00:00+08:00); time cannot go backwards"),
         (Action.ACCEPT, Party.CREATOR, C, T0 + 3 * DAY,
-         "too late: order 1 became expired at 2026-11-04T02:00:00+00:00 when its deadline passed; accept needs pending"),
+         "too late: order 1 became expired at 2026-11-04T10:00:00+08:00 when its deadline passed; accept needs pending"),
     ],
 )
 def test_a_refused_action_raises_refused_and_changes_nothing(svc, db_rows, action, party, who, when, message):
