@@ -340,3 +340,32 @@ def test_concurrent_ticks_and_actions_apply_each_transition_exactly_once(backend
             assert notes == 2 * (due - len(accepted))
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("orders", [3, 120])  # below and above the size where PostgreSQL switches to COPY
+def test_a_batch_that_lost_a_race_is_busy_and_writes_nothing(backend, orders):
+    """Tx.save writes an order only if its last seq is still the one read: one order changed behind
+    the batch's back makes the whole batch exit 4 (Busy) with nothing written."""
+    from sqlalchemy import text
+
+    from coopctl import lifecycle
+    from coopctl.errors import Busy
+    from coopctl.policy import parse_instant
+    from coopctl.store import Store, locate
+
+    now = parse_instant("2026-12-01T12:00:00+08:00", timezone.utc)
+    _build_due(backend, orders, now)
+    store = Store(locate(backend))
+    try:
+        with store.read() as tx:
+            batch = tx.due(now, limit=1000)
+        with store.write() as tx:
+            tx.conn.execute(text("UPDATE orders SET last_seq = 7 WHERE id = :id"), {"id": batch[-1].id})
+        with pytest.raises(Busy):
+            with store.write() as tx:
+                tx.save(batch, [lifecycle.tick_order(o, now, "test") for o in batch])
+        with store.read() as tx:
+            assert tx.count_due(now) == orders
+            assert tx.conn.execute(text("SELECT count(*) FROM events WHERE kind <> 'created'")).scalar() == 0
+    finally:
+        store.dispose()
