@@ -285,19 +285,23 @@ def canonical_json(value) -> str:
     return _CANONICAL.encode(value)
 
 
+_quote = json.encoder.encode_basestring  # the string encoder json.dumps uses with ensure_ascii=False
+
+
 def event_hash(order_id: int, seq: int, kind: str, at: int, actor: str, operator: str, data: dict, prev_hash: str) -> str:
-    """SHA-256 of the previous hash followed by the event's canonical JSON (instants in UTC)."""
-    body = canonical_json(
-        {
-            "order": order_id,
-            "seq": seq,
-            "kind": kind,
-            "at": iso(at),
-            "actor": actor,
-            "operator": operator,
-            "data": data,
-            "prev_hash": prev_hash,
-        }
+    """SHA-256 of the previous hash followed by the event's canonical JSON (instants in UTC):
+    `canonical_json({"order", "seq", "kind", "at", "actor", "operator", "data", "prev_hash"})`,
+    spelled out in sorted key order because tick computes one per due order."""
+    body = (
+        '{"actor":' + _quote(actor)
+        + ',"at":' + _quote(iso(at))
+        + ',"data":' + (canonical_json(data) if data else "{}")
+        + ',"kind":' + _quote(kind)
+        + ',"operator":' + _quote(operator)
+        + ',"order":' + int.__repr__(order_id)
+        + ',"prev_hash":' + _quote(prev_hash)
+        + ',"seq":' + int.__repr__(seq)
+        + "}"
     )
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 

@@ -36,10 +36,14 @@ class TickReport:
     orders: int = 0
 
     def add(self, outcome: Outcome) -> None:
-        self.applied += len(outcome.events)
-        self.by_kind.update(e.kind for e in outcome.events)
-        self.reminders += sum(1 for n in outcome.notifications if n.kind == Kind.REMINDER)
-        if outcome.events or outcome.notifications:
+        events = outcome.events
+        by_kind = self.by_kind
+        for e in events:
+            by_kind[e.kind] += 1
+        self.applied += len(events)
+        if len(outcome.notifications) > 2 * len(events):  # only then can there be reminders
+            self.reminders += sum(1 for n in outcome.notifications if n.kind == Kind.REMINDER)
+        if events or outcome.notifications:
             self.orders += 1
 
 
