@@ -60,9 +60,23 @@ def root(ctx: typer.Context, db: DbOpt = None, config: ConfigOpt = None, operato
 
 
 def _fail(code: int, message: str) -> typer.Exit:
-    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.stderr.write(f"error: {_abbreviate(' '.join(message.split()))}\n")
     sys.stderr.flush()
     return typer.Exit(code)
+
+
+MAX_ECHO = 200  # a value quoted back in a message longer than this is shortened, so the line stays readable
+
+
+def _abbreviate(message: str) -> str:
+    """'xxxx…xx' (10,000 characters) for any quoted value longer than MAX_ECHO characters."""
+    import re
+
+    def cut(match: re.Match) -> str:
+        quote, body = match.group(1), match.group(2)
+        return f"{quote}{body[:40]}…{body[-8:]}{quote} ({len(body):,} characters)"
+
+    return re.sub(r"(['\"])((?:(?!\1).){%d,})\1" % (MAX_ECHO + 1), cut, message)
 
 
 def guarded(command: Callable) -> Callable:
@@ -129,7 +143,7 @@ def runtime(ctx: typer.Context, *, default_db: str | None = None, config_db: boo
     explicit = g.config is not None and g.config != ""
     config_path = g.config if explicit else DEFAULT_CONFIG
     settings = load_settings(config_path, explicit=explicit)
-    if g.db:
+    if g.db is not None:  # `--db ""` (say, an unset "$DB" in a script) is refused, not read as the default
         db, from_default = g.db, False
     elif settings.db_url and config_db:
         db, from_default = settings.db_url, False

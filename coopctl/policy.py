@@ -76,7 +76,8 @@ def parse_instant(text: str, default_tz: tzinfo) -> int:
     if not isinstance(text, str):
         raise InvalidValue(f"expected an ISO 8601 timestamp, got {text!r}")
     raw = text.strip()
-    if not raw or not raw[0].isdigit() or len(raw) > 64:
+    # Printable ASCII only: datetime.fromisoformat would take "2026-11-01T10:00\x00" as 10:00.
+    if not raw or not raw[0].isdigit() or len(raw) > 64 or not (raw.isascii() and raw.isprintable()):
         raise InvalidValue(f"expected an ISO 8601 timestamp such as 2026-11-26T20:00:00+08:00, got {text!r}")
     try:
         moment = datetime.fromisoformat(raw[:-1] + "+00:00" if raw[-1] in "zZ" else raw)

@@ -46,6 +46,7 @@ def _console(stderr: bool = False) -> Console:
         width=None if terminal else 200,
         no_color=bool(os.environ.get("NO_COLOR")) or None,
         highlight=False,
+        markup=False,  # ids, notes and reasons are shown as typed: "[bold]M[/bold]" is not markup here
         soft_wrap=False,
     )
 

@@ -157,11 +157,13 @@ def load_orders(path: Path) -> dict:
 
 
 def file_digest(path: Path) -> dict[str, str | None]:
-    """SHA-256 of a database file and of its -wal and -shm companions (None when absent)."""
+    """SHA-256 of a database file and of its write-ahead log (None when absent; an empty log,
+    which holds nothing, counts as absent). The -shm index is derived and not compared."""
     digests: dict[str, str | None] = {}
     for suffix in ("", "-wal"):
         f = Path(str(path) + suffix)
-        digests[suffix or "db"] = hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
+        data = f.read_bytes() if f.exists() else b""
+        digests[suffix or "db"] = hashlib.sha256(data).hexdigest() if data or (f.exists() and not suffix) else None
     return digests
 
 
