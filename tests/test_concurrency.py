@@ -154,7 +154,7 @@ ACTION_OF = {
 
 
 @pytest.mark.stress
-def test_ticks_and_actions_at_once_apply_every_transition_exactly_once(tmp_path, db_path, run_coopctl):
+def test_ticks_and_actions_at_once_apply_every_transition_exactly_once(tmp_path, db_path, run_coopctl, capsys):
     build_book(db_path)
     pristine = tmp_path / "pristine.db"
     import shutil
@@ -272,11 +272,12 @@ def test_ticks_and_actions_at_once_apply_every_transition_exactly_once(tmp_path,
     assert replay.returncode == 0, replay.stderr[-2000:]
 
     retries = sum(r["retries"] for r in records) + tick_codes[4]
-    print(
-        f"\nconcurrency: {TICK_PROCESSES} tick + {ACTION_PROCESSES} action processes, {ORDERS + IDEMPOTENCY_KEYS} orders, "
-        f"{len(records)} actions ({codes[0]} done, {codes[1]} refused), {len(TICK_TIMES)} ticks, "
-        f"{retries} busy retries, {sum(map(len, histories.values()))} events: all replay, identical to a sequential run"
-    )
+    with capsys.disabled():  # the figures show in CI output, also under -q
+        print(
+            f"\nconcurrency: {TICK_PROCESSES} tick + {ACTION_PROCESSES} action processes, {ORDERS + IDEMPOTENCY_KEYS} orders, "
+            f"{len(records)} actions ({codes[0]} done, {codes[1]} refused), {len(TICK_TIMES)} ticks, "
+            f"{retries} busy retries, {sum(map(len, histories.values()))} events: all replay, identical to a sequential run"
+        )
 
 
 # --------------------------------------------------------------------------- busy

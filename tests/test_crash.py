@@ -77,7 +77,7 @@ def kill_at(proc: subprocess.Popen, db: Path, events: int | None, rng: random.Ra
 
 
 @pytest.mark.stress
-def test_tick_killed_at_random_points_leaves_sound_histories_and_a_rerun_finishes_the_same(tmp_path):
+def test_tick_killed_at_random_points_leaves_sound_histories_and_a_rerun_finishes_the_same(tmp_path, capsys):
     pristine = tmp_path / "pristine.db"
     build(pristine, ORDERS)
     pristine_known = verify_all(pristine)
@@ -134,9 +134,10 @@ def test_tick_killed_at_random_points_leaves_sound_histories_and_a_rerun_finishe
 
     early = [p for p in progress if p == 0]
     assert len(progress) - len(early) >= KILLS // 2, f"too few kills landed after a commit: {progress}"
-    print(
-        f"\ncrash: {ORDERS} orders, {to_apply} transitions per run in batches of {BATCH}; {kills} SIGKILLs "
-        f"({len(progress) - len(early)} after some batches were committed, {len(early)} before the first commit), "
-        f"{rounds} runs completed between them; after every kill integrity ok and every history replays; "
-        f"reruns end identical to an uninterrupted run ({duration:.1f}s; seed {SEED})"
-    )
+    with capsys.disabled():  # the figures show in CI output, also under -q
+        print(
+            f"\ncrash: {ORDERS} orders, {to_apply} transitions per run in batches of {BATCH}; {kills} SIGKILLs "
+            f"({len(progress) - len(early)} after some batches were committed, {len(early)} before the first commit), "
+            f"{rounds} runs completed between them; after every kill integrity ok and every history replays; "
+            f"reruns end identical to an uninterrupted run ({duration:.1f}s; seed {SEED})"
+        )

@@ -227,10 +227,13 @@ DATABASES = [
 CORPUS = COMMAND_LINE + CONFIG + EXPORTS + DATABASES
 
 
-def test_the_corpus_has_at_least_60_cases_in_every_family():
+def test_the_corpus_has_at_least_60_cases_in_every_family(capsys):
     assert len(CORPUS) >= 60
     assert min(len(COMMAND_LINE), len(CONFIG), len(EXPORTS), len(DATABASES)) >= 10
     assert len({c.id for c in CORPUS}) == len(CORPUS)
+    with capsys.disabled():
+        print(f"\nhostile corpus: {len(CORPUS)} cases ({len(COMMAND_LINE)} command line, {len(CONFIG)} configuration, "
+              f"{len(EXPORTS)} export files, {len(DATABASES)} database files), {len(THROUGH_THE_ENTRY_POINT)} also through the entry point")
 
 
 # --------------------------------------------------------------------------- preparing a case
