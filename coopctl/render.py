@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from coopctl.lifecycle import Event, Order, Outcome, Status
-from coopctl.policy import iso, to_datetime
+from coopctl.policy import InvalidValue, iso, parse_instant, to_datetime
 
 STATUS_STYLE = {
     Status.PENDING: "yellow",
@@ -123,10 +123,16 @@ def _terms_panel(order: Order, tz: tzinfo) -> Panel:
     return Panel(grid, title=f"order {order.id}", subtitle=f"times in {_tz_name(tz)}", expand=False)
 
 
-def _details(e: Event) -> str:
+def _details(e: Event, tz: tzinfo) -> str:
     data = e.data
     if e.kind == "created":
-        return f"latest start {data.get('terms', {}).get('latest_start_at', '')}"
+        terms = data.get("terms", {}) if isinstance(data, dict) else {}
+        latest = terms.get("latest_start_at", "")
+        try:
+            latest = when(parse_instant(latest, tz), tz)
+        except (InvalidValue, TypeError):
+            pass
+        return f"latest start {latest}, commission {terms.get('commission_pct', '?')}%"
     return ", ".join(f"{k}={v}" for k, v in data.items())
 
 
@@ -146,7 +152,7 @@ def timeline_table(order: Order | None, events: list[Event], tz: tzinfo, states:
             str(e.seq), when(e.at, tz), e.kind, e.actor, e.operator,
             _status(after.status) if after else "",
             when(after.deadline, tz) if after and after.deadline else "—" if after else "",
-            _details(e),
+            _details(e, tz),
         )
     if order is not None and order.deadline is not None:
         table.add_row("", when(order.deadline, tz), Text("next: " + (order.at_deadline or ""), style="italic"), "system", "", "", "", "")
@@ -169,7 +175,7 @@ def history_table(order: Order, events: list[Event], tz: tzinfo) -> None:
     for name in ("seq", "at", "kind", "actor", "operator", "data", "hash"):
         table.add_column(name, overflow="fold")
     for e in events:
-        table.add_row(str(e.seq), when(e.at, tz), e.kind, e.actor, e.operator, _details(e), e.hash[:16])
+        table.add_row(str(e.seq), when(e.at, tz), e.kind, e.actor, e.operator, _details(e, tz), e.hash[:16])
     _console().print(table)
 
 
