@@ -286,7 +286,7 @@ def _build_due(db: str, due: int, now: int) -> None:
 
 
 def test_concurrent_ticks_and_actions_apply_each_transition_exactly_once(backend, tmp_path):
-    """4 `tick` processes share 5,000 due orders while 4 `accept`s race them on orders they are
+    """4 `tick` processes share 2,000 due orders (batches of 100) while 4 `accept`s race them on orders they are
     about to expire: every order ends either accepted or expired, never both, never twice."""
     from sqlalchemy import create_engine, text
 
@@ -294,7 +294,7 @@ def test_concurrent_ticks_and_actions_apply_each_transition_exactly_once(backend
     from coopctl.store import locate
 
     now = parse_instant("2026-12-01T12:00:00+08:00", timezone.utc)
-    due, contested = 5000, [1, 1999, 2001, 4999]
+    due, contested = 2000, [1, 999, 1001, 1999]
     _build_due(backend, due, now)
     env = base_env(backend)
     executable = coopctl_executable()
@@ -307,7 +307,7 @@ def test_concurrent_ticks_and_actions_apply_each_transition_exactly_once(backend
 
     procs = []
     for i in contested:
-        procs.append(start("tick", "--now", iso(now), "--json"))
+        procs.append(start("tick", "--now", iso(now), "--batch", "100", "--json"))
         procs.append(start("accept", str(i), "--creator", C, "--at", iso(created[i] + 3 * DAY - MINUTE)))
     results = [(p.args[1], p.args[2], *p.communicate(timeout=180), p.returncode) for p in procs]
     ticks = [r for r in results if r[0] == "tick"]
