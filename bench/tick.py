@@ -27,7 +27,7 @@ PostgreSQL (`--db URL`, the URL of any database on the server, used to create ot
    exactly D transitions and that no order received two.
 
 With --json the last line is {"orders", "due", "db": "postgresql", "runs": [{"workers", "tick_s",
-"orders_per_s", "applied_by_worker", "peak_rss_mb"}, …], "idle_tick_s"}.
+"orders_per_s", "applied_by_worker", "peak_rss_mb", "workers_cpu_s"}, …], "idle_tick_s"}.
 """
 
 from __future__ import annotations
@@ -246,8 +246,12 @@ def cached_pg(server: Server, orders: int, due: int) -> str:
     return name
 
 
-def tick_workers(argv: list[str], workers: int, env: dict) -> tuple[float, list[dict], float]:
-    """Start `workers` tick processes at once; (wall seconds until the last ends, their reports, peak RSS MB)."""
+def tick_workers(argv: list[str], workers: int, env: dict) -> tuple[float, list[dict], float, float]:
+    """Start `workers` tick processes at once; (wall seconds until the last ends, their reports, peak
+    RSS MB, CPU seconds the workers used together)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(workers)]
     reports, rss = [], 0.0
@@ -257,8 +261,9 @@ def tick_workers(argv: list[str], workers: int, env: dict) -> tuple[float, list[
             raise SystemExit(f"a tick worker failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
         reports.append(json.loads(out))
     wall = time.perf_counter() - started
-    usage = __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)
-    return wall, reports, usage.ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+    return wall, reports, usage.ru_maxrss / 1024, cpu
 
 
 def run_postgres(url: str, orders: int, due: int, workers: list[int]) -> dict:
@@ -272,7 +277,7 @@ def run_postgres(url: str, orders: int, due: int, workers: list[int]) -> dict:
         for count in workers:
             server.create(work, template)
             argv = [*coopctl_argv(), "--db", server.database_url(work), "tick", "--now", iso(NOW), "--json"]
-            wall, reports, rss = tick_workers(argv, count, env)
+            wall, reports, rss, cpu = tick_workers(argv, count, env)
             applied = [r["applied"] for r in reports]
             if sum(applied) != due:
                 raise SystemExit(f"{count} workers applied {sum(applied)} transitions together, expected {due}")
@@ -284,10 +289,11 @@ def run_postgres(url: str, orders: int, due: int, workers: list[int]) -> dict:
             runs.append({
                 "workers": count, "tick_s": round(wall, 3), "orders_per_s": round(due / wall),
                 "applied_by_worker": sorted(applied, reverse=True), "peak_rss_mb": round(rss, 1),
+                "workers_cpu_s": round(cpu, 2),
             })
-            print(f"{count} worker(s): {wall:.2f} s, applied {applied}", file=sys.stderr)
+            print(f"{count} worker(s): {wall:.2f} s, {cpu:.1f} CPU s, applied {applied}", file=sys.stderr)
             if idle_s is None:
-                idle_s, _, _ = tick_workers(argv, 1, env)
+                idle_s, *_ = tick_workers(argv, 1, env)
     finally:
         server.drop(work)
     return {"orders": orders, "due": due, "db": "postgresql", "runs": runs, "idle_tick_s": round(idle_s or 0, 3)}
