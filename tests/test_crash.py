@@ -101,7 +101,8 @@ def test_tick_killed_at_random_points_leaves_sound_histories_and_a_rerun_finishe
         done = count(target, "SELECT count(*) FROM events")
         remaining = events_before + to_apply - done
         proc = start_tick(target, tmp_path)
-        kill_at(proc, target, None if rng.random() < 0.15 else done + int(rng.random() * remaining), rng)
+        # early points more often, so that a round takes several kills before a run completes
+        kill_at(proc, target, None if rng.random() < 0.1 else done + int(rng.random() ** 2 * remaining), rng)
         code = proc.wait()
         stderr = proc.stderr.read().decode()
         proc.stderr.close()
@@ -114,7 +115,8 @@ def test_tick_killed_at_random_points_leaves_sound_histories_and_a_rerun_finishe
         finished = count(target, "SELECT count(*) FROM tick_runs") == 1
         if killed and not finished:
             kills += 1
-            progress.append((applied - (done - events_before)) / remaining)  # of this run's work
+            # of this run's work (none left: killed while recording its run, after the last batch)
+            progress.append((applied - (done - events_before)) / remaining if remaining else 1.0)
             assert applied < to_apply or count(target, f"SELECT count(*) FROM orders WHERE wake_at <= {NOW}") == 0
             continue
         # The run completed (before its kill, or the kill came after its last commit).

@@ -240,18 +240,17 @@ def test_the_corpus_has_at_least_60_cases_in_every_family(capsys):
 
 
 def valid_export(book: Path, tmp: Path) -> dict:
-    """An export of order 6 of the book, as `coopctl export` writes it."""
-    from coopctl import exchange
-    from coopctl.config import Settings
-    from coopctl.service import Service
-    from coopctl.store import Store, locate
-    from zoneinfo import ZoneInfo
+    """An export of order 6 of the book, written by `coopctl export`."""
+    from typer.testing import CliRunner
 
-    store = Store(locate(str(book)))
-    try:
-        return exchange.export_document(Service(store, Settings(), OPERATOR), [6], exported_at=BASE + 86_400_000_000 * 30, tz=ZoneInfo("Asia/Shanghai"))
-    finally:
-        store.dispose()
+    from coopctl.cli import app
+
+    out = tmp / "order-6.json"
+    env = {k: None for k in os.environ if k.startswith("COOPCTL_")}
+    env.update({"COOPCTL_DB": str(book), "COOPCTL_OPERATOR": OPERATOR, "NO_COLOR": "1"})
+    result = CliRunner().invoke(app, ["export", "6", "--out", str(out), "--at", "2026-12-01T00:00:00+08:00"], env=env)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def export_text(spec: str | bytes, book_doc: dict) -> str | bytes:
