@@ -272,3 +272,23 @@ def test_doctor_reads_while_another_process_holds_the_write_lock(run_coopctl, ti
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+# --------------------------------------------------------------------------- both backends
+
+
+def test_doctor_on_each_backend_finds_an_overdue_order_then_is_healthy_after_tick(invoke, backend):
+    env = {"COOPCTL_DB": backend}
+    created = invoke("create", "--merchant", "M", "--creator", "C", "--product", "P", "--form", "live",
+                     "--commission", "10", "--latest-start", iso(BASE + 5 * DAY), "--at", iso(BASE), env=env)
+    assert created.exit_code == 0, created.stderr
+    result = invoke("doctor", "--json", "--now", LATER, env=env)
+    assert result.exit_code == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert [f["check"] for f in problems(report)] == ["overdue"]
+    if backend.startswith("postgresql"):  # no file to check: the SQLite-only checks are left out
+        assert [f["check"] for f in report["findings"]] == ["schema", "hash_chain", "overdue", "last_tick"]
+    assert invoke("tick", "--now", LATER, env=env).exit_code == 0
+    result = invoke("doctor", "--json", "--now", LATER, env=env)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["findings"][-1]["message"].startswith("the last tick finished at ")
