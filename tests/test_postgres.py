@@ -236,6 +236,8 @@ def test_export_replay_import_round_trip(invoke, backend, tmp_path, request):
     reports = [invoke("tick", "--now", "2027-01-01T00:00", "--json", env={"COOPCTL_DB": db}) for db in (backend, target)]
     source, copy = (json.loads(r.stdout) for r in reports)
     assert source["applied"] > 0 and copy["by_kind"] == {**source["by_kind"], "expired": source["by_kind"]["expired"] + 1}
+    doctor = invoke("doctor", "--json", env={"COOPCTL_DB": target})
+    assert doctor.exit_code == 0 and json.loads(doctor.stdout)["healthy"] is True, doctor.stdout
 
 
 @pytest.mark.postgres
