@@ -208,6 +208,6 @@ def notifications(svc: Service, *, order_id: int | None = None, pending: bool = 
     with svc.store.write() as tx:
         if order_id is not None and tx.load(order_id) is None:
             raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
-        rows = tx.notification_rows(None if order_id is None else [order_id], pending=True)
+        rows = tx.notification_rows(None if order_id is None else [order_id], pending=True, claim=True)
         tx.mark_sent([r.id for r in rows], mark_sent_at)
         return rows

@@ -721,8 +721,14 @@ class Tx:
                 found[r.order_id].append(event_from_row(r))
         return found
 
-    def notification_rows(self, order_ids: list[int] | None = None, *, pending: bool = False, limit: int | None = None):
+    def notification_rows(
+        self, order_ids: list[int] | None = None, *, pending: bool = False, limit: int | None = None, claim: bool = False
+    ):
+        """Outbox rows by id. `claim` (to mark them sent): on PostgreSQL the rows are locked, skipping
+        those another dispatcher holds, so that two `--mark-sent` at once never hand out the same one."""
         query = select(NOTIFICATIONS).order_by(NOTIFICATIONS.c.id)
+        if claim and not self.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
         if order_ids is not None:
             query = query.where(NOTIFICATIONS.c.order_id.in_(order_ids))
         if pending:

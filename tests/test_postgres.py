@@ -371,3 +371,38 @@ def test_a_batch_that_lost_a_race_is_busy_and_writes_nothing(backend, orders):
             assert tx.conn.execute(text("SELECT count(*) FROM events WHERE kind <> 'created'")).scalar() == 0
     finally:
         store.dispose()
+
+
+def test_dispatchers_marking_sent_at_once_never_hand_out_the_same_notification(backend):
+    """`notifications --pending --mark-sent` from several dispatchers at once: each pending
+    notification is handed to exactly one of them (PostgreSQL: rows claimed with SKIP LOCKED)."""
+    import threading
+
+    from coopctl.config import Settings
+    from coopctl.policy import parse_instant
+    from coopctl.service import Service, notifications
+    from coopctl.store import Store, locate
+
+    now = parse_instant("2026-12-01T12:00:00+08:00", timezone.utc)
+    _build_due(backend, 400, now)  # each created order has two notifications for its creator
+    barrier, handed, errors = threading.Barrier(4), [], []
+
+    def dispatch() -> None:
+        store = Store(locate(backend))
+        try:
+            barrier.wait()
+            for _ in range(3):
+                rows = notifications(Service(store, Settings(), "dispatcher"), pending=True, mark_sent_at=now)
+                handed.extend(r.id for r in rows)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            store.dispose()
+
+    threads = [threading.Thread(target=dispatch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert len(handed) == len(set(handed)) == 800
