@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import tzinfo
-
-from rich import box
-from rich.console import Console, Group
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from coopctl.lifecycle import Event, Order, Outcome, Status
 from coopctl.policy import InvalidValue, iso, parse_instant, to_datetime
+
+if TYPE_CHECKING:  # rich is imported where output is drawn: a --json command never loads it
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
 
 STATUS_STYLE = {
     Status.PENDING: "yellow",
@@ -39,6 +40,8 @@ STATUS_STYLE = {
 
 
 def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
     return Console(
@@ -62,6 +65,8 @@ def when(instant: int | None, tz: tzinfo) -> str:
 
 
 def _status(status: Status | str) -> Text:
+    from rich.text import Text
+
     return Text(str(status), style=STATUS_STYLE.get(Status(status), ""))
 
 
@@ -92,6 +97,9 @@ def action_done(outcome: Outcome, tz: tzinfo) -> None:
 
 
 def _terms_panel(order: Order, tz: tzinfo) -> Panel:
+    from rich.panel import Panel
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -137,6 +145,10 @@ def _details(e: Event, tz: tzinfo) -> str:
 
 
 def timeline_table(order: Order | None, events: list[Event], tz: tzinfo, states: list[Order] | None = None, title: str | None = None) -> Table:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=title or "timeline", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("seq", justify="right")
     table.add_column("at")
@@ -160,6 +172,8 @@ def timeline_table(order: Order | None, events: list[Event], tz: tzinfo, states:
 
 
 def order_detail(order: Order, events: list[Event], tz: tzinfo) -> None:
+    from rich.console import Group
+
     from coopctl.history import Divergence, rebuild
 
     try:
@@ -171,6 +185,9 @@ def order_detail(order: Order, events: list[Event], tz: tzinfo) -> None:
 
 
 def history_table(order: Order, events: list[Event], tz: tzinfo) -> None:
+    from rich import box
+    from rich.table import Table
+
     table = Table(title=f"history of order {order.id}", box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("seq", "at", "kind", "actor", "operator", "data", "hash"):
         table.add_column(name, overflow="fold")
@@ -180,6 +197,9 @@ def history_table(order: Order, events: list[Event], tz: tzinfo) -> None:
 
 
 def orders_table(orders: list[Order], tz: tzinfo, title: str | None = None) -> None:
+    from rich import box
+    from rich.table import Table
+
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for name, justify in (("id", "right"), ("merchant", "left"), ("creator", "left"), ("form", "left"),
                           ("commission", "right"), ("status", "left"), ("terms", "left"), ("liable", "left"),
@@ -211,6 +231,9 @@ def notification_json(row, tz: tzinfo) -> dict:
 
 
 def notifications_table(rows, tz: tzinfo) -> None:
+    from rich import box
+    from rich.table import Table
+
     table = Table(box=box.SIMPLE_HEAD)
     for name in ("order", "at", "recipient", "channel", "kind", "sent", "text"):
         table.add_column(name, overflow="fold")
@@ -245,50 +268,71 @@ def tick_summary(report, tz: tzinfo, dry_run: bool) -> None:
     _console().print(line)
 
 
-PROGRESS_THRESHOLD = 1000
+PROGRESS_THRESHOLD = 1000  # items: below this, work is over before a bar would help
+
+
+def _no_progress(done: int = 1) -> None:
+    return None
+
+
+def shows_progress() -> bool:
+    """Progress bars go to stderr, and only when it is a terminal: piped, nothing extra is written."""
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def progress(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr for long work (`total` items or more than PROGRESS_THRESHOLD)
+    on a terminal; yields `advance(done)`. When stderr is piped, or the work is small or of unknown
+    size, nothing is shown and rich.progress is not even imported."""
+    if total is None or total < PROGRESS_THRESHOLD or not shows_progress():
+        yield _no_progress
+        return
+    from rich.progress import Progress
+
+    # the bar never takes over stdout: data written meanwhile (an export) must reach it untouched
+    bar = Progress(console=_console(stderr=True), transient=True, redirect_stdout=False, redirect_stderr=False)
+    task = bar.add_task(label, total=total)
+    bar.start()
+    try:
+        yield lambda done=1: bar.update(task, advance=done)
+    finally:
+        bar.stop()
+
+
+@contextmanager
+def counted_progress(label: str, *, show: bool = True):
+    """`progress` for work that counts its own size once it has started (tick, export): yields
+    (total_hint, advance). total_hint is None when no bar can be shown (stderr piped, or `show`
+    false), so that the work need not even count."""
+    with ExitStack() as stack:
+        advance = [_no_progress]
+
+        def total_hint(total: int) -> None:
+            advance[0] = stack.enter_context(progress(total, label))
+
+        yield (total_hint if show and shows_progress() else None), lambda done=1: advance[0](done)
 
 
 @contextmanager
 def tick_progress():
-    """A progress bar on stderr for long ticks on a terminal; nothing when piped."""
-    progress_bar = None
-    task = None
-    state = {"total": 0}
-
-    def total_hint(total: int) -> None:
-        nonlocal progress_bar, task
-        state["total"] = total
-        if total >= PROGRESS_THRESHOLD and sys.stderr.isatty():
-            from rich.progress import Progress
-
-            progress_bar = Progress(console=_console(stderr=True), transient=True)
-            progress_bar.start()
-            task = progress_bar.add_task("tick", total=total)
-
-    def advance(orders: int, applied: int) -> None:
-        if progress_bar is not None:
-            progress_bar.update(task, advance=orders)
-
-    try:
-        yield (total_hint if sys.stderr.isatty() else None), advance
-    finally:
-        if progress_bar is not None:
-            progress_bar.stop()
+    """`counted_progress` for `service.tick`: yields (total_hint, on_batch(orders, applied))."""
+    with counted_progress("tick") as (total_hint, advance):
+        yield total_hint, lambda orders, applied: advance(orders)
 
 
 # --------------------------------------------------------------------------- export, replay, import
 
 
-def export_done(path: str, document: dict) -> None:
-    orders = document["orders"]
-    events = sum(len(o["events"]) for o in orders)
-    notes = sum(len(o["notifications"]) for o in orders)
+def export_done(path: str, orders: int, events: int, notes: int) -> None:
     _console().print(
-        f"exported {len(orders)} order{'s' if len(orders) != 1 else ''} ({events} events, {notes} notifications) to {path}"
+        f"exported {orders} order{'s' if orders != 1 else ''} ({events} events, {notes} notifications) to {path}"
     )
 
 
 def _verdict_line(verdict, tz: tzinfo) -> Text:
+    from rich.text import Text
+
     end = verdict.rebuilt
     if verdict.ok:
         line = Text(f"order {verdict.order_id}: ", style="bold")
@@ -307,6 +351,9 @@ def _verdict_line(verdict, tz: tzinfo) -> Text:
 
 def replay_report(verdicts: list, tz: tzinfo, source: str) -> None:
     """Per order: the timeline rebuilt by the rules (state and deadline after each event), then the verdict."""
+    from rich.console import Group
+    from rich.text import Text
+
     console = _console()
     for verdict in verdicts:
         steps = verdict.steps
@@ -335,6 +382,11 @@ def replay_report(verdicts: list, tz: tzinfo, source: str) -> None:
 def what_if_report(results: list, tz: tzinfo, policy_source: str) -> None:
     """Per order: both outcomes side by side, the recorded actions the other policy would refuse, and
     the alternative timeline."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     console = _console()
     for r in results:
         recorded, alternative = r.recorded, r.alternative
@@ -399,17 +451,25 @@ def _difference_text(d, tz: tzinfo) -> str:
     return f"{mine}; under the other policy {theirs}"
 
 
+IMPORT_ROWS_SHOWN = 50  # a large import is summed up, not drawn row by row
+
+
 def import_done(verdicts: list, where: str, tz: tzinfo) -> None:
+    from rich import box
+    from rich.table import Table
+
     table = Table(title=f"imported into {where}", box=box.SIMPLE_HEAD, title_justify="left")
     for name, justify in (("id", "right"), ("merchant", "left"), ("creator", "left"), ("events", "right"),
                           ("status", "left"), ("liable", "left"), ("next deadline", "left")):
         table.add_column(name, justify=justify)
-    for v in verdicts:
+    for v in verdicts[:IMPORT_ROWS_SHOWN]:
         o = v.rebuilt
         table.add_row(str(o.id), o.terms.merchant, o.terms.creator, str(len(v.exported.events)), _status(o.status),
                       str(o.liable_party or "—"), when(o.deadline, tz))
     console = _console()
     console.print(table)
+    if len(verdicts) > IMPORT_ROWS_SHOWN:
+        console.print(f"… and {len(verdicts) - IMPORT_ROWS_SHOWN} more (`coopctl list` shows them)")
     console.print(f"{len(verdicts)} order{'s' if len(verdicts) != 1 else ''} imported; every history replayed; times in {_tz_name(tz)}")
 
 
@@ -417,6 +477,10 @@ def import_done(verdicts: list, where: str, tz: tzinfo) -> None:
 
 
 def doctor_report(report, tz: tzinfo) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"doctor: {report.database}", box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("check", "", "finding", "what to do"):
         table.add_column(name, overflow="fold")
