@@ -7,6 +7,7 @@ here, and passed down as an instant.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import sys
@@ -14,14 +15,57 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:  # pragma: no cover
     from coopctl.config import Settings
     from coopctl.lifecycle import Action, Party
     from coopctl.service import Service
 
+
+class RootGroup(TyperGroup):
+    """The root command. Its options (--db, --config, --operator, --help) are text or a flag,
+    taken as given.
+
+    Typer coerces every option through a pydantic TypeAdapter that it builds the first time the
+    option is processed, even when it is absent; the root's options are processed before any
+    command, so `coopctl COMMAND --help` would import pydantic (about a third of a second on a
+    busy machine: twice Typer's own start-up) for nothing. They get a pass-through coercion
+    instead. With another Typer whose internals differ, nothing changes but the speed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _taken_as_given(self.params)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _taken_as_given([option])
+        return option
+
+
+def _taken_as_given(params) -> None:
+    try:
+        from typer._coercion import RuntimeParam
+    except ImportError:  # pragma: no cover - another Typer: pydantic does it
+        return
+
+    class AsGiven(RuntimeParam):
+        def _coerce_value(self, value, param, ctx):
+            return value
+
+    for param in params:
+        described = getattr(param, "type_descriptor", None)
+        if described is None or getattr(param, "_runtime_param", False) is not None or param.multiple:
+            continue
+        plain = described.annotation is str or (described.annotation is bool and getattr(param, "is_flag", False))
+        if plain and described.parameter_info.parser is None:
+            param._runtime_param = AsGiven(parameter_info=described.parameter_info, annotation=described.annotation)
+
+
 app = typer.Typer(
     name="coopctl",
+    cls=RootGroup,
     help="Administer cooperation orders between merchants and creators (精选联盟 合作订单管理).",
     add_completion=False,
     no_args_is_help=True,
@@ -704,5 +748,38 @@ def import_(ctx: typer.Context, file: ExportFileArg, as_json: JsonOpt = False) -
 
 
 def main() -> None:
-    """The console-script entry point."""
-    app()
+    """The console-script entry point: only the command named on the line is built.
+
+    Typer turns every registered command into a click command (reading each signature and its
+    annotations) before it parses anything; to run one command, one is enough. `coopctl --help`,
+    a mistyped name and anything unusual get the whole app, as before."""
+    only_command(sys.argv[1:])()
+
+
+def only_command(args: list[str]) -> typer.Typer:
+    """The app with only the command that `args` name (after the root's options), or the app."""
+    name = _command_name(args)
+    chosen = [c for c in app.registered_commands if (c.name or c.callback.__name__.replace("_", "-")) == name]
+    if len(chosen) != 1:
+        return app
+    narrow = copy.copy(app)
+    narrow.registered_commands = chosen
+    return narrow
+
+
+_ROOT_VALUES = {"--db", "--config", "--operator"}  # the root's options that take a value
+
+
+def _command_name(args: list[str]) -> str | None:
+    expect_value = False
+    for arg in args:
+        if expect_value:
+            expect_value = False
+        elif arg in _ROOT_VALUES:
+            expect_value = True
+        elif arg.startswith("-"):
+            if arg.split("=", 1)[0] not in _ROOT_VALUES:
+                return None  # --help, or an option the root does not know: the whole app answers
+        else:
+            return arg
+    return None

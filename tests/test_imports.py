@@ -1,0 +1,110 @@
+"""Start-up costs only what a command needs (the performance issue: `coopctl --help` and
+`coopctl COMMAND --help` within 1.5x of `import typer`; `show`, `list`, actions and an idle
+`tick` within 1.25x of `import sqlmodel`; measured by bench/startup.py).
+
+Each case runs in a fresh interpreter and looks at `sys.modules` afterwards: help never loads
+the database or table libraries (nor pydantic, which Typer would load to coerce the root's
+options), and a command asked for `--json` never loads rich. The command line is run as the
+console script runs it (`coopctl.cli.main`, which builds only the command named).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import base_env
+
+HEAVY = ("sqlalchemy", "sqlmodel", "rich.table", "rich.console", "sqlite_utils", "pydantic")
+
+PROBE = """
+import json, sys
+args = json.loads(sys.argv[1])
+{run}
+loaded = sorted(m for m in sys.modules if m in {heavy!r} or m.split(".")[0] in {heavy!r})
+print(json.dumps(loaded))
+"""
+
+VIA_APP = """
+from coopctl.cli import app
+try:
+    app(args, standalone_mode=False)
+except SystemExit:
+    pass
+"""
+
+VIA_MAIN = """
+import io, contextlib
+from coopctl.cli import main
+sys.argv = ["coopctl", *args]
+out = io.StringIO()
+try:
+    with contextlib.redirect_stdout(out):
+        main()
+except SystemExit as exc:
+    assert not exc.code, (exc.code, out.getvalue())
+"""
+
+
+def loaded(args: list[str], *, run: str = VIA_MAIN, db: Path | None = None, cwd: Path | None = None) -> list[str]:
+    code = PROBE.format(run=run, heavy=HEAVY)
+    env = base_env(db or Path("unused.db"))
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_root_help_through_the_app_loads_nothing_heavy():
+    assert loaded(["--help"], run=VIA_APP) == []
+
+
+def test_importing_the_command_line_loads_nothing_heavy():
+    assert loaded([], run="import coopctl.cli") == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["show", "--help"], ["tick", "--help"], ["--db", "x.db", "list", "-h"],
+                                  ["export", "--help"], ["import", "--help"], ["create", "--help"]])
+def test_help_loads_nothing_heavy(args, tmp_path):
+    assert loaded(args, cwd=tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory) -> Path:
+    from dbtools import build
+
+    path = tmp_path_factory.mktemp("book") / "book.db"
+    build(path, 30)
+    return path
+
+
+@pytest.mark.parametrize("args", [
+    ["show", "7", "--json"], ["list", "--limit", "5", "--json"], ["list", "--due-before", "2026-11-03", "--json"],
+    ["history", "7", "--json"], ["notifications", "--order", "7", "--json"], ["tick", "--now", "2026-11-01T00:00", "--json"],
+])
+def test_a_json_command_never_loads_rich(args, book, tmp_path):
+    db = tmp_path / "copy.db"
+    db.write_bytes(book.read_bytes())
+    modules = loaded(args, db=db, cwd=tmp_path)
+    assert not [m for m in modules if m == "rich" or m.startswith("rich.")], modules
+    assert "sqlmodel" in modules  # it does use the database
+
+
+def test_a_table_loads_rich(book, tmp_path):
+    db = tmp_path / "copy.db"
+    db.write_bytes(book.read_bytes())
+    assert "rich.table" in loaded(["show", "7"], db=db, cwd=tmp_path)
+
+
+def test_main_builds_only_the_command_named_and_the_whole_app_otherwise():
+    from coopctl.cli import app, only_command
+
+    assert [c.callback.__name__ for c in only_command(["--db", "x.db", "show", "7"]).registered_commands] == ["show"]
+    assert [c.name for c in only_command(["--db=x.db", "--operator", "me", "cancel-request", "1"]).registered_commands] == ["cancel-request"]
+    assert [c.name for c in only_command(["import", "-"]).registered_commands] == ["import"]
+    for args in ([], ["--help"], ["-h", "show"], ["shwo", "7"], ["--verbose", "show", "7"], ["--db"]):
+        assert only_command(args) is app, args
