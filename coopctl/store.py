@@ -3,7 +3,9 @@
 One `Store` per command; `store.write()` is one write transaction (SQLite: BEGIN IMMEDIATE,
 so writers queue on the lock instead of deadlocking; PostgreSQL: row locks), `store.read()` a
 read-only one. All SQL is built with SQLAlchemy from the SQLModel tables, so it is portable;
-the few SQLite-specific statements (PRAGMAs) live here and nowhere else.
+the few SQLite-specific statements (PRAGMAs) live here and nowhere else, and so do the
+PostgreSQL-specific ones (the schema's advisory lock, COPY for bulk writes, moving the id
+sequence after an import).
 """
 
 from __future__ import annotations
