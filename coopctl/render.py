@@ -50,6 +50,7 @@ def _console(stderr: bool = False) -> Console:
         no_color=bool(os.environ.get("NO_COLOR")) or None,
         highlight=False,
         markup=False,  # ids, notes and reasons are shown as typed: "[bold]M[/bold]" is not markup here
+        emoji=False,  # nor is ":smile:" an emoji (and not looking for codes in every cell draws tables faster)
         soft_wrap=False,
     )
 
