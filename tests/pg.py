@@ -27,6 +27,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -112,22 +113,36 @@ class Server:
         self.created.clear()
 
 
+# Stops the server and deletes its folder once the test session's process is gone, however it
+# ended (a kill included, when neither the fixture's teardown nor atexit runs).
+_REAPER = """
+import os, shutil, subprocess, sys, time
+parent, folder, command = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+while os.getppid() == parent:
+    time.sleep(1)
+subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+shutil.rmtree(folder, ignore_errors=True)
+"""
+
+
 class LocalServer(Server):
-    """A server of our own in a temporary folder, stopped and deleted by `stop()`."""
+    """A server of our own in a temporary folder, stopped and deleted by `stop()` (or, if the test
+    session is killed, by a small reaper process that outlives it)."""
 
     def __init__(self, bindir: str):
         self.bindir = bindir
         self.as_root = os.geteuid() == 0
         self.folder = tempfile.mkdtemp(prefix="coopctl-pg-", dir="/tmp" if self.as_root else None)
         self.running = False
+        self.reaper: subprocess.Popen | None = None
         super().__init__("127.0.0.1", 0, "postgres", None, "postgres", "t_")
 
-    def _tool(self, name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def _argv(self, name: str, *args: str) -> list[str]:
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_root else []
-        return subprocess.run(
-            [*prefix, os.path.join(self.bindir, name), *args], capture_output=True, text=True, timeout=timeout,
-            cwd=self.folder,
-        )
+        return [*prefix, os.path.join(self.bindir, name), *args]
+
+    def _tool(self, name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self._argv(name, *args), capture_output=True, text=True, timeout=timeout, cwd=self.folder)
 
     def start(self) -> None:
         if self.as_root:
@@ -146,6 +161,12 @@ class LocalServer(Server):
             started = self._tool("pg_ctl", "-D", data, "-l", os.path.join(self.folder, "log"), "-o", options, "-w", "-t", "60", "start")
             if started.returncode == 0:
                 self.running = True
+                stop = self._argv("pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+                self.reaper = subprocess.Popen(
+                    [sys.executable, "-c", _REAPER, str(os.getpid()), self.folder, *stop],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
                 return
             last = (started.stderr or started.stdout).strip() + "\n" + self._log_tail()
             self._tool("pg_ctl", "-D", data, "-m", "immediate", "stop")
@@ -162,6 +183,10 @@ class LocalServer(Server):
             self._tool("pg_ctl", "-D", os.path.join(self.folder, "data"), "-m", "immediate", "-w", "stop")
             self.running = False
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self.reaper is not None:
+            self.reaper.kill()
+            self.reaper.wait()
+            self.reaper = None
 
 
 def _external(url: str) -> Server:
