@@ -748,12 +748,41 @@ def import_(ctx: typer.Context, file: ExportFileArg, as_json: JsonOpt = False) -
 
 
 def main() -> None:
-    """The console-script entry point: only the command named on the line is built.
+    """The console-script entry point: only the command named on the line is built, and the
+    process ends without tearing the interpreter down.
 
     Typer turns every registered command into a click command (reading each signature and its
     annotations) before it parses anything; to run one command, one is enough. `coopctl --help`,
     a mistyped name and anything unusual get the whole app, as before."""
-    only_command(sys.argv[1:])()
+    try:
+        only_command(sys.argv[1:])()
+        status = 0
+    except SystemExit as done:
+        status = done.code
+    leave(status)
+
+
+def leave(status) -> None:
+    """End the process now, with `status` as `sys.exit` takes it.
+
+    An interpreter that exits normally frees every object of every module one by one: with
+    SQLAlchemy, SQLModel, pydantic and rich loaded that takes about 0.2 s, as long as the command
+    itself. There is nothing left to do by then (the command closed its database, and the files it
+    wrote are closed and synced), so only the standard streams are flushed; the exit handlers of
+    the libraries (logging's, weakref finalizers) have nothing to do either."""
+    if status is None:
+        status = 0
+    elif not isinstance(status, int):
+        sys.stderr.write(f"{status}\n")
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # the reader went away (| head), or the stream is closed
+            pass
+        except OSError:
+            status = status or 1
+    os._exit(status)
 
 
 def only_command(args: list[str]) -> typer.Typer:

@@ -39,14 +39,14 @@ except SystemExit:
 
 VIA_MAIN = """
 import io, contextlib
-from coopctl.cli import main
+import coopctl.cli
+ended = []
+coopctl.cli.leave = ended.append  # main() ends the process itself: here, only note how
 sys.argv = ["coopctl", *args]
 out = io.StringIO()
-try:
-    with contextlib.redirect_stdout(out):
-        main()
-except SystemExit as exc:
-    assert not exc.code, (exc.code, out.getvalue())
+with contextlib.redirect_stdout(out):
+    coopctl.cli.main()
+assert ended == [0], (ended, out.getvalue())
 """
 
 
@@ -108,3 +108,19 @@ def test_main_builds_only_the_command_named_and_the_whole_app_otherwise():
     assert [c.name for c in only_command(["import", "-"]).registered_commands] == ["import"]
     for args in ([], ["--help"], ["-h", "show"], ["shwo", "7"], ["--verbose", "show", "7"], ["--db"]):
         assert only_command(args) is app, args
+
+
+def test_main_ends_the_process_with_the_commands_status_after_flushing(tmp_path):
+    """`main` skips the interpreter's teardown (os._exit) but not the exit status or the output."""
+    probe = (
+        "import sys; from coopctl.cli import main; sys.stdout.write('buffered, not yet flushed'); "
+        "sys.argv = ['coopctl', *sys.argv[1:]]; main()"
+    )
+    env = base_env(tmp_path / "missing.db")
+    done = subprocess.run([sys.executable, "-c", probe, "list"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 5 and done.stdout == "buffered, not yet flushed"
+    assert done.stderr.startswith("error: no database at")
+    done = subprocess.run([sys.executable, "-c", probe, "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0 and "Usage: coopctl" in done.stdout
+    done = subprocess.run([sys.executable, "-c", probe, "shwo"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 2 and "No such command 'shwo'" in done.stderr
