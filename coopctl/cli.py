@@ -786,14 +786,37 @@ def leave(status) -> None:
 
 
 def only_command(args: list[str]) -> typer.Typer:
-    """The app with only the command that `args` name (after the root's options), or the app."""
+    """The app with only the command that `args` name (after the root's options); for the root's
+    help, the app with every command reduced to its name and help; otherwise the app."""
     name = _command_name(args)
+    if name is None and (not args or any(arg in ("-h", "--help") for arg in args)):
+        return _listing()
     chosen = [c for c in app.registered_commands if (c.name or c.callback.__name__.replace("_", "-")) == name]
     if len(chosen) != 1:
         return app
     narrow = copy.copy(app)
     narrow.registered_commands = chosen
     return narrow
+
+
+def _listing() -> typer.Typer:
+    """`coopctl --help` lists each command's name and the first line of its help: commands without
+    their parameters list the same, and Typer need not read 21 signatures to print it."""
+    listing = copy.copy(app)
+    listing.registered_commands = []
+    for info in app.registered_commands:
+        entry = copy.copy(info)
+        entry.callback = _stub(info.callback)
+        listing.registered_commands.append(entry)
+    return listing
+
+
+def _stub(callback: Callable) -> Callable:
+    def stub() -> None:  # pragma: no cover - never run: only its name and help are listed
+        raise AssertionError("a listing entry cannot run")
+
+    stub.__name__, stub.__doc__ = callback.__name__, callback.__doc__
+    return stub
 
 
 _ROOT_VALUES = {"--db", "--config", "--operator"}  # the root's options that take a value

@@ -106,8 +106,21 @@ def test_main_builds_only_the_command_named_and_the_whole_app_otherwise():
     assert [c.callback.__name__ for c in only_command(["--db", "x.db", "show", "7"]).registered_commands] == ["show"]
     assert [c.name for c in only_command(["--db=x.db", "--operator", "me", "cancel-request", "1"]).registered_commands] == ["cancel-request"]
     assert [c.name for c in only_command(["import", "-"]).registered_commands] == ["import"]
-    for args in ([], ["--help"], ["-h", "show"], ["shwo", "7"], ["--verbose", "show", "7"], ["--db"]):
+    for args in (["shwo", "7"], ["--verbose", "show", "7"], ["--db"]):
         assert only_command(args) is app, args
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--db", "x.db", "--help"], ["-h", "show"], []])
+def test_the_root_help_lists_exactly_what_the_whole_app_lists(args):
+    from typer.testing import CliRunner
+
+    from coopctl.cli import app, only_command
+
+    listing = only_command(args)
+    assert listing is not app and len(listing.registered_commands) == len(app.registered_commands)
+    whole, listed = CliRunner().invoke(app, args), CliRunner().invoke(listing, args)
+    assert (listed.exit_code, listed.stdout, listed.stderr) == (whole.exit_code, whole.stdout, whole.stderr)
+    assert "Commands:" in whole.stdout + whole.stderr and "export" in whole.stdout + whole.stderr
 
 
 def test_main_ends_the_process_with_the_commands_status_after_flushing(tmp_path):
