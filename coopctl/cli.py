@@ -265,7 +265,6 @@ def one_party(merchant: str | None, creator: str | None) -> tuple["Party", str]:
 
 
 def _act(ctx: typer.Context, order: int, action: "Action", party: "Party", who: str | None, at: str | None, as_json: bool, **extra) -> None:
-    from coopctl import render
     from coopctl.errors import InvalidInput
     from coopctl.service import perform
 
@@ -276,6 +275,8 @@ def _act(ctx: typer.Context, order: int, action: "Action", party: "Party", who: 
     if as_json:
         emit_json(outcome.order.to_json(rt.tz))
     else:
+        from coopctl import render
+
         render.action_done(outcome, rt.tz)
 
 
@@ -302,7 +303,6 @@ def create(
     Example: coopctl create --merchant 商家A --creator 达人小王 --product P1 --form live
     --commission 12.5 --ad-budget 5000 --latest-start 2026-12-01T20:00
     """
-    from coopctl import render
     from coopctl.service import create_order
 
     rt = runtime(ctx)
@@ -316,6 +316,8 @@ def create(
     if as_json:
         emit_json(order.to_json(rt.tz))
     else:
+        from coopctl import render
+
         render.order_created(order, rt.tz, created)
 
 
@@ -477,7 +479,6 @@ def show(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
 
     Example: coopctl show 12
     """
-    from coopctl import render
     from coopctl.service import get_order
 
     rt = runtime(ctx)
@@ -485,6 +486,8 @@ def show(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json({**record.to_json(rt.tz), "events": [e.to_json(rt.tz) for e in events]})
     else:
+        from coopctl import render
+
         render.order_detail(record, events, rt.tz)
 
 
@@ -494,7 +497,6 @@ def history(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> No
 
     Example: coopctl history 12 --json
     """
-    from coopctl import render
     from coopctl.service import get_order
 
     rt = runtime(ctx)
@@ -502,6 +504,8 @@ def history(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> No
     if as_json:
         emit_json([e.to_json(rt.tz) for e in events])
     else:
+        from coopctl import render
+
         render.history_table(record, events, rt.tz)
 
 
@@ -519,7 +523,6 @@ def list_(
 
     Example: coopctl list --status pending --due-before 2026-12-01
     """
-    from coopctl import render
     from coopctl.errors import InvalidInput
     from coopctl.lifecycle import Status
     from coopctl.service import list_orders
@@ -534,6 +537,8 @@ def list_(
     if as_json:
         emit_json([o.to_json(rt.tz) for o in orders])
     else:
+        from coopctl import render
+
         render.orders_table(orders, rt.tz)
 
 
@@ -549,12 +554,13 @@ def notifications(
 
     Example: coopctl notifications --pending --mark-sent --json   # hand them to the dispatcher
     """
-    from coopctl import render
     from coopctl.service import notifications as outbox
 
     rt = runtime(ctx)
     sent_at = instant(None, rt) if mark_sent else None
     rows = outbox(rt.service, order_id=order, pending=pending or mark_sent, mark_sent_at=sent_at)
+    from coopctl import render
+
     if as_json:
         emit_json([render.notification_json(r, rt.tz) for r in rows])
     else:

@@ -78,23 +78,26 @@ def _tz_name(tz: tzinfo) -> str:
 # --------------------------------------------------------------------------- orders
 
 
+def _say(*lines: str) -> None:
+    """One-line reports (an action done, a tick, a file written) are plain text, on a terminal as
+    when piped: there is nothing to draw, so rich is not even loaded for them."""
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+
+
 def order_created(order: Order, tz: tzinfo, created: bool) -> None:
-    console = _console()
     verb = "created" if created else "already exists"
-    console.print(f"order {order.id} {verb}: {order.status}, {order.at_deadline or ''} at {when(order.deadline, tz)}".rstrip())
+    _say(f"order {order.id} {verb}: {order.status}, {order.at_deadline or ''} at {when(order.deadline, tz)}".rstrip())
 
 
 def action_done(outcome: Outcome, tz: tzinfo) -> None:
-    console = _console()
     order = outcome.order
-    for e in outcome.events:
-        console.print(f"order {order.id}: {e.kind} at {when(e.at, tz)} by {e.actor}")
+    lines = [f"order {order.id}: {e.kind} at {when(e.at, tz)} by {e.actor}" for e in outcome.events]
     line = f"order {order.id} is now {order.status} (terms {order.terms_state})"
     if order.deadline is not None:
         line += f"; next deadline {when(order.deadline, tz)}: {order.at_deadline}"
     if order.liable_party is not None:
         line += f"; liable: {order.liable_party}"
-    console.print(line)
+    _say(*lines, line)
 
 
 def _terms_panel(order: Order, tz: tzinfo) -> Panel:
@@ -266,7 +269,7 @@ def tick_summary(report, tz: tzinfo, dry_run: bool) -> None:
     line += f", {report.reminders} reminder{'s' if report.reminders != 1 else ''}"
     if dry_run:
         line += "; nothing was written (dry run)"
-    _console().print(line)
+    _say(line)
 
 
 PROGRESS_THRESHOLD = 1000  # items: below this, work is over before a bar would help
@@ -326,9 +329,7 @@ def tick_progress():
 
 
 def export_done(path: str, orders: int, events: int, notes: int) -> None:
-    _console().print(
-        f"exported {orders} order{'s' if orders != 1 else ''} ({events} events, {notes} notifications) to {path}"
-    )
+    _say(f"exported {orders} order{'s' if orders != 1 else ''} ({events} events, {notes} notifications) to {path}")
 
 
 def _verdict_line(verdict, tz: tzinfo) -> Text:
