@@ -20,7 +20,7 @@ that a load that comes and goes hits every figure alike; the medians are compare
 the figure; CPU time (user + system of the child) is shown too, as it suffers less from a
 shared machine. Before timing, the coopctl package is compiled to bytecode (as `pip install`
 does; an editable install run with PYTHONDONTWRITEBYTECODE would compile every module on every
-start), unless --no-compile.
+start), unless --no-compile (remove coopctl/__pycache__ first to measure that case).
 
 With --json the last line is {"db", "orders", "runs", "load_avg", "commands": {NAME: {"argv",
 "wall_ms", "cpu_ms", "baseline", "ratio", "cpu_ratio", "limit", "ok"}}}.
