@@ -426,16 +426,6 @@ def _no_constant(name: str):
     raise _TooLarge(f"{name} is not a number JSON allows")
 
 
-def read_file(path: str | os.PathLike) -> bytes:
-    """The bytes of an export file; a missing or unreadable file is invalid input (exit 2)."""
-    try:
-        return Path(path).read_bytes()
-    except IsADirectoryError:
-        raise InvalidInput(f"{str(path)!r} is a directory, not an export file") from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {str(path)!r}: {exc.strerror}") from None
-
-
 def parse_document(raw: bytes | str | BinaryIO, *, source: str = "the file") -> ExportFile:
     """Read and type-check an export (its text, or a binary stream to read it from); anything
     malformed is InvalidInput naming the order and field."""
