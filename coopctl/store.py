@@ -462,19 +462,8 @@ def _insert(table, columns: tuple[str, ...]):
     return lambda: insert(table).values({c: bindparam(c) for c in columns})
 
 
-def event_values(e: Event) -> dict:
-    return {
-        "order_id": e.order_id, "seq": e.seq, "kind": e.kind, "at": e.at, "actor": e.actor,
-        "operator": e.operator, "data": _dumps(e.data), "prev_hash": e.prev_hash, "hash": e.hash,
-    }
-
-
 def event_from_row(row) -> Event:
     return Event(row.order_id, row.seq, row.kind, row.at, row.actor, row.operator, json.loads(row.data), row.prev_hash, row.hash)
-
-
-def notification_values(n: Notification) -> dict:
-    return {"order_id": n.order_id, "recipient": n.recipient, "channel": n.channel, "kind": n.kind, "at": n.at, "text": n.text}
 
 
 def _update_statement():
@@ -820,9 +809,6 @@ class Tx:
             query = select(ORDERS.c.idempotency_key, ORDERS.c.id).where(ORDERS.c.idempotency_key.in_(chunk))
             found.update((key, order_id) for key, order_id in self.conn.execute(query))
         return found
-
-    def max_order_id(self) -> int:
-        return self.conn.execute(select(func.max(ORDERS.c.id))).scalar() or 0
 
     # ---------------------------------------------------------------- tick runs
 
