@@ -14,7 +14,6 @@ import json
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -25,9 +24,22 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from coopctl.errors import Busy, InvalidInput, StorageError
-from coopctl.lifecycle import Event, Notification, Order, Outcome, Party, Status, Terms, wake_at
+from coopctl.lifecycle import Event, Order, Outcome
 from coopctl.models import APPLICATION, EVENTS, META, NOTIFICATIONS, ORDERS, SCHEMA_VERSION, TICK_RUNS, SQLModel
-from coopctl.policy import SECOND, Policy, ReminderOffsets
+from coopctl.policy import SECOND
+from coopctl.rows import (  # noqa: F401  (re-exported: the row layout belongs to storage)
+    EVENT_COLUMNS,
+    NOTIFICATION_COLUMNS,
+    ORDER_COLUMNS,
+    STATE_COLUMNS,
+    STORED_NOTIFICATION_COLUMNS,
+    event_tuple,
+    notification_tuple,
+    order_from_row,
+    order_values,
+    rows_by_id_sql,
+    state_tuple,
+)
 
 _SCHEMA_LOCK = 0x636F6F70  # "coop": the PostgreSQL advisory lock key taken while the schema is created or upgraded
 _BUSY_WORDS = ("database is locked", "database table is locked", "lock timeout", "could not obtain lock", "deadlock")
@@ -285,123 +297,6 @@ def _sqlite_begin(conn: Connection) -> None:
 # --------------------------------------------------------------------------- rows <-> records
 
 
-@lru_cache(maxsize=256)
-def _policy(text: str) -> Policy:
-    return Policy.from_json(json.loads(text))
-
-
-@lru_cache(maxsize=256)
-def _reminders(text: str) -> ReminderOffsets:
-    return ReminderOffsets.from_json(json.loads(text))
-
-
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_dumps = _ENCODER.encode
-
-ORDER_COLUMNS = (
-    "id", "merchant", "creator", "products", "form", "commission_pct", "ad_budget", "latest_start_at", "note",
-    "policy", "reminders", "created_at", "status", "status_since", "cancel_requested_by", "went_live_at",
-    "delivered_at", "delivery_mode", "failed_reviews", "last_seq", "last_hash", "last_event_at",
-    "reminders_sent", "idempotency_key",
-)
-_STATUS = {s.value: s for s in Status}
-_PARTY = {None: None, "merchant": Party.MERCHANT, "creator": Party.CREATOR}
-_NO_REMINDERS: frozenset[str] = frozenset()
-
-
-def order_from_row(row) -> Order:
-    """An order from a row of ORDER_COLUMNS, in that order (a Row or a plain tuple)."""
-    (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
-     status, since, requested_by, went_live, delivered, mode, failed, seq, digest, last_at, sent, key) = row
-    return Order(
-        oid,
-        Terms(merchant, creator, tuple(json.loads(products)), form, Decimal(commission), Decimal(budget), latest, note),
-        _policy(policy),
-        _reminders(reminders),
-        created,
-        _STATUS[status],
-        since,
-        _PARTY[requested_by],
-        went_live,
-        delivered,
-        mode,
-        failed,
-        seq,
-        digest,
-        last_at,
-        _NO_REMINDERS if sent == "[]" else frozenset(json.loads(sent)),
-        key,
-    )
-
-
-STATE_COLUMNS = (
-    "status", "status_since", "cancel_requested_by", "went_live_at", "delivered_at", "delivery_mode",
-    "failed_reviews", "liable_party", "deadline", "wake_at", "last_seq", "last_hash", "last_event_at",
-    "reminders_sent",
-)
-
-
-def _state_tuple(order: Order) -> tuple:
-    """The columns that change as an order moves, in STATE_COLUMNS order."""
-    requested_by = order.cancel_requested_by
-    liable = order.liable_party
-    sent = order.reminders_sent
-    return (
-        order.status.value,
-        order.status_since,
-        None if requested_by is None else requested_by.value,
-        order.went_live_at,
-        order.delivered_at,
-        order.delivery_mode,
-        order.failed_reviews,
-        None if liable is None else liable.value,
-        order.deadline,
-        wake_at(order),
-        order.last_seq,
-        order.last_hash,
-        order.last_event_at,
-        _dumps(sorted(sent)) if sent else "[]",
-    )
-
-
-def _state_values(order: Order) -> dict:
-    return dict(zip(STATE_COLUMNS, _state_tuple(order)))
-
-
-def order_values(order: Order) -> dict:
-    """Every column of an order row."""
-    terms = order.terms
-    return {
-        "id": order.id,
-        "merchant": terms.merchant,
-        "creator": terms.creator,
-        "products": _dumps(list(terms.products)),
-        "form": terms.form,
-        "commission_pct": str(terms.commission_pct),
-        "ad_budget": str(terms.ad_budget),
-        "latest_start_at": terms.latest_start_at,
-        "note": terms.note,
-        "policy": _dumps(order.policy.to_json()),
-        "reminders": _dumps(order.reminders.to_json()),
-        "created_at": order.created_at,
-        "idempotency_key": order.idempotency_key,
-        **_state_values(order),
-    }
-
-
-EVENT_COLUMNS = ("order_id", "seq", "kind", "at", "actor", "operator", "data", "prev_hash", "hash")
-NOTIFICATION_COLUMNS = ("order_id", "recipient", "channel", "kind", "at", "text")
-STORED_NOTIFICATION_COLUMNS = NOTIFICATION_COLUMNS + ("sent_at",)  # an imported outbox keeps what was sent
-
-
-def _event_tuple(e: Event) -> tuple:
-    return (e.order_id, e.seq, e.kind, e.at, e.actor, e.operator, _dumps(e.data) if e.data else "{}", e.prev_hash, e.hash)
-
-
-def _notification_tuple(n: Notification) -> tuple:
-    return (n.order_id, n.recipient, n.channel, n.kind, n.at, n.text)
-
-
 class Bulk:
     """A statement compiled once for the connection's dialect and run with executemany on
     plain tuples: the SQL is still built from the SQLModel tables (portable), but the per-row
@@ -440,6 +335,18 @@ class Bulk:
             return conn.exec_driver_sql(self.sql, tuple(params[n] for n in self.names))
         return conn.exec_driver_sql(self.sql, params)
 
+    def tuples(self, conn: Connection, params: dict) -> list[tuple]:
+        """The rows of `query` as the driver's plain tuples, without SQLAlchemy's Row objects
+        (a quarter of the cost of reading tick's due orders)."""
+        result = self.query(conn, params)
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        try:
+            return result.cursor.fetchall()
+        except dbapi_error as exc:
+            raise DBAPIError.instance(self.sql, None, exc, dbapi_error, dialect=conn.dialect) from None
+        finally:
+            result.close()
+
 
 _COPY_AT_LEAST = 50  # PostgreSQL: from this many rows on, inserts go through COPY
 
@@ -456,6 +363,45 @@ def _copy(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tup
                 copy.write_row(row)
     except dbapi_error as exc:
         raise DBAPIError.instance(sql, None, exc, dbapi_error, dialect=conn.dialect) from None
+
+
+_MULTI_AT_LEAST = 8  # SQLite: from this many rows on, several rows go in each statement
+_MULTI_ROWS = 500  # SQLite: rows per statement (fewer if the build allows fewer parameters)
+
+
+def _multi_rows(conn: Connection, width: int) -> int:
+    """How many rows of `width` parameters fit in one statement on this SQLite connection."""
+    limit = conn.connection.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return max(1, min(_MULTI_ROWS, limit // width))
+
+
+@lru_cache(maxsize=64)
+def _multi_sql(kind: str, table: str, columns: tuple[str, ...], rows: int, quote) -> str:
+    """SQLite's bulk statements for `rows` rows at once: one `INSERT … VALUES (…), (…)`, or one
+    `UPDATE … FROM (VALUES …)` guarded like `_update_statement` (the last two values of each row are
+    the order's id and the seq it was read at). SQLite then writes hundreds of rows in one step,
+    without a round through the driver for each row as executemany makes."""
+    values = ", ".join(["(" + ", ".join("?" * len(columns)) + ")"] * rows)
+    if kind == "insert":
+        return f"INSERT INTO {quote(table)} ({', '.join(map(quote, columns))}) VALUES {values}"
+    state = columns[:-2]
+    sets = ", ".join(f"{quote(c)} = v.column{i}" for i, c in enumerate(state, 1))
+    return (
+        f"UPDATE {quote(table)} SET {sets} FROM (VALUES {values}) AS v "
+        f"WHERE {quote(table)}.id = v.column{len(state) + 1} AND {quote(table)}.last_seq = v.column{len(state) + 2}"
+    )
+
+
+def _multi(conn: Connection, kind: str, table: str, columns: tuple[str, ...], rows: list[tuple]) -> int:
+    """Run `_multi_sql` over `rows` in chunks; the number of rows written."""
+    per = _multi_rows(conn, len(columns))
+    quote = conn.dialect.identifier_preparer.quote
+    written = 0
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        flat = tuple(value for row in chunk for value in row)
+        written += conn.exec_driver_sql(_multi_sql(kind, table, columns, len(chunk), quote), flat).rowcount
+    return written
 
 
 def _insert(table, columns: tuple[str, ...]):
@@ -542,6 +488,11 @@ def _by_id(build):
         return _select_orders().where(ORDERS.c.id.in_(keys)).order_by(ORDERS.c.id)
 
     return query
+
+
+def _ids_only(build):
+    """The keys of the same due orders: their ids alone, straight from the covering index on wake_at."""
+    return lambda: build().with_only_columns(ORDERS.c.id)
 
 
 class Tx:
@@ -644,26 +595,45 @@ class Tx:
     def save(self, before: list[Order], outcomes: list[Outcome]) -> None:
         """Write many outcomes at once: each order's row (guarded by its last seq), events, notifications."""
         changed = [(b, o) for b, o in zip(before, outcomes) if o.events or o.notifications]
-        if not changed:
+        if changed:
+            self.save_rows(
+                [state_tuple(o.order) + (b.id, b.last_seq) for b, o in changed],
+                [event_tuple(e) for _, o in changed for e in o.events],
+                [notification_tuple(n) for _, o in changed for n in o.notifications],
+            )
+
+    def save_rows(self, states: list[tuple], events: list[tuple], notifications: list[tuple]) -> None:
+        """Write decided rows: `states` are STATE_COLUMNS plus the order's id and the seq it was read
+        at (the guard), `events` and `notifications` row tuples, each in the order they happened."""
+        if not states:
             return
         # Write in id order: rows and index pages are then visited sequentially, not at random
         # (half the cost of a tick batch on a large book), and row locks are taken in one order.
-        changed.sort(key=lambda pair: pair[0].id)
-        params = [_state_tuple(o.order) + (b.id, b.last_seq) for b, o in changed]
-        if len(params) >= _COPY_AT_LEAST and self.conn.dialect.name == "postgresql":
-            rowcount = _update_from_copy(self.conn, params)
+        # The sorts are stable, so each order's events and notifications keep their own order.
+        id_at = len(STATE_COLUMNS)
+        if any(states[i][id_at] > states[i + 1][id_at] for i in range(len(states) - 1)):
+            states = sorted(states, key=lambda row: row[id_at])
+            events = sorted(events, key=lambda row: row[0])
+            notifications = sorted(notifications, key=lambda row: row[0])
+        if len(states) >= _COPY_AT_LEAST and self.conn.dialect.name == "postgresql":
+            rowcount = _update_from_copy(self.conn, states)
+        elif len(states) >= _MULTI_AT_LEAST and self.is_sqlite:
+            rowcount = _multi(self.conn, "update", ORDERS.name, _UPDATE_COLUMNS, states)
         else:
-            rowcount = Bulk.of(self.conn, "update_state", _update_statement).run(self.conn, _UPDATE_COLUMNS, params).rowcount
-        if rowcount not in (-1, len(params)):
+            rowcount = Bulk.of(self.conn, "update_state", _update_statement).run(self.conn, _UPDATE_COLUMNS, states).rowcount
+        if rowcount not in (-1, len(states)):
             raise Busy("another coopctl changed some of these orders at the same time; nothing was changed, try again")
-        self._append_many([o for _, o in changed])
+        if events:
+            self._insert_rows("insert_events", EVENTS, EVENT_COLUMNS, events)
+        if notifications:
+            self._insert_rows("insert_notifications", NOTIFICATIONS, NOTIFICATION_COLUMNS, notifications)
 
     def _append(self, outcome: Outcome) -> None:
         self._append_many([outcome])
 
     def _append_many(self, outcomes: list[Outcome]) -> None:
-        events = [_event_tuple(e) for o in outcomes for e in o.events]
-        notes = [_notification_tuple(n) for o in outcomes for n in o.notifications]
+        events = [event_tuple(e) for o in outcomes for e in o.events]
+        notes = [notification_tuple(n) for o in outcomes for n in o.notifications]
         if events:
             self._insert_rows("insert_events", EVENTS, EVENT_COLUMNS, events)
         if notes:
@@ -674,6 +644,8 @@ class Tx:
         few rows, COPY (several times faster than one INSERT per row, even pipelined)."""
         if len(rows) >= _COPY_AT_LEAST and self.conn.dialect.name == "postgresql":
             _copy(self.conn, table.name, columns, rows)
+        elif len(rows) >= _MULTI_AT_LEAST and self.is_sqlite:
+            _multi(self.conn, "insert", table.name, columns, rows)
         else:
             Bulk.of(self.conn, key, _insert(table, columns)).run(self.conn, columns, rows)
 
@@ -681,7 +653,7 @@ class Tx:
         """Bulk insert of stored events and notification rows with their `sent_at` (import), on the
         same compiled executemany (or COPY) path as tick."""
         if events:
-            self._insert_rows("insert_events", EVENTS, EVENT_COLUMNS, [_event_tuple(e) for e in events])
+            self._insert_rows("insert_events", EVENTS, EVENT_COLUMNS, [event_tuple(e) for e in events])
         if notifications:
             columns = STORED_NOTIFICATION_COLUMNS
             rows = [tuple(n[c] for c in columns) for n in notifications]
@@ -738,6 +710,12 @@ class Tx:
     def due(self, now: int, *, limit: int, after: tuple[int, int] | None = None, skip_locked: bool = False) -> list[Order]:
         """The first `limit` orders by (wake_at, id) whose next deadline or reminder is at or before
         `now` (and after the key `after`); returned in id order on SQLite, by wake_at elsewhere."""
+        return [order_from_row(r) for r in self.due_rows(now, limit=limit, after=after, skip_locked=skip_locked)]
+
+    def due_rows(
+        self, now: int, *, limit: int, after: tuple[int, int] | None = None, skip_locked: bool = False
+    ) -> list[tuple]:
+        """`due` as rows of ORDER_COLUMNS (plain tuples), for tick to decide in bulk."""
         params: dict = {"now": now, "limit": limit}
         if after is None:
             key, build = "due", _select_due
@@ -751,7 +729,29 @@ class Tx:
                 key, build = "due_claim", _select_due_claim
             key += "_skip_locked"
             build = (lambda plain: lambda: plain().with_for_update(skip_locked=True))(build)
-        return [order_from_row(r) for r in Bulk.of(self.conn, key, build).query(self.conn, params)]
+        return Bulk.of(self.conn, key, build).tuples(self.conn, params)
+
+    def due_ids(self, now: int, *, limit: int, after: tuple[int, int] | None = None) -> list[int]:
+        """SQLite: the ids of the orders `due` gives, in id order, read from the index alone."""
+        params: dict = {"now": now, "limit": limit}
+        if after is None:
+            key, build = "due_ids", _ids_only(_select_due)
+        else:
+            key, build = "due_after_ids", _ids_only(_select_due_after)
+            params["after_wake"], params["after_id"] = after
+        return sorted(row[0] for row in Bulk.of(self.conn, key, build).tuples(self.conn, params))
+
+    def rows_by_id(self, ids: list[int]) -> list[tuple]:
+        """SQLite: the rows of ORDER_COLUMNS of these orders, in id order (at most 500 ids)."""
+        result = self.conn.exec_driver_sql(rows_by_id_sql(len(ids)), tuple(ids))
+        try:
+            return result.cursor.fetchall()
+        finally:
+            result.close()
+
+    def in_wal_mode(self) -> bool:
+        """SQLite in WAL mode: other connections can read while this transaction writes."""
+        return self.is_sqlite and str(self.conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower() == "wal"
 
     def count_due(self, now: int) -> int:
         return self.conn.execute(select(func.count()).select_from(ORDERS).where(ORDERS.c.wake_at <= now)).scalar_one()

@@ -1,0 +1,146 @@
+"""Rows <-> records: how an order, an event and a notification are laid out as row tuples.
+
+Pure (no SQLAlchemy): the storage layer writes and reads these tuples, and tick's helper process
+(`coopctl.tickwork`) builds them without loading the database libraries.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from functools import lru_cache
+
+from coopctl.lifecycle import Event, Notification, Order, Party, Status, Terms, wake_at
+from coopctl.policy import Policy, ReminderOffsets
+
+
+@lru_cache(maxsize=256)
+def _policy(text: str) -> Policy:
+    return Policy.from_json(json.loads(text))
+
+
+@lru_cache(maxsize=256)
+def _reminders(text: str) -> ReminderOffsets:
+    return ReminderOffsets.from_json(json.loads(text))
+
+
+@lru_cache(maxsize=4096)
+def _products(text: str) -> tuple[str, ...]:
+    """A product list from its JSON text; the same lists come back again and again in a batch."""
+    return tuple(json.loads(text))
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_dumps = _ENCODER.encode
+
+ORDER_COLUMNS = (
+    "id", "merchant", "creator", "products", "form", "commission_pct", "ad_budget", "latest_start_at", "note",
+    "policy", "reminders", "created_at", "status", "status_since", "cancel_requested_by", "went_live_at",
+    "delivered_at", "delivery_mode", "failed_reviews", "last_seq", "last_hash", "last_event_at",
+    "reminders_sent", "idempotency_key",
+)
+
+
+@lru_cache(maxsize=16)
+def rows_by_id_sql(count: int) -> str:
+    """SQLite: the rows of ORDER_COLUMNS of `count` orders given by id, in id order (the storage
+    layer and tick's helper process read chunks of due orders with it)."""
+    return f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE id IN ({', '.join('?' * count)}) ORDER BY id"
+
+
+_STATUS = {s.value: s for s in Status}
+_PARTY = {None: None, "merchant": Party.MERCHANT, "creator": Party.CREATOR}
+_NO_REMINDERS: frozenset[str] = frozenset()
+
+
+def order_from_row(row) -> Order:
+    """An order from a row of ORDER_COLUMNS, in that order (a Row or a plain tuple)."""
+    (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
+     status, since, requested_by, went_live, delivered, mode, failed, seq, digest, last_at, sent, key) = row
+    return Order(
+        oid,
+        Terms(merchant, creator, _products(products), form, Decimal(commission), Decimal(budget), latest, note),
+        _policy(policy),
+        _reminders(reminders),
+        created,
+        _STATUS[status],
+        since,
+        _PARTY[requested_by],
+        went_live,
+        delivered,
+        mode,
+        failed,
+        seq,
+        digest,
+        last_at,
+        _NO_REMINDERS if sent == "[]" else frozenset(json.loads(sent)),
+        key,
+    )
+
+
+STATE_COLUMNS = (
+    "status", "status_since", "cancel_requested_by", "went_live_at", "delivered_at", "delivery_mode",
+    "failed_reviews", "liable_party", "deadline", "wake_at", "last_seq", "last_hash", "last_event_at",
+    "reminders_sent",
+)
+
+
+def state_tuple(order: Order) -> tuple:
+    """The columns that change as an order moves, in STATE_COLUMNS order."""
+    requested_by = order.cancel_requested_by
+    liable = order.liable_party
+    sent = order.reminders_sent
+    return (
+        order.status.value,
+        order.status_since,
+        None if requested_by is None else requested_by.value,
+        order.went_live_at,
+        order.delivered_at,
+        order.delivery_mode,
+        order.failed_reviews,
+        None if liable is None else liable.value,
+        order.deadline,
+        wake_at(order),
+        order.last_seq,
+        order.last_hash,
+        order.last_event_at,
+        _dumps(sorted(sent)) if sent else "[]",
+    )
+
+
+def _state_values(order: Order) -> dict:
+    return dict(zip(STATE_COLUMNS, state_tuple(order)))
+
+
+def order_values(order: Order) -> dict:
+    """Every column of an order row."""
+    terms = order.terms
+    return {
+        "id": order.id,
+        "merchant": terms.merchant,
+        "creator": terms.creator,
+        "products": _dumps(list(terms.products)),
+        "form": terms.form,
+        "commission_pct": str(terms.commission_pct),
+        "ad_budget": str(terms.ad_budget),
+        "latest_start_at": terms.latest_start_at,
+        "note": terms.note,
+        "policy": _dumps(order.policy.to_json()),
+        "reminders": _dumps(order.reminders.to_json()),
+        "created_at": order.created_at,
+        "idempotency_key": order.idempotency_key,
+        **_state_values(order),
+    }
+
+
+EVENT_COLUMNS = ("order_id", "seq", "kind", "at", "actor", "operator", "data", "prev_hash", "hash")
+NOTIFICATION_COLUMNS = ("order_id", "recipient", "channel", "kind", "at", "text")
+STORED_NOTIFICATION_COLUMNS = NOTIFICATION_COLUMNS + ("sent_at",)  # an imported outbox keeps what was sent
+
+
+def event_tuple(e: Event) -> tuple:
+    return (e.order_id, e.seq, e.kind, e.at, e.actor, e.operator, _dumps(e.data) if e.data else "{}", e.prev_hash, e.hash)
+
+
+def notification_tuple(n: Notification) -> tuple:
+    return (n.order_id, n.recipient, n.channel, n.kind, n.at, n.text)
