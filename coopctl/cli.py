@@ -443,12 +443,24 @@ def review(
 # ----------------------------------------------------------------------------- the clock
 
 
+def _tick_helper() -> bool | None:
+    """COOPCTL_TICK_HELPER: `auto` (the default: a helper process decides large batches on a
+    machine with two cores or more), `on` or `off`."""
+    from coopctl.errors import InvalidInput
+
+    raw = os.environ.get("COOPCTL_TICK_HELPER", "auto")
+    choices = {"auto": None, "on": True, "off": False}
+    if raw.strip().lower() not in choices:
+        raise InvalidInput(f"COOPCTL_TICK_HELPER must be auto, on or off, got {raw!r}")
+    return choices[raw.strip().lower()]
+
+
 @command()
 def tick(
     ctx: typer.Context,
     now: Annotated[Optional[str], typer.Option("--now", help="Apply everything due up to this instant [default: now].", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; write nothing.")] = False,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="Orders per transaction; each batch commits on its own, so a smaller one holds the write lock for less time [default: 5000].", min=1, max=1_000_000, show_default=False)] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Orders per transaction; each batch commits on its own, so a smaller one holds the write lock for less time [default: 20000 on SQLite, 5000 on PostgreSQL].", min=1, max=1_000_000, show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fire every deadline and reminder due by now; cron runs this every minute.
@@ -460,10 +472,13 @@ def tick(
 
     rt = runtime(ctx)
     at = instant(now, rt, "--now")
+    helper = _tick_helper()
     with render.tick_progress() as (total_hint, progress):
         sizing = {} if batch is None else {"batch": batch}
         quiet_gc()
-        report = run_tick(rt.service, at, dry_run=dry_run, progress=progress, total_hint=total_hint, clock=clock, **sizing)
+        report = run_tick(
+            rt.service, at, dry_run=dry_run, progress=progress, total_hint=total_hint, clock=clock, helper=helper, **sizing
+        )
     if as_json:
         emit_json(render.tick_json(report, rt.tz))
     else:

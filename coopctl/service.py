@@ -9,15 +9,23 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from coopctl import lifecycle
 from coopctl.config import Settings
 from coopctl.errors import NotFound, Refused
-from coopctl.lifecycle import Action, Event, Kind, Order, Outcome, Party, make_terms
+from coopctl.lifecycle import Action, Event, Order, Outcome, Party, make_terms
+from coopctl.policy import SECOND
 from coopctl.store import Store
 
-TICK_BATCH = 5000  # orders per committed batch: ~25 MB of work in memory at most
+if TYPE_CHECKING:
+    from coopctl.tickwork import Decided
+
+# Orders per committed batch. SQLite has one writer at a time anyway: larger batches mean fewer
+# commits (each an fsync and a checkpoint), with the write lock held for about a second and a
+# half per batch. PostgreSQL's concurrent ticks share the due orders batch by batch.
+SQLITE_TICK_BATCH = 20_000
+TICK_BATCH = 5000
 
 
 @dataclass(frozen=True)
@@ -35,16 +43,11 @@ class TickReport:
     reminders: int = 0
     orders: int = 0
 
-    def add(self, outcome: Outcome) -> None:
-        events = outcome.events
-        by_kind = self.by_kind
-        for e in events:
-            by_kind[e.kind] += 1
-        self.applied += len(events)
-        if len(outcome.notifications) > 2 * len(events):  # only then can there be reminders
-            self.reminders += sum(1 for n in outcome.notifications if n.kind == Kind.REMINDER)
-        if events or outcome.notifications:
-            self.orders += 1
+    def add(self, decided: "Decided") -> None:
+        self.by_kind.update(decided.by_kind)
+        self.applied += sum(decided.by_kind.values())
+        self.reminders += decided.reminders
+        self.orders += len(decided.states)
 
 
 def create_order(
@@ -122,10 +125,11 @@ def tick(
     now: int,
     *,
     dry_run: bool = False,
-    batch: int = TICK_BATCH,
+    batch: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     total_hint: Callable[[int], None] | None = None,
     clock: Callable[[], int] | None = None,
+    helper: bool | None = None,
 ) -> TickReport:
     """Fire every deadline and reminder due at `now`, in batches each committed on its own.
 
@@ -136,6 +140,8 @@ def tick(
     """
     started_at = now if clock is None else clock()
     svc.store.require()
+    if batch is None:
+        batch = SQLITE_TICK_BATCH if svc.store.location.is_sqlite else TICK_BATCH
     report = TickReport(now)
     if total_hint is not None:
         with svc.store.read() as tx:
@@ -146,25 +152,56 @@ def tick(
     # no due order is left unclaimed: rows another tick held and released unhandled (it failed) are
     # picked up too. A dry run writes nothing, and an order the rules leave as it is stays due:
     # those move on past the key they were selected by instead, so the loop always ends.
+    from coopctl.tickwork import Decider
+
+    # A dry run holds no write lock, so another command may commit while it reads: its batches are
+    # decided here, from the rows of its own snapshot.
+    decider = Decider(
+        now, svc.operator, svc.settings.tz, helper=False if dry_run else helper, keys=dry_run,
+        busy_timeout=svc.store.busy_timeout / SECOND,
+    )
     after: tuple[int, int] | None = None
-    while True:
-        with (svc.store.read() if dry_run else svc.store.write()) as tx:
-            orders = tx.due(now, limit=batch, after=after, skip_locked=not dry_run)
-            if not orders:
+    try:
+        while True:
+            with (svc.store.read() if dry_run else svc.store.write()) as tx:
+                if decider.db_path is None and svc.store.location.path is not None and tx.in_wal_mode():
+                    # the helper may read the rows of its chunks itself, alongside this transaction
+                    decider.db_path = str(svc.store.location.path)
+                if tx.is_sqlite:
+                    items, read = tx.due_ids(now, limit=batch, after=after), tx.rows_by_id
+                else:
+                    items, read = tx.due_rows(now, limit=batch, after=after, skip_locked=not dry_run), None
+                if not items:
+                    break
+                # SQLite writes each chunk as soon as it is decided (while the helper decides the
+                # next); elsewhere the batch is written at once, through COPY.
+                per_chunk = tx.is_sqlite
+                states, events, notifications = [], [], []
+                all_changed, last_key = True, None
+                for decided in decider.decide(items, read):
+                    if dry_run:
+                        pass
+                    elif per_chunk:
+                        tx.save_rows(decided.states, decided.events, decided.notifications)
+                    else:
+                        states += decided.states
+                        events += decided.events
+                        notifications += decided.notifications
+                    report.add(decided)
+                    all_changed = all_changed and decided.all_changed
+                    if decided.last_key is not None and (last_key is None or decided.last_key > last_key):
+                        last_key = decided.last_key  # found where some order was left as it was (or a dry run)
+                if states:
+                    tx.save_rows(states, events, notifications)
+            if dry_run or not all_changed:
+                # the last key selected (before this tick changed the orders); rows may come in id order
+                after = last_key
+            if progress is not None:
+                progress(len(items), report.applied)
+            if dry_run and len(items) < batch:
                 break
-            tz = svc.settings.tz
-            outcomes = [lifecycle.tick_order(order, now, svc.operator, tz) for order in orders]
-            if not dry_run:
-                tx.save(orders, outcomes)
-        for outcome in outcomes:
-            report.add(outcome)
-        if dry_run or not all(o.events or o.notifications for o in outcomes):
-            # the last key selected (before this tick changed the orders); rows may come in id order
-            after = max((lifecycle.wake_at(order), order.id) for order in orders)
-        if progress is not None:
-            progress(len(orders), report.applied)
-        if dry_run and len(orders) < batch:
-            break
+    finally:
+        decider.close()
     if not dry_run:
         with svc.store.write() as tx:
             tx.record_tick_run(

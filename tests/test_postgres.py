@@ -344,6 +344,42 @@ def test_concurrent_ticks_and_actions_apply_each_transition_exactly_once(backend
         engine.dispose()
 
 
+def test_tick_with_a_helper_process_writes_what_it_writes_without(backend, monkeypatch, request):
+    """The helper process decides the chunks (given their rows on PostgreSQL, their ids on a SQLite
+    file in WAL mode): the histories and the outbox are the same as a tick without it."""
+    from sqlalchemy import text
+
+    from coopctl import tickwork
+    from coopctl.config import Settings
+    from coopctl.policy import parse_instant
+    from coopctl.service import Service, tick
+    from coopctl.store import Store, locate
+
+    monkeypatch.setattr(tickwork, "CHUNK", 40)
+    now = parse_instant("2026-12-01T12:00:00+08:00", timezone.utc)
+    dumps = []
+    for helper in (True, False):
+        if helper:
+            db = backend
+        elif backend.startswith("postgresql"):
+            db = request.getfixturevalue("pg_server")()
+        else:
+            db = backend.replace(".db", "-without.db")
+        _build_due(db, 300, now)
+        store = Store(locate(db))
+        try:
+            report = tick(Service(store, Settings(), "cron"), now, batch=120, helper=helper)
+            assert report.applied == 300
+            with store.read() as tx:
+                dumps.append((
+                    tx.conn.execute(text("SELECT order_id, seq, kind, at, data, prev_hash, hash FROM events ORDER BY order_id, seq")).all(),
+                    tx.conn.execute(text("SELECT id, order_id, recipient, kind, at, text FROM notifications ORDER BY id")).all(),
+                ))
+        finally:
+            store.dispose()
+    assert dumps[0] == dumps[1]
+
+
 @pytest.mark.parametrize("orders", [3, 120])  # below and above the size where PostgreSQL switches to COPY
 def test_a_batch_that_lost_a_race_is_busy_and_writes_nothing(backend, orders):
     """Tx.save writes an order only if its last seq is still the one read: one order changed behind

@@ -1,7 +1,8 @@
-"""The batched tick (keys from the wake_at index, rows read and written in id order, executemany,
-one commit per batch) must write exactly what the rules give when each order is fired on its
-own: the same events byte for byte (hashes included) and the same notifications, whatever the
-batch size, and whether tick runs once or several times on the way.
+"""The batched tick (keys from the wake_at index, rows read and written in id order, many rows
+per statement, one commit per batch, the rules run in a helper process or not) must write exactly
+what the rules give when each order is fired on its own: the same events byte for byte (hashes
+included) and the same notifications, whatever the batch size, whether a helper process decides
+the chunks (or stops half-way), and whether tick runs once or several times on the way.
 
 The book has a few thousand orders in every timed status (pending, effective, cancel_requested,
 live, delivered, review_failed), so every kind of deadline fires, with the cascades live ->
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from coopctl import lifecycle
+from coopctl import lifecycle, tickwork
 from coopctl.config import Settings
 from coopctl.lifecycle import canonical_json
 from coopctl.policy import DAY, HOUR
@@ -69,13 +70,13 @@ def one_by_one(path: Path, stops: tuple[int, ...]) -> tuple[dict, dict]:
     return events, notes
 
 
-def batched(book: Path, target: Path, stops: tuple[int, ...], batch: int) -> tuple[dict, dict]:
+def batched(book: Path, target: Path, stops: tuple[int, ...], batch: int, helper: bool | None = None) -> tuple[dict, dict]:
     shutil.copyfile(book, target)
     store = Store(locate(str(target)))
     try:
         svc = Service(store, Settings(), OPERATOR)
         for now in stops:
-            tick(svc, now, batch=batch)
+            tick(svc, now, batch=batch, helper=helper)
     finally:
         store.dispose()
     return event_lists(target), stored_notifications(target)
@@ -96,3 +97,145 @@ def test_a_batched_tick_writes_what_firing_each_order_alone_gives(book, tmp_path
     assert notes == expected_notes
     if len(stops) > 1:
         assert any(n[2] == "reminder" for history in notes.values() for n in history)
+
+
+@pytest.fixture(scope="module")
+def expected(book) -> tuple[dict, dict]:
+    return one_by_one(book, STOPS)
+
+
+@pytest.fixture
+def helper_answers(monkeypatch) -> list[int]:
+    """How many chunks the helper process decided (one entry per answer: its number of states)."""
+    answers: list[int] = []
+    receive = tickwork.Helper.receive
+
+    def counting(self):
+        decided = receive(self)
+        if decided is not None:
+            answers.append(len(decided.states))
+        return decided
+
+    monkeypatch.setattr(tickwork.Helper, "receive", counting)
+    return answers
+
+
+@pytest.mark.parametrize("batch, chunk", [(5000, 97), (600, 7)], ids=["batch 5000, chunks of 97", "batch 600, chunks of 7"])
+def test_a_helper_process_deciding_the_chunks_writes_the_same(book, tmp_path, monkeypatch, expected, helper_answers, batch, chunk):
+    monkeypatch.setattr(tickwork, "CHUNK", chunk)
+    assert batched(book, tmp_path / "ticked.db", STOPS, batch, helper=True) == expected
+    assert len(helper_answers) > 10 and sum(helper_answers) > 0  # the helper did decide chunks
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_the_helper_reads_its_chunks_itself_only_alongside_a_wal_database(book, tmp_path, monkeypatch, expected, helper_answers, journal):
+    """In WAL mode the helper reads the rows of its chunks itself (a read-only connection, while
+    tick holds the write lock); otherwise, where it could not read alongside, it is given the rows."""
+    source = tmp_path / "source.db"
+    shutil.copyfile(book, source)
+    conn = sqlite3.connect(source)
+    assert conn.execute(f"PRAGMA journal_mode={journal}").fetchone()[0] == journal
+    conn.close()
+    kinds: list[str] = []
+    submit = tickwork.Helper.submit
+    monkeypatch.setattr(tickwork.Helper, "submit", lambda self, kind, chunk: (kinds.append(kind), submit(self, kind, chunk)))
+    monkeypatch.setattr(tickwork, "CHUNK", 97)
+    assert batched(source, tmp_path / "ticked.db", STOPS, 5000, helper=True) == expected
+    assert kinds and set(kinds) == {"ids" if journal == "wal" else "rows"}
+    assert len(helper_answers) == len(kinds)
+
+
+def test_without_a_helper_process_the_same_is_written(book, tmp_path, monkeypatch, expected, helper_answers):
+    monkeypatch.setattr(tickwork, "CHUNK", 97)
+    assert batched(book, tmp_path / "ticked.db", STOPS, 5000, helper=False) == expected
+    assert helper_answers == []
+
+
+def test_a_helper_that_dies_half_way_is_replaced_by_deciding_here(book, tmp_path, monkeypatch, expected, helper_answers):
+    monkeypatch.setattr(tickwork, "CHUNK", 50)
+    receive = tickwork.Helper.receive
+    helpers = []
+
+    def dying(self):
+        if len(helper_answers) == 3:
+            self.proc.kill()
+            self.proc.wait()
+            helpers.append(self.proc)
+        return receive(self)
+
+    monkeypatch.setattr(tickwork.Helper, "receive", dying)
+    assert batched(book, tmp_path / "ticked.db", STOPS, 5000, helper=True) == expected
+    assert helpers and all(proc.returncode is not None for proc in helpers)
+    assert len(helper_answers) >= 3
+
+
+def test_a_helper_that_cannot_start_changes_nothing(book, tmp_path, monkeypatch, expected):
+    monkeypatch.setattr(tickwork.Helper, "start", classmethod(lambda cls: None))
+    monkeypatch.setattr(tickwork, "CHUNK", 97)
+    assert batched(book, tmp_path / "ticked.db", STOPS, 5000, helper=True) == expected
+
+
+def test_an_error_in_the_rules_surfaces_the_same_with_a_helper(book, tmp_path, monkeypatch):
+    """A chunk the helper cannot decide is decided here again, so the error is the one tick gives
+    without a helper; the batch it was in is rolled back and the helper is gone."""
+    monkeypatch.setattr(tickwork, "CHUNK", 50)
+    errors, counts = [], []
+    for helper in (True, False):
+        target = tmp_path / f"broken-{helper}.db"
+        shutil.copyfile(book, target)
+        conn = sqlite3.connect(target)
+        with conn:  # one due order far into the batch whose stored policy cannot be read
+            conn.execute("UPDATE orders SET policy = '{broken' WHERE id = (SELECT id FROM orders ORDER BY id LIMIT 1 OFFSET 400)")
+        before = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        conn.close()
+        store = Store(locate(str(target)))
+        try:
+            with pytest.raises(ValueError) as raised:
+                tick(Service(store, Settings(), OPERATOR), STOPS[-1], batch=5000, helper=helper)
+        finally:
+            store.dispose()
+        errors.append((type(raised.value), str(raised.value)))
+        conn = sqlite3.connect(target)
+        counts.append(conn.execute("SELECT count(*) FROM events").fetchone()[0] - before)
+        conn.close()
+    assert errors[0] == errors[1]
+    assert counts == [0, 0]
+
+
+def _helpers_running() -> list[int]:
+    """Processes running tick's helper (its command line names coopctl.tickwork's serve)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"coopctl.tickwork import serve" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_the_command_with_and_without_a_helper_gives_the_same_and_leaves_no_process(book, tmp_path, db_path, run_coopctl):
+    outputs, dumps = [], []
+    for setting in ("on", "off"):
+        shutil.copyfile(book, db_path)
+        done = run_coopctl("tick", "--now", "2026-12-11T10:00:00+08:00", "--json", env={"COOPCTL_TICK_HELPER": setting})
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+        outputs.append(done.stdout)
+        dumps.append((event_lists(db_path), stored_notifications(db_path)))
+        assert _helpers_running() == []
+    assert outputs[0] == outputs[1]
+    assert dumps[0] == dumps[1]
+    assert '"applied": ' in outputs[0] and '"applied": 0' not in outputs[0]
+
+
+def test_a_bad_helper_setting_is_refused_in_one_line(book, db_path, run_coopctl):
+    shutil.copyfile(book, db_path)
+    before = event_lists(db_path)
+    done = run_coopctl("tick", "--now", "2026-12-11T10:00:00+08:00", env={"COOPCTL_TICK_HELPER": "sometimes"})
+    assert done.returncode == 2
+    assert done.stderr == "error: COOPCTL_TICK_HELPER must be auto, on or off, got 'sometimes'\n"
+    assert event_lists(db_path) == before
