@@ -1,18 +1,22 @@
 """Benchmark: `coopctl tick` on a large order book against a raw set-based SQLite baseline.
 
-    python bench/tick.py --orders 1000000 --due 100000 [--json]
+    python bench/tick.py --orders 1000000 --due 100000 [--repeat 3] [--json]
 
 1. Builds (once, cached under bench/out/) a database of N orders of which D are due: every
    order is decided by coopctl's own rules (`lifecycle.create`) and written through the storage
    layer's bulk path (`Tx.insert_new`), never by hand-written SQL. Due orders are pending orders
    whose accept window has passed; the others are pending with deadlines and reminders ahead.
-2. Times `coopctl tick --now T` as a separate process on a fresh copy: wall seconds and peak
-   RSS (the child's own rusage), start-up, imports and commit included.
-3. Times, in the same run and also as a separate process, a raw `sqlite3` baseline that writes
+2. Times `coopctl tick --now T` as a separate process on a fresh copy (written to disk first):
+   wall seconds, peak RSS and CPU seconds (the child's rusage, its helper process included),
+   start-up, imports and commit included.
+3. Times, in the same round and also as a separate process, a raw `sqlite3` baseline that writes
    the same rows with set-based SQL: per due order the order row updated, one event row with a
    64-hex hash and a JSON payload, and two notification rows.
+4. Runs `--repeat` such rounds and reports the medians (single runs swing by tens of percent on
+   a shared or virtual machine); each round is printed on stderr.
 
-With --json the last line is {"orders", "due", "tick_s", "baseline_s", "ratio", "peak_rss_mb", "db"}.
+With --json the last line is {"orders", "due", "tick_s", "baseline_s", "ratio", "peak_rss_mb", "db",
+"idle_tick_s", "tick_cpu_s", "rounds": [{"tick_s", "baseline_s", "ratio"}, …]}.
 
 PostgreSQL (`--db URL`, the URL of any database on the server, used to create others):
 
@@ -36,6 +40,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,23 +114,29 @@ def cached_db(orders: int, due: int) -> Path:
 
 
 def fresh_copy(source: Path, workdir: Path, name: str) -> Path:
+    """A copy on disk before the clock starts: without the fsync, the first fsync of whichever
+    process runs next would also write back the whole copied file, and charge it to that process."""
     target = workdir / name
+    target.unlink(missing_ok=True)
     shutil.copyfile(source, target)
+    with open(target, "rb+") as copy:
+        os.fsync(copy.fileno())
     return target
 
 
-def timed(argv: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """Run a process; (wall seconds, peak RSS in MB of that process, stdout)."""
+def timed(argv: list[str], env: dict | None = None) -> tuple[float, float, float, str]:
+    """Run a process; (wall seconds, peak RSS in MB, CPU seconds, stdout). The RSS and CPU are the
+    process's own and those of any process it started and waited for (tick's helper)."""
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out = proc.stdout.read()
+    out = proc.stdout.read()  # both commands write little; stderr is read once stdout is closed
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, out.decode()
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, out.decode()
 
 
 BASELINE = r"""
@@ -157,29 +168,51 @@ def coopctl_argv() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "coopctl"]
 
 
-def run(orders: int, due: int) -> dict:
+def run(orders: int, due: int, repeat: int = 3) -> dict:
+    """`repeat` rounds of (tick, baseline), each on a fresh copy; the figures are the medians. On a
+    shared or virtual machine the speed of the CPU and the disk drifts by tens of percent from one
+    second to the next, so single runs are not compared."""
     source = cached_db(orders, due)
+    ticks, baselines, rss, cpu, idles = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="coopctl-bench-") as tmp:
         work = Path(tmp)
         env = {**os.environ, "NO_COLOR": "1", "COOPCTL_OPERATOR": "bench"}
         env.pop("COOPCTL_CONFIG", None)
-        tick_db = fresh_copy(source, work, "tick.db")
-        tick_s, rss, out = timed([*coopctl_argv(), "--db", str(tick_db), "tick", "--now", iso(NOW), "--json"], env)
-        report = json.loads(out)
-        if report["applied"] != due:
-            raise SystemExit(f"tick applied {report['applied']} transitions, expected {due}")
-        idle_s, idle_rss, _ = timed([*coopctl_argv(), "--db", str(tick_db), "tick", "--now", iso(NOW), "--json"], env)
-        base_db = fresh_copy(source, work, "baseline.db")
-        baseline_s, _, _ = timed([sys.executable, "-c", BASELINE, str(base_db), str(NOW)], env)
+        for round_ in range(repeat):
+            tick_db = fresh_copy(source, work, "tick.db")
+            tick_s, tick_rss, tick_cpu, out = timed(
+                [*coopctl_argv(), "--db", str(tick_db), "tick", "--now", iso(NOW), "--json"], env
+            )
+            report = json.loads(out)
+            if report["applied"] != due:
+                raise SystemExit(f"tick applied {report['applied']} transitions, expected {due}")
+            idle_s, _, _, _ = timed([*coopctl_argv(), "--db", str(tick_db), "tick", "--now", iso(NOW), "--json"], env)
+            base_db = fresh_copy(source, work, "baseline.db")
+            baseline_s, _, _, _ = timed([sys.executable, "-c", BASELINE, str(base_db), str(NOW)], env)
+            ticks.append(tick_s)
+            baselines.append(baseline_s)
+            rss.append(tick_rss)
+            cpu.append(tick_cpu)
+            idles.append(idle_s)
+            print(
+                f"round {round_ + 1}/{repeat}: tick {tick_s:.2f} s ({tick_cpu:.1f} CPU s, {tick_rss:.0f} MB), "
+                f"baseline {baseline_s:.2f} s, ratio {tick_s / baseline_s:.2f}",
+                file=sys.stderr,
+            )
+    tick_s, baseline_s = statistics.median(ticks), statistics.median(baselines)
     return {
         "orders": orders,
         "due": due,
         "tick_s": round(tick_s, 3),
         "baseline_s": round(baseline_s, 3),
         "ratio": round(tick_s / baseline_s, 2),
-        "peak_rss_mb": round(rss, 1),
-        "idle_tick_s": round(idle_s, 3),
+        "peak_rss_mb": round(max(rss), 1),
         "db": "sqlite",
+        "idle_tick_s": round(statistics.median(idles), 3),
+        "tick_cpu_s": round(statistics.median(cpu), 2),
+        "rounds": [
+            {"tick_s": round(t, 3), "baseline_s": round(b, 3), "ratio": round(t / b, 2)} for t, b in zip(ticks, baselines)
+        ],
     }
 
 
@@ -304,6 +337,7 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--due", type=int, default=10_000)
     parser.add_argument("--json", action="store_true", help="end with one JSON line of figures")
+    parser.add_argument("--repeat", type=int, default=3, help="SQLite: rounds of (tick, baseline); the medians are reported [3]")
     parser.add_argument("--db", help="a PostgreSQL URL: measure there instead of SQLite (the server's databases are created from it)")
     parser.add_argument("--workers", default="1,2,4", help="PostgreSQL: concurrent tick processes per run, comma-separated [1,2,4]")
     args = parser.parse_args()
@@ -317,7 +351,9 @@ def main() -> None:
         parser.error("--workers: each count must be at least 1")
     if args.db and args.db.startswith("sqlite"):
         parser.error("--db is for PostgreSQL; without it the benchmark runs on SQLite")
-    result = run_postgres(args.db, args.orders, args.due, workers) if args.db else run(args.orders, args.due)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    result = run_postgres(args.db, args.orders, args.due, workers) if args.db else run(args.orders, args.due, args.repeat)
     if args.json:
         print(json.dumps(result))
     else:
