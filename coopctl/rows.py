@@ -10,7 +10,7 @@ import json
 from decimal import Decimal
 from functools import lru_cache
 
-from coopctl.lifecycle import Event, Notification, Order, Party, Status, Terms, wake_at
+from coopctl.lifecycle import Event, Notification, Order, Party, Status, new_order, new_terms, wake_at
 from coopctl.policy import Policy, ReminderOffsets
 
 
@@ -57,9 +57,9 @@ def order_from_row(row) -> Order:
     """An order from a row of ORDER_COLUMNS, in that order (a Row or a plain tuple)."""
     (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
      status, since, requested_by, went_live, delivered, mode, failed, seq, digest, last_at, sent, key) = row
-    return Order(
+    return new_order(
         oid,
-        Terms(merchant, creator, _products(products), form, Decimal(commission), Decimal(budget), latest, note),
+        new_terms(merchant, creator, _products(products), form, Decimal(commission), Decimal(budget), latest, note),
         _policy(policy),
         _reminders(reminders),
         created,
@@ -90,15 +90,15 @@ def state_tuple(order: Order) -> tuple:
     requested_by = order.cancel_requested_by
     liable = order.liable_party
     sent = order.reminders_sent
-    return (
-        order.status.value,
+    return (  # `_value_`: the plain string, without the `.value` property's Python-level call
+        order.status._value_,
         order.status_since,
-        None if requested_by is None else requested_by.value,
+        None if requested_by is None else requested_by._value_,
         order.went_live_at,
         order.delivered_at,
         order.delivery_mode,
         order.failed_reviews,
-        None if liable is None else liable.value,
+        None if liable is None else liable._value_,
         order.deadline,
         wake_at(order),
         order.last_seq,

@@ -15,6 +15,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Iterator
 
@@ -399,7 +400,7 @@ def _multi(conn: Connection, kind: str, table: str, columns: tuple[str, ...], ro
     written = 0
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
-        flat = tuple(value for row in chunk for value in row)
+        flat = tuple(chain.from_iterable(chunk))
         written += conn.exec_driver_sql(_multi_sql(kind, table, columns, len(chunk), quote), flat).rowcount
     return written
 
