@@ -11,8 +11,12 @@ delivered (auto) -> completed and reminders on the way. COOPCTL_STRESS multiplie
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -239,3 +243,66 @@ def test_a_bad_helper_setting_is_refused_in_one_line(book, db_path, run_coopctl)
     assert done.returncode == 2
     assert done.stderr == "error: COOPCTL_TICK_HELPER must be auto, on or off, got 'sometimes'\n"
     assert event_lists(db_path) == before
+
+
+def _start_tick_with_helper(db_path: Path) -> tuple[subprocess.Popen, list[int]]:
+    """`coopctl tick` with the helper forced on, in its own process group; returns once its helper runs."""
+    from conftest import base_env, coopctl_executable
+
+    env = {**base_env(db_path), "COOPCTL_TICK_HELPER": "on"}
+    proc = subprocess.Popen(
+        [coopctl_executable(), "tick", "--now", "2026-12-11T10:00:00+08:00", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (helpers := _helpers_running()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return proc, helpers
+
+
+def _wait_gone(pids: list[int], seconds: float = 10) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (alive := [p for p in pids if Path(f"/proc/{p}").exists() and b"Z" not in _state(p)]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return alive
+
+
+def _state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1][:3]
+    except OSError:
+        return b" Z "
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_ctrl_c_during_a_tick_with_a_helper_rolls_back_in_one_line_and_leaves_no_process(book, db_path):
+    shutil.copyfile(book, db_path)
+    before = event_lists(db_path)
+    proc, helpers = _start_tick_with_helper(db_path)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    except ProcessLookupError:  # it had finished already
+        pass
+    out, err = proc.communicate(timeout=30)
+    assert _wait_gone(helpers) == []
+    if proc.returncode == 0:  # it finished first: then it did all of it
+        assert err == b"" and b'"applied": ' in out
+        return
+    assert proc.returncode == 130
+    assert err.decode() == "error: interrupted; the current transaction was rolled back\n"
+    assert event_lists(db_path) == before  # the one batch (the whole book) was rolled back
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_a_helper_outlives_a_killed_tick_by_no_more_than_its_current_chunk(book, db_path):
+    shutil.copyfile(book, db_path)
+    proc, helpers = _start_tick_with_helper(db_path)
+    assert helpers, "the helper did not start"
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _wait_gone(helpers) == []
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
