@@ -135,6 +135,8 @@ def tick(
 
     Only orders whose next wake-up (deadline or reminder) is at or before `now` are read, through
     the index on `wake_at`. A killed tick loses at most its current batch; a rerun finishes the job.
+    Large batches are decided in chunks, partly by a helper process (`helper`: None decides by the
+    machine, True and False force it; see `tickwork.Decider`); what is written is the same.
     A run that finishes records itself in `tick_runs` (started and finished by `clock`, which the
     command line passes in; without one, both are `now`), so that `doctor` can tell when cron ran.
     """
