@@ -239,16 +239,6 @@ def clock() -> int:
     return to_instant(datetime.now(timezone.utc))
 
 
-def quiet_gc() -> None:
-    """For commands that touch many orders: the records they make hold no reference cycles, so the
-    cyclic collector only costs time (a sixth of a large tick). Everything imported so far is
-    frozen out of its view and it runs far less often; it still runs."""
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(200_000, 20, 1000)
-
-
 def emit_json(value) -> None:
     import json
 
@@ -469,6 +459,7 @@ def tick(
     """
     from coopctl import render
     from coopctl.service import tick as run_tick
+    from coopctl.tickwork import quiet_gc
 
     rt = runtime(ctx)
     at = instant(now, rt, "--now")

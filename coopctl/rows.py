@@ -10,7 +10,7 @@ import json
 from decimal import Decimal
 from functools import lru_cache
 
-from coopctl.lifecycle import Event, Notification, Order, Party, Status, new_order, new_terms, wake_at
+from coopctl.lifecycle import Event, Notification, Order, Party, Status, canonical_json, new_order, new_terms, wake_at
 from coopctl.policy import Policy, ReminderOffsets
 
 
@@ -30,8 +30,7 @@ def _products(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_dumps = _ENCODER.encode
+_dumps = canonical_json  # stored JSON (products, policy, event data) is written the way hashes see it
 
 ORDER_COLUMNS = (
     "id", "merchant", "creator", "products", "form", "commission_pct", "ad_budget", "latest_start_at", "note",

@@ -45,7 +45,7 @@ class TickReport:
 
     def add(self, decided: "Decided") -> None:
         self.by_kind.update(decided.by_kind)
-        self.applied += sum(decided.by_kind.values())
+        self.applied += len(decided.events)
         self.reminders += decided.reminders
         self.orders += len(decided.states)
 
@@ -175,26 +175,20 @@ def tick(
                     items, read = tx.due_rows(now, limit=batch, after=after, skip_locked=not dry_run), None
                 if not items:
                     break
-                # SQLite writes each chunk as soon as it is decided (while the helper decides the
-                # next); elsewhere the batch is written at once, through COPY.
-                per_chunk = tx.is_sqlite
-                states, events, notifications = [], [], []
+                unsaved: list[Decided] = []
                 all_changed, last_key = True, None
                 for decided in decider.decide(items, read):
-                    if dry_run:
-                        pass
-                    elif per_chunk:
-                        tx.save_rows(decided.states, decided.events, decided.notifications)
-                    else:
-                        states += decided.states
-                        events += decided.events
-                        notifications += decided.notifications
+                    if not dry_run:
+                        unsaved.append(decided)
+                        # SQLite writes each chunk as soon as it is decided (while the helper decides
+                        # the next); elsewhere the batch is written at once, through COPY.
+                        if tx.is_sqlite:
+                            _save(tx, unsaved)
                     report.add(decided)
                     all_changed = all_changed and decided.all_changed
                     if decided.last_key is not None and (last_key is None or decided.last_key > last_key):
                         last_key = decided.last_key  # found where some order was left as it was (or a dry run)
-                if states:
-                    tx.save_rows(states, events, notifications)
+                _save(tx, unsaved)
             if dry_run or not all_changed:
                 # the last key selected (before this tick changed the orders); rows may come in id order
                 after = last_key
@@ -211,6 +205,17 @@ def tick(
                 applied=report.applied, reminders=report.reminders, operator=svc.operator,
             )
     return report
+
+
+def _save(tx, unsaved: list["Decided"]) -> None:
+    """Write the decided chunks not written yet, as one set of rows, and forget them."""
+    if unsaved:
+        tx.save_rows(
+            [row for piece in unsaved for row in piece.states],
+            [row for piece in unsaved for row in piece.events],
+            [row for piece in unsaved for row in piece.notifications],
+        )
+        unsaved.clear()
 
 
 def get_order(svc: Service, order_id: int) -> tuple[Order, list[Event]]:
