@@ -3,9 +3,10 @@
 One `Store` per command; `store.write()` is one write transaction (SQLite: BEGIN IMMEDIATE,
 so writers queue on the lock instead of deadlocking; PostgreSQL: row locks), `store.read()` a
 read-only one. All SQL is built with SQLAlchemy from the SQLModel tables, so it is portable;
-the few SQLite-specific statements (PRAGMAs) live here and nowhere else, and so do the
-PostgreSQL-specific ones (the schema's advisory lock, COPY for bulk writes, moving the id
-sequence after an import).
+the few SQLite-specific statements (PRAGMAs, many rows per INSERT or UPDATE … FROM (VALUES …)
+for bulk writes) live here and nowhere else, and so do the PostgreSQL-specific ones (the schema's
+advisory lock, COPY for bulk writes, moving the id sequence after an import). The one exception
+is `rows.rows_by_id_sql`, plain SQL that tick's helper process also runs, without SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -337,33 +338,42 @@ class Bulk:
         return conn.exec_driver_sql(self.sql, params)
 
     def tuples(self, conn: Connection, params: dict) -> list[tuple]:
-        """The rows of `query` as the driver's plain tuples, without SQLAlchemy's Row objects
-        (a quarter of the cost of reading tick's due orders)."""
-        result = self.query(conn, params)
-        dbapi_error = conn.dialect.loaded_dbapi.Error
-        try:
+        """The rows of `query` as the driver's plain tuples (see `_tuples`)."""
+        return _tuples(conn, self.sql, self.query(conn, params))
+
+
+@contextmanager
+def _driver_errors(conn: Connection, sql: str) -> Iterator[None]:
+    """Work done on the driver itself (fetching, COPY): a driver error comes back as SQLAlchemy's
+    (IntegrityError, OperationalError, …) like any other statement's."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except dbapi_error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi_error, dialect=conn.dialect) from None
+
+
+def _tuples(conn: Connection, sql: str, result) -> list[tuple]:
+    """Every row of an executed statement as the driver's plain tuples, without SQLAlchemy's Row
+    objects (a quarter of the cost of reading tick's due orders)."""
+    try:
+        with _driver_errors(conn, sql):
             return result.cursor.fetchall()
-        except dbapi_error as exc:
-            raise DBAPIError.instance(self.sql, None, exc, dbapi_error, dialect=conn.dialect) from None
-        finally:
-            result.close()
+    finally:
+        result.close()
 
 
 _COPY_AT_LEAST = 50  # PostgreSQL: from this many rows on, inserts go through COPY
 
 
 def _copy(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    """PostgreSQL's bulk path: COPY … FROM STDIN on the transaction's own connection; a driver error
-    comes back as SQLAlchemy's (IntegrityError, OperationalError, …) like any other statement's."""
+    """PostgreSQL's bulk path: COPY … FROM STDIN on the transaction's own connection."""
     quote = conn.dialect.identifier_preparer.quote
     sql = f"COPY {quote(table)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
-    dbapi_error = conn.dialect.loaded_dbapi.Error
-    try:
+    with _driver_errors(conn, sql):
         with conn.connection.driver_connection.cursor() as cursor, cursor.copy(sql) as copy:
             for row in rows:
                 copy.write_row(row)
-    except dbapi_error as exc:
-        raise DBAPIError.instance(sql, None, exc, dbapi_error, dialect=conn.dialect) from None
 
 
 _MULTI_AT_LEAST = 8  # SQLite: from this many rows on, several rows go in each statement
@@ -481,14 +491,14 @@ def _select_due_after():
     )
 
 
-def _by_id(build):
-    """The same due orders, fetched in id order (SQLite): the keys come from the covering index
-    on wake_at, then the rows are read in storage order instead of at random."""
-    def query():
-        keys = build().with_only_columns(ORDERS.c.id)
-        return _select_orders().where(ORDERS.c.id.in_(keys)).order_by(ORDERS.c.id)
-
-    return query
+def _due_query(now: int, limit: int, after: tuple[int, int] | None):
+    """(cache key, statement builder, parameters) of the first `limit` due orders by (wake_at, id),
+    after the key `after` when given."""
+    params: dict = {"now": now, "limit": limit}
+    if after is None:
+        return "due", _select_due, params
+    params["after_wake"], params["after_id"] = after
+    return "due_after", _select_due_after, params
 
 
 def _ids_only(build):
@@ -641,8 +651,9 @@ class Tx:
             self._insert_rows("insert_notifications", NOTIFICATIONS, NOTIFICATION_COLUMNS, notes)
 
     def _insert_rows(self, key: str, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        """Many rows at once: the compiled INSERT with executemany, or on PostgreSQL, for more than a
-        few rows, COPY (several times faster than one INSERT per row, even pipelined)."""
+        """Many rows at once: for more than a few rows, up to 500 rows per INSERT on SQLite and COPY on
+        PostgreSQL (several times faster than one INSERT per row, even pipelined); else the compiled
+        INSERT with executemany."""
         if len(rows) >= _COPY_AT_LEAST and self.conn.dialect.name == "postgresql":
             _copy(self.conn, table.name, columns, rows)
         elif len(rows) >= _MULTI_AT_LEAST and self.is_sqlite:
@@ -652,7 +663,7 @@ class Tx:
 
     def insert_history(self, events: list[Event], notifications: list[dict]) -> None:
         """Bulk insert of stored events and notification rows with their `sent_at` (import), on the
-        same compiled executemany (or COPY) path as tick."""
+        same bulk path as tick."""
         if events:
             self._insert_rows("insert_events", EVENTS, EVENT_COLUMNS, [event_tuple(e) for e in events])
         if notifications:
@@ -717,15 +728,11 @@ class Tx:
         self, now: int, *, limit: int, after: tuple[int, int] | None = None, skip_locked: bool = False
     ) -> list[tuple]:
         """`due` as rows of ORDER_COLUMNS (plain tuples), for tick to decide in bulk."""
-        params: dict = {"now": now, "limit": limit}
-        if after is None:
-            key, build = "due", _select_due
-        else:
-            key, build = "due_after", _select_due_after
-            params["after_wake"], params["after_id"] = after
-        if self.is_sqlite:
-            key, build = key + "_by_id", _by_id(build)
-        elif skip_locked:
+        if self.is_sqlite:  # the keys from the covering index, then the rows in storage order, not at random
+            ids = self.due_ids(now, limit=limit, after=after)
+            return [row for start in range(0, len(ids), 500) for row in self.rows_by_id(ids[start : start + 500])]
+        key, build, params = _due_query(now, limit, after)
+        if skip_locked:
             if after is None:  # claiming: by wake_at alone, which the index yields in order (no sort of every due row)
                 key, build = "due_claim", _select_due_claim
             key += "_skip_locked"
@@ -734,21 +741,13 @@ class Tx:
 
     def due_ids(self, now: int, *, limit: int, after: tuple[int, int] | None = None) -> list[int]:
         """SQLite: the ids of the orders `due` gives, in id order, read from the index alone."""
-        params: dict = {"now": now, "limit": limit}
-        if after is None:
-            key, build = "due_ids", _ids_only(_select_due)
-        else:
-            key, build = "due_after_ids", _ids_only(_select_due_after)
-            params["after_wake"], params["after_id"] = after
-        return sorted(row[0] for row in Bulk.of(self.conn, key, build).tuples(self.conn, params))
+        key, build, params = _due_query(now, limit, after)
+        return sorted(row[0] for row in Bulk.of(self.conn, key + "_ids", _ids_only(build)).tuples(self.conn, params))
 
     def rows_by_id(self, ids: list[int]) -> list[tuple]:
         """SQLite: the rows of ORDER_COLUMNS of these orders, in id order (at most 500 ids)."""
-        result = self.conn.exec_driver_sql(rows_by_id_sql(len(ids)), tuple(ids))
-        try:
-            return result.cursor.fetchall()
-        finally:
-            result.close()
+        sql = rows_by_id_sql(len(ids))
+        return _tuples(self.conn, sql, self.conn.exec_driver_sql(sql, tuple(ids)))
 
     def in_wal_mode(self) -> bool:
         """SQLite in WAL mode: other connections can read while this transaction writes."""
