@@ -117,7 +117,8 @@ def fresh_copy(source: Path, workdir: Path, name: str) -> Path:
     """A copy on disk before the clock starts: without the fsync, the first fsync of whichever
     process runs next would also write back the whole copied file, and charge it to that process."""
     target = workdir / name
-    target.unlink(missing_ok=True)
+    for leftover in (target, Path(f"{target}-wal"), Path(f"{target}-shm")):  # a WAL of an earlier round must not apply
+        leftover.unlink(missing_ok=True)
     shutil.copyfile(source, target)
     with open(target, "rb+") as copy:
         os.fsync(copy.fileno())
