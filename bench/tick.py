@@ -288,7 +288,7 @@ def tick_workers(argv: list[str], workers: int, env: dict) -> tuple[float, list[
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(workers)]
-    reports, rss = [], 0.0
+    reports = []
     for proc in procs:
         out, err = proc.communicate()
         if proc.returncode != 0:
