@@ -1,0 +1,177 @@
+"""The one trust boundary (SPEC sections 1 and 7): every value that comes in, typed on the
+command line or read from a file (`import`, `replay`, `verify`), passes these checks, and every
+stored text that goes out to a terminal passes `shown`.
+
+Pure: no I/O. Each check returns the value (unchanged: text is stored exactly as given) or
+raises `InvalidInput` (exit 2) with a message that names the field and, for a refused character,
+its code point as `U+XXXX`, never the character itself.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from coopctl.errors import InvalidInput
+
+MAX_ID_LENGTH = 128
+MAX_TEXT_LENGTH = 2000
+MAX_OPERATOR_LENGTH = 256
+MAX_ORDER_ID = 2**53 - 1  # exact in every JSON reader (an IEEE double's integer range)
+
+# Unicode categories never allowed in any text that comes in, and escaped in any that goes out:
+# controls, format characters (zero-width characters, bidirectional controls, the byte-order
+# mark), surrogates, line and paragraph separators. Ids also refuse every space but U+0020.
+_FORBIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# Free text (notes, reasons, evidence, texts) may hold newlines and tabs, nothing else of these.
+_TEXT_ALLOWED_CONTROLS = frozenset("\n\t")
+
+
+def code_point(ch: str) -> str:
+    """'U+200B' for a character: how a refused character is named in a message."""
+    return f"U+{ord(ch):04X}"
+
+
+def _first_bad(value: str, *, allowed: frozenset[str] = frozenset(), other_spaces: bool = True) -> str | None:
+    if value.isascii():  # the common case: only C0 controls and DEL can be wrong
+        for ch in value:
+            if (ch < " " or ch == "\x7f") and ch not in allowed:
+                return ch
+        return None
+    for ch in value:
+        if ch in allowed:
+            continue
+        category = unicodedata.category(ch)
+        if category in _FORBIDDEN:
+            return ch
+        if not other_spaces and category == "Zs" and ch != " ":
+            return ch
+    return None
+
+
+def check_id(value, what: str) -> str:
+    """Merchant, creator, product ids and idempotency keys (SPEC section 1): non-empty text of at
+    most 128 characters, in NFC form, without control or format characters, spaces other than
+    U+0020, or a leading or trailing space."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{what} id must be non-empty text")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(f"{what} id is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed")
+    bad = _first_bad(value, other_spaces=False)
+    if bad is not None:
+        raise InvalidInput(f"{what} id '{shown(value)}' contains the character {code_point(bad)} ({_name(bad)}), which ids may not hold")
+    if value[0] == " " or value[-1] == " ":
+        raise InvalidInput(f"{what} id '{shown(value)}' has a leading or trailing space (U+0020)")
+    if not value.isascii() and not unicodedata.is_normalized("NFC", value):
+        raise InvalidInput(
+            f"{what} id '{shown(value)}' is not in Unicode NFC form (it would look like "
+            f"{unicodedata.normalize('NFC', value)!r} yet be another party); type it in NFC"
+        )
+    return value
+
+
+def id_problem(value: str) -> str | None:
+    """Why a stored id would be refused today (None when it is valid): for `doctor`, which
+    reports ids stored before the rules of SPEC section 1 were tightened."""
+    try:
+        check_id(value, "the")
+    except InvalidInput as exc:
+        return str(exc)
+    return None
+
+
+def check_text(value, what: str, *, limit: int = MAX_TEXT_LENGTH, nullable: bool = True) -> str | None:
+    """Notes, reasons, evidence and notification texts: at most `limit` characters; newlines and
+    tabs allowed, no other control or format character."""
+    if value is None:
+        if nullable:
+            return None
+        raise InvalidInput(f"{what} must be text")
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text")
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is {len(value)} characters long; at most {limit} are allowed")
+    bad = _first_bad(value, allowed=_TEXT_ALLOWED_CONTROLS)
+    if bad is not None:
+        raise InvalidInput(f"{what} contains the character {code_point(bad)} ({_name(bad)}), which is not allowed")
+    return value
+
+
+def check_operator(value, what: str = "--operator") -> str:
+    """Who typed a command: 1 to 256 characters, one line, no control or format characters."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{what} must be 1 to {MAX_OPERATOR_LENGTH} characters")
+    if len(value) > MAX_OPERATOR_LENGTH:
+        raise InvalidInput(f"{what} must be 1 to {MAX_OPERATOR_LENGTH} characters, got {len(value)}")
+    bad = _first_bad(value)
+    if bad is not None:
+        raise InvalidInput(f"{what} contains the character {code_point(bad)} ({_name(bad)}), which is not allowed")
+    return value
+
+
+def _name(ch: str) -> str:
+    return unicodedata.name(ch, "a control character").lower()
+
+
+# --------------------------------------------------------------------------- numbers
+
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: int() would read '٣' and '３' as 3, and '1_0' as 10
+
+
+def parse_count(text, what: str, *, low: int = 0, high: int = 2**63 - 1) -> int:
+    """A whole number written in ASCII digits, within [low, high]; anything else is InvalidInput."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        number = text
+    elif isinstance(text, str) and _DIGITS.fullmatch(text.strip()):
+        number = int(text.strip())
+    else:
+        shown_text = text if not isinstance(text, str) or len(text) <= 40 else text[:20] + "…"
+        raise InvalidInput(f"{what} must be a whole number written in digits 0-9, got {shown_text!r}")
+    if not low <= number <= high:
+        raise InvalidInput(f"{what} must be from {low} to {high}, got {number}")
+    return number
+
+
+def parse_order_id(text, what: str = "order id") -> int:
+    """An order id: 1 to 2^53 - 1, in ASCII digits."""
+    return parse_count(text, what, low=1, high=MAX_ORDER_ID)
+
+
+# --------------------------------------------------------------------------- output
+
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_SAFE_ASCII = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    point = ord(ch)
+    if point < 0x100:
+        return f"\\x{point:02x}"
+    if point < 0x10000:
+        return f"\\u{point:04x}"
+    return f"\\U{point:08x}"
+
+
+def _unsafe(ch: str) -> bool:
+    return unicodedata.category(ch) in _FORBIDDEN
+
+
+def shown(value, *, keep_newlines: bool = False) -> str:
+    """Stored text as it may reach a terminal: control, format and separator characters (ESC,
+    OSC, bidirectional overrides, zero-width characters) written as escapes (`\\x1b`, `\\u200b`),
+    never as what they would do. Newlines and tabs are escaped too unless `keep_newlines`
+    (multi-line messages keep their lines)."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    if text.isascii():
+        if not _SAFE_ASCII.search(text):
+            return text
+        return "".join(
+            ch if (keep_newlines and ch == "\n") or not (ch < " " or ch == "\x7f") else _escape_char(ch) for ch in text
+        )
+    return "".join(
+        ch if (keep_newlines and ch == "\n") or not _unsafe(ch) else _escape_char(ch) for ch in text
+    )
