@@ -35,12 +35,14 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, TextIO
 
 from coopctl.errors import CoopError, InvalidInput, NotFound, Refused
-from coopctl.history import Divergence, Step, rebuild, verify_chain
+from coopctl.history import Divergence, Step, check_outbox, rebuild, verify_chain
 from coopctl.lifecycle import (
     ACTION_OF_KIND,
+    MAX_PRODUCTS,
     SYSTEM,
     Event,
     Kind,
+    Notification,
     Order,
     Party,
     Terms,
@@ -49,10 +51,11 @@ from coopctl.lifecycle import (
     fire_due,
 )
 from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+from coopctl.trust import MAX_ORDER_ID, MAX_TEXT_LENGTH, check_id, check_operator, check_text, shown
 
 FORMAT = "coopctl-export"
 VERSION = 1
-MAX_ID = 2**62
+MAX_ID = MAX_ORDER_ID  # order ids (and seqs) of a file: 1 to 2^53 - 1, exact in every JSON reader
 WHAT_IF_OPERATOR = "what-if"
 
 # The fields of "The order as JSON" that SPEC names: an export must carry every one of them.
@@ -67,6 +70,15 @@ _TEXT = {"merchant", "creator", "form", "status", "terms"}
 _TEXT_OR_NULL = {"note", "liable_party", "cancel_requested_by", "delivery_mode", "at_deadline", "idempotency_key"}
 _REMINDER_KEY = re.compile(r"[a-z_]{1,32}@-?\d{1,20}")
 _MAX_DIGITS = 40
+_HASH = re.compile(r"[0-9a-f]{64}")
+# What a file may name, as the rules write it (SPEC section 1): event kinds and actors,
+# notification kinds, recipients and channels. Anything else is not a coopctl export (exit 2).
+EVENT_KINDS = frozenset(k.value for k in Kind if k is not Kind.REMINDER)
+NOTIFICATION_KINDS = frozenset(k.value for k in Kind)
+CHANNELS = ("inbox", "sms")
+NOTIFICATION_STATES = ("pending", "sent", "failed", "dead")  # section 5's delivery state, when a file carries it
+# A notification's text is a template around ids (128 characters each) and a reason (2000).
+MAX_NOTIFICATION_TEXT = MAX_TEXT_LENGTH + 1000
 
 
 # --------------------------------------------------------------------------- the records
@@ -108,7 +120,7 @@ class Verdict:
 
     @property
     def message(self) -> str:
-        """One line: the order, the seq and why (empty when reproduced)."""
+        """One line: the order, the seq (or the notification) and why (empty when reproduced)."""
         if self.divergence is None:
             return ""
         return f"order {self.order_id} diverges at {self.divergence}"
@@ -124,6 +136,7 @@ class Verdict:
             "liable_party": None if end is None or end.liable_party is None else str(end.liable_party),
             "deadline": None if end is None or end.deadline is None else iso(end.deadline, tz),
             "seq": None if self.divergence is None else self.divergence.seq,
+            "notification": getattr(self.divergence, "index", None),
             "reason": None if self.divergence is None else self.divergence.why,
         }
 
@@ -447,6 +460,7 @@ def parse_document(raw: bytes | str | BinaryIO, *, source: str = "the file") -> 
         raise InvalidInput(f"{source}: 'orders' must be an array, got {_kind(orders)}")
     parsed: list[ExportedOrder] = []
     seen: set[int] = set()
+    latest: tuple[int, int] | None = None  # (instant, order id) of the file's last event
     for index, item in enumerate(orders):
         _check_unicode(item, source)
         order = _parse_order(item, f"{source}: orders[{index}]")
@@ -454,6 +468,14 @@ def parse_document(raw: bytes | str | BinaryIO, *, source: str = "the file") -> 
             raise InvalidInput(f"{source}: order {order.id} appears twice")
         seen.add(order.id)
         parsed.append(order)
+        for e in order.events:
+            if latest is None or e.at > latest[0]:
+                latest = (e.at, order.id)
+    if latest is not None and exported_at < latest[0]:
+        raise InvalidInput(
+            f"{source}: 'exported_at' {iso(exported_at)} is before the last event of order {latest[1]} "
+            f"({iso(latest[0])}); an export cannot be older than the history it holds"
+        )
     return ExportFile(exported_at, parsed)
 
 
@@ -525,7 +547,7 @@ def _text(obj: dict, key: str, where: str, *, nullable: bool = False) -> str | N
     return value
 
 
-def _integer(obj: dict, key: str, where: str, *, low: int = 0, high: int = MAX_ID) -> int:
+def _integer(obj: dict, key: str, where: str, *, low: int = 0, high: int = MAX_ORDER_ID) -> int:
     value = _get(obj, key, where)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{where}: {key!r} must be a whole number, got {_kind(value)}")
@@ -591,13 +613,21 @@ def _parse_order(item, where: str) -> ExportedOrder:
     for key in REQUIRED_FIELDS:
         _get(item, key, where)
     for key in _TEXT:
-        _text(item, key, where)
+        _checked(check_text, _text(item, key, where), where, key)
     for key in _TEXT_OR_NULL:
         if key in item:
-            _text(item, key, where, nullable=True)
+            _checked(check_text, _text(item, key, where, nullable=True), where, key)
+    for key in ("merchant", "creator"):
+        _checked(check_id, item[key], where, key)
+    if item.get("idempotency_key") is not None:
+        _checked(check_id, item["idempotency_key"], where, "idempotency_key")
     products = item["products"]
     if not isinstance(products, list) or not all(isinstance(p, str) for p in products):
         raise InvalidInput(f"{where}: 'products' must be an array of text")
+    if len(products) > MAX_PRODUCTS:
+        raise InvalidInput(f"{where}: 'products' lists {len(products)} products; at most {MAX_PRODUCTS} are allowed")
+    for position, product in enumerate(products):
+        _checked(check_id, product, where, f"products[{position}]")
     _integer(item, "failed_reviews", where, high=10_000)
     if "reminders" in item and not isinstance(item["reminders"], dict):
         raise InvalidInput(f"{where}: 'reminders' must be an object, got {_kind(item['reminders'])}")
@@ -628,39 +658,133 @@ def _parse_order(item, where: str) -> ExportedOrder:
 
 
 def _parse_event(order_id: int, item, where: str) -> Event:
+    """An event, every value checked as the same value typed would be: its kind one the rules
+    write, its actor `system`, `platform` or a party with a valid id, its operator as `--operator`
+    is checked, every text in its data as a note or reason is (ids in a created event's terms and
+    its idempotency key as ids)."""
     if not isinstance(item, dict):
         raise InvalidInput(f"{where} must be an object, got {_kind(item)}")
     data = _get(item, "data", where)
     if not isinstance(data, dict):
         raise InvalidInput(f"{where}: 'data' must be an object, got {_kind(data)}")
+    kind = _text(item, "kind", where)
+    if kind not in EVENT_KINDS:
+        raise InvalidInput(f"{where}: 'kind' {_quoted(kind)} is not an event kind of coopctl")
+    actor = _text(item, "actor", where)
+    _check_actor(actor, where, "actor", ("system", "platform"))
+    _checked(check_operator, _text(item, "operator", where), where, "operator")
+    _check_data(data, where, "data")
+    if kind == Kind.CREATED:
+        _check_created(data, where)
+    for key in ("prev_hash", "hash"):
+        if not _HASH.fullmatch(_text(item, key, where)):
+            raise InvalidInput(f"{where}: {key!r} must be a SHA-256 in 64 lowercase hex digits")
     return Event(
         order_id=order_id,
         seq=_integer(item, "seq", where, low=1),
-        kind=_text(item, "kind", where),
+        kind=kind,
         at=_instant(item, "at", where),
-        actor=_text(item, "actor", where),
-        operator=_text(item, "operator", where),
+        actor=actor,
+        operator=item["operator"],
         data=data,
-        prev_hash=_text(item, "prev_hash", where),
-        hash=_text(item, "hash", where),
+        prev_hash=item["prev_hash"],
+        hash=item["hash"],
     )
 
 
 def _parse_notification(order_id: int, item, where: str) -> dict:
+    """A notification, checked as the rules would write one: recipient `merchant:ID`,
+    `creator:ID` (a valid id) or `platform`, channel `inbox` or `sms`, a notification kind, a text
+    without control or format characters (newlines and tabs apart), instants in range. The
+    delivery fields of section 5 (`id`, `state`, `attempts`, `next_attempt_at`, `last_error`),
+    when present, are type-checked and not compared."""
     if not isinstance(item, dict):
         raise InvalidInput(f"{where} must be an object, got {_kind(item)}")
     owner = _integer(item, "order", where, low=1)
     if owner != order_id:
         raise InvalidInput(f"{where}: it belongs to order {owner}, not to order {order_id}")
+    recipient = _text(item, "recipient", where)
+    _check_actor(recipient, where, "recipient", ("platform",))
+    channel = _text(item, "channel", where)
+    if channel not in CHANNELS:
+        raise InvalidInput(f"{where}: 'channel' {_quoted(channel)} is not 'inbox' or 'sms'")
+    kind = _text(item, "kind", where)
+    if kind not in NOTIFICATION_KINDS:
+        raise InvalidInput(f"{where}: 'kind' {_quoted(kind)} is not a notification kind of coopctl")
+    text = _text(item, "text", where)
+    _checked(lambda v, w: check_text(v, w, limit=MAX_NOTIFICATION_TEXT, nullable=False), text, where, "text")
+    if "id" in item:
+        _integer(item, "id", where, low=1)
+    if "state" in item and item["state"] not in NOTIFICATION_STATES:
+        raise InvalidInput(f"{where}: 'state' must be one of {', '.join(NOTIFICATION_STATES)}")
+    if "attempts" in item:
+        _integer(item, "attempts", where, high=10_000)
+    if "next_attempt_at" in item:
+        _instant(item, "next_attempt_at", where, nullable=True)
+    if "last_error" in item:
+        _checked(check_text, _text(item, "last_error", where, nullable=True), where, "last_error")
     return {
         "order_id": order_id,
-        "recipient": _text(item, "recipient", where),
-        "channel": _text(item, "channel", where),
-        "kind": _text(item, "kind", where),
+        "recipient": recipient,
+        "channel": channel,
+        "kind": kind,
         "at": _instant(item, "at", where),
-        "text": _text(item, "text", where),
+        "text": text,
         "sent_at": _instant(item, "sent_at", where, nullable=True),
     }
+
+
+def _checked(check: Callable, value, where: str, key: str):
+    """`check(value, what)` from `coopctl.trust`, its refusal naming where in the file."""
+    if value is None:
+        return None
+    try:
+        return check(value, repr(key))
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+
+
+def _quoted(value: str) -> str:
+    return repr(shown(value[:40] + ("…" if len(value) > 40 else "")))
+
+
+def _check_actor(value: str, where: str, key: str, plain: tuple[str, ...]) -> None:
+    """`merchant:ID` or `creator:ID` with a valid id, or one of `plain`."""
+    if value in plain:
+        return
+    party, colon, party_id = value.partition(":")
+    if not colon or party not in (Party.MERCHANT, Party.CREATOR):
+        names = " or ".join([*(repr(p) for p in plain), "'merchant:ID'", "'creator:ID'"])
+        raise InvalidInput(f"{where}: {key!r} {_quoted(value)} must be {names}")
+    _checked(check_id, party_id, where, f"{key} {party}")
+
+
+def _check_data(value, where: str, path: str) -> None:
+    """Every text in an event's data (keys too), as a note or a reason is checked."""
+    if isinstance(value, str):
+        _checked(check_text, value, where, path)
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _checked(check_text, key, where, f"{path} key")
+            _check_data(inner, where, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            _check_data(inner, where, f"{path}[{index}]")
+
+
+def _check_created(data: dict, where: str) -> None:
+    """The ids of a created event: the terms' merchant, creator and products, and the idempotency key."""
+    terms = data.get("terms")
+    if isinstance(terms, dict):
+        for key in ("merchant", "creator"):
+            if key in terms:
+                _checked(check_id, terms[key], where, f"data.terms.{key}")
+        products = terms.get("products")
+        if isinstance(products, list):
+            for position, product in enumerate(products):
+                _checked(check_id, product, where, f"data.terms.products[{position}]")
+    if data.get("idempotency_key") is not None:
+        _checked(check_id, data["idempotency_key"], where, "data.idempotency_key")
 
 
 # --------------------------------------------------------------------------- replay
@@ -693,6 +817,8 @@ def _replayed(orders: list[ExportedOrder], *, keep_steps: bool, progress: Callab
             for verdict in part:
                 if verdict.ok:
                     verdict = _compared(verdict, stored[verdict.order_id])
+                if verdict.ok:
+                    verdict = _outbox_compared(verdict)
                 verdicts.append(verdict if keep_steps else replace(verdict, steps=[]))
             if progress is not None:
                 progress(len(part))
@@ -712,17 +838,26 @@ def _compared(verdict: Verdict, order: Order) -> Verdict:
 
 
 def _rebuild(exported: ExportedOrder) -> Verdict:
+    """The order rebuilt from its events (strictly: a file is new input)."""
     events = exported.events
     try:
         verify_chain(exported.id, events)
         steps = rebuild(exported.id, events)
-        final = steps[-1].order
-        key = final.idempotency_key
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
-            raise Divergence(1, "not allowed: the idempotency key must be text of 1 to 256 characters")
     except Divergence as divergence:
         return Verdict(exported, _prefix(exported.id, events, divergence.seq), None, divergence)
-    return Verdict(exported, steps, replace(final, reminders_sent=exported.reminders_sent))
+    return Verdict(exported, steps, replace(steps[-1].order, reminders_sent=exported.reminders_sent))
+
+
+def _outbox_compared(verdict: Verdict) -> Verdict:
+    """The verdict once the order's notifications and `reminders_sent` were compared with what the
+    rules wrote along its history (`history.check_outbox`): only then may an import queue them."""
+    exported = verdict.exported
+    notes = [Notification(n["order_id"], n["recipient"], n["channel"], n["kind"], n["at"], n["text"]) for n in exported.notifications]
+    try:
+        check_outbox(verdict.steps, notes, exported.reminders_sent)
+    except Divergence as divergence:
+        return replace(verdict, divergence=divergence)
+    return verdict
 
 
 def _unique_keys(verdicts: list[Verdict], owner: dict[str, int]) -> list[Verdict]:

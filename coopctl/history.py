@@ -3,11 +3,21 @@
 Pure. `verify_chain` checks the hash chain; `rebuild` feeds each recorded event back through
 `lifecycle.create`, `lifecycle.act` and `lifecycle.fire_due` and checks that the rules produce
 exactly that event at that instant. `replay`, `import` and the timeline of `show` use it.
+`check_outbox` compares an order's notifications and `reminders_sent` with what the rules wrote
+along the rebuilt history (SPEC section 7, "Files are input like any other").
+
+`rebuild(..., strict=True)` (the default) is for new input, a file read by `replay` or `import`:
+ids, texts and operators are checked as typed ones (`coopctl.trust`). A history stored in this
+database is rebuilt with `strict=False`: values stored before the rules were tightened (an id with
+a zero-width space, a merchant that is its own creator) stay readable and are checked by the rules
+they were stored under (`trust.check_stored_id`); `doctor` reports them (`trust.id_problem`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+from datetime import timezone
 
 from coopctl.errors import CoopError
 from coopctl.lifecycle import (
@@ -16,16 +26,20 @@ from coopctl.lifecycle import (
     SYSTEM,
     Event,
     Kind,
+    Notification,
     Order,
     Outcome,
     Party,
     Terms,
     act,
+    actor_of,
     create,
     event_hash,
     fire_due,
+    reminders_due,
 )
-from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso
+from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+from coopctl.trust import check_id, check_operator, check_stored_id
 
 
 class Divergence(Exception):
@@ -37,12 +51,26 @@ class Divergence(Exception):
         self.why = why
 
 
+class NotificationDivergence(Divergence):
+    """An order's outbox (or `reminders_sent`) is not what the rules wrote along its history:
+    `index` is the notification's place in the order's list (0-based, as in the file), `kind` its kind."""
+
+    def __init__(self, seq: int, index: int | None, kind: str | None, why: str):
+        where = "reminders_sent" if index is None else f"notifications[{index}] (kind {kind})"
+        Exception.__init__(self, f"{where}: {why}")
+        self.seq = seq
+        self.index = index
+        self.kind = kind
+        self.why = f"{where}: {why}"
+
+
 @dataclass(frozen=True)
 class Step:
-    """One recorded event and the order right after it."""
+    """One recorded event, the order right after it, and the notifications the rules wrote with it."""
 
     event: Event
     order: Order
+    notifications: tuple[Notification, ...] = ()
 
 
 def verify_chain(order_id: int, events: list[Event]) -> None:
@@ -65,22 +93,25 @@ def verify_chain(order_id: int, events: list[Event]) -> None:
         previous = e.hash
 
 
-def _created(order_id: int, e: Event) -> Outcome:
+def _created(order_id: int, e: Event, strict: bool) -> Outcome:
     if e.kind != Kind.CREATED:
         raise Divergence(e.seq, f"the first event must be 'created', not {e.kind!r}")
     data = e.data
     if not isinstance(data, dict) or not isinstance(data.get("terms"), dict):
         raise Divergence(e.seq, "the created event lacks its terms")
     try:
-        terms = Terms.from_json(data["terms"])
+        terms = Terms.from_json(data["terms"], strict=strict)
         policy = Policy.from_json(data.get("policy", {}))
         reminders = ReminderOffsets.from_json(data.get("reminders", {}))
-        return create(order_id, terms, policy, reminders, e.at, e.operator, data.get("idempotency_key"))
+        key = data.get("idempotency_key")
+        if key is not None:
+            key = (check_id if strict else check_stored_id)(key, "idempotency key")
+        return create(order_id, terms, policy, reminders, e.at, e.operator, key)
     except (CoopError, InvalidValue) as exc:
         raise Divergence(e.seq, f"not allowed: {exc}") from None
 
 
-def _party_step(order: Order, e: Event) -> Outcome:
+def _party_step(order: Order, e: Event, strict: bool) -> Outcome:
     action = ACTION_OF_KIND.get(e.kind)
     party_text, _, party_id = e.actor.partition(":")
     if action is None or party_text not in ("merchant", "creator"):
@@ -91,10 +122,17 @@ def _party_step(order: Order, e: Event) -> Outcome:
     try:
         return act(
             order, action, Party(party_text), party_id, e.at, e.operator,
-            reason=data.get("reason"), evidence=data.get("evidence"),
+            reason=data.get("reason"), evidence=data.get("evidence"), strict=strict,
         )
     except CoopError as exc:
         raise Divergence(e.seq, f"not allowed at {iso(e.at)}: {exc}") from None
+
+
+def _check_operator(e: Event) -> None:
+    try:
+        check_operator(e.operator, "operator")
+    except CoopError as exc:
+        raise Divergence(e.seq, f"not allowed: {exc}") from None
 
 
 def _describe(expected: Event, recorded: Event) -> str:
@@ -107,11 +145,17 @@ def _describe(expected: Event, recorded: Event) -> str:
     return "outcome differs: the rules give another hash here"
 
 
-def rebuild(order_id: int, events: list[Event]) -> list[Step]:
-    """Replay the events through the rules; the steps with the order after each event."""
+def rebuild(order_id: int, events: list[Event], *, strict: bool = True) -> list[Step]:
+    """Replay the events through the rules; the steps with the order after each event and the
+    notifications the rules wrote with it. `strict` (new input, the default) checks ids, texts and
+    operators as typed ones; `strict=False` (a history stored here) by the rules they were stored
+    under, so that ids stored before SPEC section 1's rules still rebuild."""
     if not events:
         raise Divergence(1, "the order has no events")
-    produced = _created(order_id, events[0])
+    if strict:
+        for e in events:
+            _check_operator(e)
+    produced = _created(order_id, events[0], strict)
     order: Order | None = None
     steps: list[Step] = []
     position = 0
@@ -145,18 +189,163 @@ def rebuild(order_id: int, events: list[Event]) -> list[Step]:
                 when = "no deadline" if deadline is None else f"the deadline is {iso(deadline)}"
                 raise Divergence(e.seq, f"not allowed: the system fired {e.kind!r} at {iso(e.at)} but {when}")
         else:
-            produced = _party_step(order, e)
+            produced = _party_step(order, e, strict)
 
 
 def _steps(before: Order | None, outcome: Outcome) -> list[Step]:
     """A step per event of an outcome. Within a cascade deadlines strictly increase, so the
-    order after a system event at t is `fire_due(before, t)`; the last event leaves `outcome.order`."""
+    order after a system event at t is `fire_due(before, t)`; the last event leaves `outcome.order`.
+
+    Each event's notifications are the outcome's next ones of its kind and instant: `_record`
+    writes every notification of an event with the event's kind and `at`, right after the
+    notifications of the event before, and no two successive events share both."""
     steps = []
     last = len(outcome.events) - 1
+    notes = outcome.notifications
+    taken = 0
     for index, e in enumerate(outcome.events):
         if index < last and before is not None and e.actor == SYSTEM:
             after = fire_due(before, e.at, e.operator).order
         else:
             after = outcome.order
-        steps.append(Step(e, after))
+        start = taken
+        while taken < len(notes) and notes[taken].kind == e.kind and notes[taken].at == e.at:
+            taken += 1
+        steps.append(Step(e, after, tuple(notes[start:taken])))
     return steps
+
+
+# --------------------------------------------------------------------------- the outbox
+
+
+# An instant as `policy.iso` writes one into a notification's text, in the offset of the command
+# that wrote it: texts compare with every such instant read back and written in UTC.
+_INSTANT_IN_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:[+-]\d{2}:\d{2}|Z)")
+
+
+def _in_utc(match: re.Match) -> str:
+    try:
+        return iso(parse_instant(match.group(0), timezone.utc))
+    except InvalidValue:
+        return match.group(0)
+
+
+def comparable_text(text: str) -> str:
+    """A notification's text with the instants in it written in UTC: the same message written by a
+    command in another time zone is the same text; any other difference is a different text."""
+    return _INSTANT_IN_TEXT.sub(_in_utc, text) if "T" in text else text
+
+
+def _same(mine: Notification, theirs: Notification) -> str | None:
+    """Why a notification in the file is not the one the rules wrote (None when it is)."""
+    for name in ("recipient", "channel", "kind"):
+        if getattr(mine, name) != getattr(theirs, name):
+            return f"the rules write {name} {getattr(mine, name)!r} here, the file has {getattr(theirs, name)!r}"
+    if mine.at != theirs.at:
+        return f"the rules write it at {iso(mine.at)}, the file has {iso(theirs.at)}"
+    if comparable_text(mine.text) != comparable_text(theirs.text):
+        return f"the rules write the text {mine.text!r}, the file has another"
+    return None
+
+
+def check_outbox(steps: list[Step], notifications: list[Notification], reminders_sent: frozenset[str]) -> None:
+    """The order's notifications (in outbox order) and `reminders_sent` are what the rules wrote
+    along the rebuilt `steps`; raises NotificationDivergence naming the first that is not.
+
+    Each event's notifications come in the order the rules wrote them, events in seq order (only
+    the delivery fields are not compared: the caller leaves them out). A reminder (kind
+    `reminder`) is written by a `tick` between two events, so it may stand between the
+    notifications of event k and those of event k+1 (at any place there is one a tick could have
+    written it, whatever its `at`), and there it must be exactly the notification that
+    `lifecycle.remind` writes for one of the reminders due in the order after event k: its
+    recipient, channel, `at` (its reminder time, or event k's instant when later) and text, dated
+    before its deadline, at a time a tick could have run (after the reminder time, before both the
+    reminder's deadline and the order's next deadline, which that tick would have fired first),
+    and written once. The keys of the reminders present are exactly `reminders_sent`: a key without
+    its reminder is a silenced reminder, a reminder without its key a forged one."""
+    position = 0
+    written: dict[str, int] = {}  # reminder key -> index of its notification
+    last_seq = steps[-1].event.seq if steps else 1
+    for number, step in enumerate(steps):
+        if number:
+            position = _reminders_at(steps[number - 1], notifications, position, written)
+        elif position < len(notifications) and notifications[position].kind == Kind.REMINDER:
+            raise NotificationDivergence(1, position, Kind.REMINDER.value, "a reminder before the order was created")
+        for expected in step.notifications:
+            if position >= len(notifications):
+                raise NotificationDivergence(
+                    step.event.seq, None if not notifications else len(notifications), expected.kind,
+                    f"missing: the rules notify {expected.recipient} on {expected.channel} of event seq {step.event.seq} "
+                    f"({step.event.kind}) here, the file has no such notification",
+                )
+            found = notifications[position]
+            why = _same(expected, found)
+            if why is not None:
+                raise NotificationDivergence(step.event.seq, position, found.kind, f"event seq {step.event.seq} ({step.event.kind}): {why}")
+            position += 1
+    if steps:
+        position = _reminders_at(steps[-1], notifications, position, written)
+    if position < len(notifications):
+        found = notifications[position]
+        raise NotificationDivergence(
+            last_seq, position, found.kind,
+            f"the rules wrote no such notification (to {found.recipient} on {found.channel} at {iso(found.at)})",
+        )
+    unmarked = sorted((index, key) for key, index in written.items() if key not in reminders_sent)
+    if unmarked:
+        index, key = unmarked[0]
+        raise NotificationDivergence(
+            last_seq, index, Kind.REMINDER.value,
+            f"reminder {key!r} is not in reminders_sent (a reminder the order does not know it was sent)",
+        )
+    missing = sorted(reminders_sent - written.keys())
+    if missing:
+        raise NotificationDivergence(
+            last_seq, None, None,
+            f"it holds {missing[0]!r} but the file has no such reminder (a reminder marked sent that is not there)",
+        )
+
+
+def _reminders_at(step: Step, notifications: list[Notification], position: int, written: dict[str, int]) -> int:
+    """Check the reminders that stand at `position`, written by ticks after `step`; returns the
+    position after them."""
+    order = replace(step.order, reminders_sent=frozenset())
+    while position < len(notifications) and notifications[position].kind == Kind.REMINDER:
+        found = notifications[position]
+        key = _reminder_key(step, order, found, position)
+        if key in written:
+            raise NotificationDivergence(
+                step.event.seq, position, found.kind, f"reminder {key!r} was already written (notifications[{written[key]}])"
+            )
+        written[key] = position
+        position += 1
+    return position
+
+
+def _reminder_key(step: Step, order: Order, found: Notification, position: int) -> str:
+    """The key of the due reminder that `found` is, or NotificationDivergence."""
+    after = f"after event seq {step.event.seq} ({step.event.kind}, order {order.status})"
+    closest = None
+    for key, remind_at, deadline, reminder in reminders_due(order):
+        at = max(remind_at, order.last_event_at)
+        text = reminder.text.format(id=order.id, deadline=iso(deadline))
+        expected = Notification(order.id, actor_of(reminder.recipient, order), reminder.channel, Kind.REMINDER.value, at, text)
+        if (expected.recipient, expected.channel) != (found.recipient, found.channel) or comparable_text(text) != comparable_text(found.text):
+            closest = closest or expected
+            continue
+        why = _same(expected, found)
+        if why is not None:
+            raise NotificationDivergence(step.event.seq, position, found.kind, f"reminder {key!r} {after}: {why}")
+        next_deadline = order.deadline
+        if not remind_at < deadline or (next_deadline is not None and not remind_at < next_deadline) or not at < deadline:
+            raise NotificationDivergence(
+                step.event.seq, position, found.kind,
+                f"reminder {key!r} {after}: no tick can write it (its time {iso(remind_at)} is not before its deadline "
+                f"{iso(deadline)} and the order's next deadline)",
+            )
+        return key
+    if closest is None:
+        why = f"no reminder applies {after}; the rules wrote no such notification"
+    else:
+        why = f"not a reminder the rules write {after} (to {found.recipient} on {found.channel}: {found.text!r})"
+    raise NotificationDivergence(step.event.seq, position, found.kind, why)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from datetime import timezone, tzinfo
@@ -23,11 +22,12 @@ from typing import Callable
 
 from coopctl.errors import InvalidInput, Refused
 from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+# The id and text rules live in the trust boundary; `lifecycle.check_id`, `check_text` and the
+# MAX_* lengths are the same objects, kept here for the code and tests that name them so.
+from coopctl.trust import MAX_ID_LENGTH, MAX_TEXT_LENGTH, check_id, check_stored_id, check_stored_text, check_text, shown  # noqa: F401
 
 GENESIS_HASH = "0" * 64
 UTC = timezone.utc
-MAX_ID_LENGTH = 128
-MAX_TEXT_LENGTH = 2000
 MAX_PRODUCTS = 100
 MAX_AD_BUDGET = Decimal("999999999999.99")
 
@@ -150,8 +150,10 @@ class Terms:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Terms":
-        """Read terms back from a `created` event or an export (instants in any offset)."""
+    def from_json(cls, data: dict, *, strict: bool = True) -> "Terms":
+        """Read terms back from a `created` event or an export (instants in any offset). `strict`
+        (new input: a file) checks them as typed terms; `strict=False` (a history stored here)
+        checks ids and the note by the rules they were stored under (see `make_terms`)."""
         if not isinstance(data, dict):
             raise InvalidInput("terms must be an object")
         try:
@@ -164,6 +166,7 @@ class Terms:
                 ad_budget=data["ad_budget"],
                 latest_start_at=_read_instant(data["latest_start_at"], "latest_start_at"),
                 note=data.get("note"),
+                strict=strict,
             )
         except KeyError as exc:
             raise InvalidInput(f"terms lack the field {exc.args[0]!r}") from None
@@ -369,30 +372,6 @@ _DECIMAL = re.compile(r"\d{1,15}(?:\.\d{1,2})?")
 FORMS = ("live", "video")
 
 
-def check_id(value, what: str) -> str:
-    """Merchant, creator and product ids: 1 to 128 characters, no control characters."""
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"{what} id must be non-empty text")
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidInput(f"{what} id is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029" for ch in value):
-        raise InvalidInput(f"{what} id {value!r} contains a control character")
-    return value
-
-
-def check_text(value, what: str) -> str | None:
-    """Notes, reasons and evidence: up to 2000 characters; newlines and tabs allowed."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be text")
-    if len(value) > MAX_TEXT_LENGTH:
-        raise InvalidInput(f"{what} is {len(value)} characters long; at most {MAX_TEXT_LENGTH} are allowed")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t" for ch in value):
-        raise InvalidInput(f"{what} contains a control character")
-    return value
-
-
 def check_decimal(value, what: str, *, minimum: Decimal, maximum: Decimal, open_minimum: bool) -> Decimal:
     """A plain decimal with at most two places ("12.5", "5000"), within bounds; never a float."""
     text = value if isinstance(value, str) else str(value) if isinstance(value, (int, Decimal)) and not isinstance(value, bool) else None
@@ -406,28 +385,41 @@ def check_decimal(value, what: str, *, minimum: Decimal, maximum: Decimal, open_
     return number
 
 
-def make_terms(*, merchant, creator, products, form, commission, ad_budget, latest_start_at: int, note=None) -> Terms:
-    """Validate the terms of a new order; every problem is InvalidInput naming the field."""
+def make_terms(
+    *, merchant, creator, products, form, commission, ad_budget, latest_start_at: int, note=None, strict: bool = True
+) -> Terms:
+    """Validate the terms of a new order; every problem is InvalidInput naming the field.
+
+    Ids follow SPEC section 1 (`trust.check_id`: NFC, no control or format characters, no other
+    spaces) and the merchant and creator must be two parties. `strict=False` is for terms stored
+    before those rules (a stored history rebuilt for `show` or `doctor`): ids and the note are
+    checked as they were then (`trust.check_stored_id`), and a merchant that is its own creator is
+    let through; such terms are read, never written anew."""
+    identify, describe = (check_id, check_text) if strict else (check_stored_id, check_stored_text)
     if not isinstance(products, (list, tuple)) or not products:
         raise InvalidInput("an order needs at least one product id")
     if len(products) > MAX_PRODUCTS:
         raise InvalidInput(f"an order may list at most {MAX_PRODUCTS} products, got {len(products)}")
-    products = tuple(check_id(p, "product") for p in products)
+    products = tuple(identify(p, "product") for p in products)
     if len(set(products)) != len(products):
         raise InvalidInput("the same product id is listed twice")
     if form not in FORMS:
         raise InvalidInput(f"form must be 'live' or 'video', got {form!r}")
     if isinstance(latest_start_at, bool) or not isinstance(latest_start_at, int):
         raise InvalidInput("latest start must be an instant")
+    merchant = identify(merchant, "merchant")
+    creator = identify(creator, "creator")
+    if strict and merchant == creator:
+        raise InvalidInput(f"the merchant and the creator are the same id '{shown(merchant)}'; an order is made between two parties")
     return Terms(
-        merchant=check_id(merchant, "merchant"),
-        creator=check_id(creator, "creator"),
+        merchant=merchant,
+        creator=creator,
         products=products,
         form=form,
         commission_pct=check_decimal(commission, "commission", minimum=Decimal(0), maximum=Decimal(100), open_minimum=True),
         ad_budget=check_decimal(ad_budget, "ad budget", minimum=Decimal(0), maximum=MAX_AD_BUDGET, open_minimum=False),
         latest_start_at=latest_start_at,
-        note=check_text(note, "note"),
+        note=describe(note, "note"),
     )
 
 
@@ -733,8 +725,10 @@ def act(
     reason: str | None = None,
     evidence: str | None = None,
     tz: tzinfo = UTC,
+    strict: bool = True,
 ) -> Outcome:
-    """A party acts at `at`: due deadlines fire first, then the action if the rules allow it."""
+    """A party acts at `at`: due deadlines fire first, then the action if the rules allow it.
+    `strict=False` checks the reason and evidence by the older rules (a stored history rebuilt)."""
     if party_id != order.party_id(party):
         raise Refused(f"{party} {party_id!r} is not the {party} of order {order.id} ({order.party_id(party)!r} is)")
     if at < order.last_event_at:
@@ -742,8 +736,9 @@ def act(
             f"{iso(at, tz)} is earlier than the last event of order {order.id} ({iso(order.last_event_at, tz)}); "
             "time cannot go backwards"
         )
-    reason = check_text(reason, "reason")
-    evidence = check_text(evidence, "evidence")
+    describe = check_text if strict else check_stored_text
+    reason = describe(reason, "reason")
+    evidence = describe(evidence, "evidence")
     if action is Action.REVIEW_FAIL and not (reason or "").strip():
         raise InvalidInput("a failed review needs a reason (--reason TEXT)")
     fired = fire_due(order, at, operator, tz)

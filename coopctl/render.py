@@ -181,7 +181,7 @@ def order_detail(order: Order, events: list[Event], tz: tzinfo) -> None:
     from coopctl.history import Divergence, rebuild
 
     try:
-        states = [step.order for step in rebuild(order.id, events)]
+        states = [step.order for step in rebuild(order.id, events, strict=False)]  # stored: legacy ids stay readable
     except Divergence:
         states = None
     console = _console()

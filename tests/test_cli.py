@@ -445,8 +445,8 @@ BAD_CREATE = [
     ({"ad_budget": "10.001"}, "ad budget must be a plain decimal with at most two places, such as 12.5, got '10.001'"),
     ({"merchant": ""}, "merchant id must be non-empty text"),
     ({"creator": "c" * 129}, "creator id is 129 characters long; at most 128 are allowed"),
-    ({"merchant": "商家\x07A"}, "merchant id '商家\\x07A' contains a control character"),
-    ({"product": "P\n1"}, "product id 'P\\n1' contains a control character"),
+    ({"merchant": "商家\x07A"}, "merchant id '商家\\x07A' contains the character U+0007 (a control character), which ids may not hold"),
+    ({"product": "P\n1"}, "product id 'P\\n1' contains the character U+000A (a control character), which ids may not hold"),
     ({"form": "tv"}, "form must be 'live' or 'video', got 'tv'"),
 ]
 

@@ -248,7 +248,7 @@ def test_import_keeps_the_outbox_state(made, tmp_path):
     copy_db(made[0], db)
     cli = Cli(db, tmp_path)
     cli.ok("notifications", "--order", "1", "--mark-sent")
-    path = write(tmp_path, cli.ok("export", "--all").stdout)
+    path = write(tmp_path, cli.ok("export", "--all", "--at", EXPORTED_AT).stdout)  # not before its last event
     fresh = Cli(tmp_path / "fresh.db", tmp_path)
     fresh.ok("import", path, "--json")
     pending = json.loads(fresh.ok("notifications", "--pending", "--json").stdout)
@@ -330,7 +330,7 @@ def test_tick_treats_imported_orders_like_any_other(made, tmp_path):
     assert ticks == [(1, 0), (0, 1)]  # delivered automatically, then the merchant is reminded to review
     assert fresh.ok("export", "--all", "--at", EXPORTED_AT).stdout == original.ok("export", "--all", "--at", EXPORTED_AT).stdout
     later = Cli(tmp_path / "later.db", tmp_path)
-    later.ok("import", write(tmp_path, original.ok("export", "3").stdout, "three.json"))
+    later.ok("import", write(tmp_path, original.ok("export", "3", "--at", "2026-12-17T00:00").stdout, "three.json"))
     assert json.loads(later.ok("tick", "--now", "2026-12-17T12:00", "--json").stdout)["reminders"] == 0
     assert json.loads(later.ok("tick", "--now", "2027-01-01T00:00", "--json").stdout)["by_kind"] == {"auto_accepted": 1}
     shown = json.loads(later.ok("show", "3", "--json").stdout)

