@@ -619,6 +619,8 @@ def _parse_order(item, where: str) -> ExportedOrder:
             _checked(check_text, _text(item, key, where, nullable=True), where, key)
     for key in ("merchant", "creator"):
         _checked(check_id, item[key], where, key)
+    if item["merchant"] == item["creator"]:
+        raise InvalidInput(f"{where}: the merchant and the creator are the same id; an order is made between two parties")
     if item.get("idempotency_key") is not None:
         _checked(check_id, item["idempotency_key"], where, "idempotency_key")
     products = item["products"]
@@ -779,6 +781,8 @@ def _check_created(data: dict, where: str) -> None:
         for key in ("merchant", "creator"):
             if key in terms:
                 _checked(check_id, terms[key], where, f"data.terms.{key}")
+        if "merchant" in terms and terms.get("merchant") == terms.get("creator"):
+            raise InvalidInput(f"{where}: the terms' merchant and creator are the same id; an order is made between two parties")
         products = terms.get("products")
         if isinstance(products, list):
             for position, product in enumerate(products):

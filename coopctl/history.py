@@ -306,6 +306,10 @@ def check_outbox(steps: list[Step], notifications: list[Notification], reminders
         )
 
 
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 def _reminders_at(step: Step, notifications: list[Notification], position: int, written: dict[str, int]) -> int:
     """Check the reminders that stand at `position`, written by ticks after `step`; returns the
     position after them."""
@@ -347,5 +351,5 @@ def _reminder_key(step: Step, order: Order, found: Notification, position: int) 
     if closest is None:
         why = f"no reminder applies {after}; the rules wrote no such notification"
     else:
-        why = f"not a reminder the rules write {after} (to {found.recipient} on {found.channel}: {found.text!r})"
+        why = f"not a reminder the rules write {after} (to {found.recipient} on {found.channel}: {_short(found.text)})"
     raise NotificationDivergence(step.event.seq, position, found.kind, why)
