@@ -612,13 +612,13 @@ def _parse_order(item, where: str) -> ExportedOrder:
     where = f"{where.rsplit(':', 1)[0]}: order {order_id}"
     for key in REQUIRED_FIELDS:
         _get(item, key, where)
+    for key in ("merchant", "creator"):
+        _checked(check_id, _text(item, key, where), where, key)
     for key in _TEXT:
         _checked(check_text, _text(item, key, where), where, key)
     for key in _TEXT_OR_NULL:
         if key in item:
             _checked(check_text, _text(item, key, where, nullable=True), where, key)
-    for key in ("merchant", "creator"):
-        _checked(check_id, item[key], where, key)
     if item["merchant"] == item["creator"]:
         raise InvalidInput(f"{where}: the merchant and the creator are the same id; an order is made between two parties")
     if item.get("idempotency_key") is not None:
@@ -741,7 +741,7 @@ def _checked(check: Callable, value, where: str, key: str):
     if value is None:
         return None
     try:
-        return check(value, repr(key))
+        return check(value, key)
     except InvalidInput as exc:
         raise InvalidInput(f"{where}: {exc}") from None
 
@@ -764,11 +764,14 @@ def _check_actor(value: str, where: str, key: str, plain: tuple[str, ...]) -> No
 def _check_data(value, where: str, path: str) -> None:
     """Every text in an event's data (keys too), as a note or a reason is checked."""
     if isinstance(value, str):
-        _checked(check_text, value, where, path)
+        if not (value.isprintable() and len(value) <= MAX_TEXT_LENGTH):  # the common case, at C speed
+            _checked(check_text, value, where, path)
     elif isinstance(value, dict):
         for key, inner in value.items():
-            _checked(check_text, key, where, f"{path} key")
-            _check_data(inner, where, f"{path}.{key}")
+            if not (isinstance(key, str) and key.isprintable() and len(key) <= MAX_TEXT_LENGTH):
+                _checked(check_text, key, where, f"{path} key")
+            if not isinstance(inner, (int, float, type(None))):
+                _check_data(inner, where, f"{path}.{key}")
     elif isinstance(value, list):
         for index, inner in enumerate(value):
             _check_data(inner, where, f"{path}[{index}]")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import timezone
+from datetime import datetime
 
 from coopctl.errors import CoopError
 from coopctl.lifecycle import (
@@ -38,7 +38,7 @@ from coopctl.lifecycle import (
     fire_due,
     reminders_due,
 )
-from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, to_instant
 from coopctl.trust import check_id, check_operator, check_stored_id
 
 
@@ -219,21 +219,33 @@ def _steps(before: Order | None, outcome: Outcome) -> list[Step]:
 
 
 # An instant as `policy.iso` writes one into a notification's text, in the offset of the command
-# that wrote it: texts compare with every such instant read back and written in UTC.
-_INSTANT_IN_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:[+-]\d{2}:\d{2}|Z)")
+# that wrote it: texts compare with every such instant read as an instant.
+_INSTANT_IN_TEXT = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:[+-]\d{2}:\d{2}|Z))")
 
 
-def _in_utc(match: re.Match) -> str:
-    try:
-        return iso(parse_instant(match.group(0), timezone.utc))
-    except InvalidValue:
-        return match.group(0)
+def _text_key(text: str) -> tuple:
+    """A text split around its instants, each instant read (an aware datetime compares by the
+    instant it names, whatever its offset); an instant that cannot be read stays text."""
+    parts = _INSTANT_IN_TEXT.split(text)
+    for i in range(1, len(parts), 2):
+        try:
+            parts[i] = datetime.fromisoformat(parts[i])
+        except ValueError:
+            pass
+    return tuple(parts)
+
+
+def same_text(mine: str, theirs: str) -> bool:
+    """Two notification texts say the same: equal once the instants in them are compared as
+    instants (the same message written by a command in another time zone is the same text);
+    any other difference is a different text."""
+    return mine == theirs or _text_key(mine) == _text_key(theirs)
 
 
 def comparable_text(text: str) -> str:
-    """A notification's text with the instants in it written in UTC: the same message written by a
-    command in another time zone is the same text; any other difference is a different text."""
-    return _INSTANT_IN_TEXT.sub(_in_utc, text) if "T" in text else text
+    """A notification's text with the instants in it written in UTC (for tests and messages)."""
+    parts = _text_key(text)
+    return "".join(iso(to_instant(p)) if isinstance(p, datetime) else p for p in parts)
 
 
 def _same(mine: Notification, theirs: Notification) -> str | None:
@@ -243,7 +255,7 @@ def _same(mine: Notification, theirs: Notification) -> str | None:
             return f"the rules write {name} {getattr(mine, name)!r} here, the file has {getattr(theirs, name)!r}"
     if mine.at != theirs.at:
         return f"the rules write it at {iso(mine.at)}, the file has {iso(theirs.at)}"
-    if comparable_text(mine.text) != comparable_text(theirs.text):
+    if not same_text(mine.text, theirs.text):
         return f"the rules write the text {mine.text!r}, the file has another"
     return None
 
@@ -334,7 +346,7 @@ def _reminder_key(step: Step, order: Order, found: Notification, position: int) 
         at = max(remind_at, order.last_event_at)
         text = reminder.text.format(id=order.id, deadline=iso(deadline))
         expected = Notification(order.id, actor_of(reminder.recipient, order), reminder.channel, Kind.REMINDER.value, at, text)
-        if (expected.recipient, expected.channel) != (found.recipient, found.channel) or comparable_text(text) != comparable_text(found.text):
+        if (expected.recipient, expected.channel) != (found.recipient, found.channel) or not same_text(text, found.text):
             closest = closest or expected
             continue
         why = _same(expected, found)

@@ -33,6 +33,8 @@ def code_point(ch: str) -> str:
 
 
 def _first_bad(value: str, *, allowed: frozenset[str] = frozenset(), other_spaces: bool = True) -> str | None:
+    if value.isprintable():  # at C speed: no control, format, surrogate or separator character, no space but U+0020
+        return None
     if value.isascii():  # the common case: only C0 controls and DEL can be wrong
         for ch in value:
             if (ch < " " or ch == "\x7f") and ch not in allowed:
