@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Callable
 
 from coopctl.errors import InvalidInput, Refused
-from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+from coopctl.policy import MAX_INSTANT, InvalidValue, Policy, ReminderOffsets, iso, parse_instant
 
 GENESIS_HASH = "0" * 64
 UTC = timezone.utc
@@ -700,6 +700,7 @@ def create(
     outcome = _record(order, Kind.CREATED, at, actor_of(Party.MERCHANT, order), operator, data, {}, Status.PENDING, tz)
     inbox = outcome.notifications[0]
     outcome.notifications.append(Notification(inbox.order_id, inbox.recipient, "sms", inbox.kind, inbox.at, inbox.text))
+    check_horizon(outcome.order, tz)
     return outcome
 
 
@@ -757,7 +758,32 @@ def act(
     data = _action_data(action, party, reason, evidence)
     changes = rule.effect(current, at, data)
     step = _record(current, rule.kind, at, actor_of(party, current), operator, data, changes, rule.target, tz)
+    check_horizon(step.order, tz, action, at)
     return fired.then(step)
+
+
+def check_horizon(order: Order, tz: tzinfo = UTC, action: "Action | None" = None, at: int | None = None) -> None:
+    """SPEC section 7: every deadline the order will reach if nobody acts again (its own, then each
+    that `tick` would fire in turn: auto delivery, then auto acceptance) lies no later than
+    9999-12-31 UTC, the last instant coopctl records; else InvalidInput (exit 2), before anything
+    is stored. Reminders come before their deadlines, so they are in range too. Each later party
+    action is checked when it happens, so `tick` never meets a deadline past the range and its
+    hot path checks nothing. Only `status_since` moves along the way: no timer's deadline depends
+    on anything else that firing changes (a walk through TIMERS without writing events)."""
+    current = order
+    for _ in range(len(TIMERS) + 1):  # the timers lead to states without one; bounded all the same
+        timer = TIMERS.get(current.status)
+        if timer is None:
+            return
+        due = timer.due(current)
+        if due > MAX_INSTANT:
+            what = "creating it" if action is None else f"{action} at {iso(at, tz)}"
+            raise InvalidInput(
+                f"order {order.id}: {what} would put a deadline ({current.status}: {timer.label}) at "
+                f"{iso(due, tz)}, after 9999-12-31 UTC, the last instant coopctl can record; "
+                "nothing was changed (use shorter policy windows for such far dates)"
+            )
+        current = evolve(current, {"status": timer.target, "status_since": due})
 
 
 def _action_data(action: Action, party: Party, reason: str | None, evidence: str | None) -> dict:
