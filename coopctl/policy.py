@@ -95,22 +95,27 @@ def iso(instant: int, tz: tzinfo = timezone.utc) -> str:
 
 def local_text(instant: int, tz: tzinfo, *, sep: str = "T", offset: bool = True) -> str:
     """`iso` with a choice of separator and whether the offset is written; for any integer
-    instant. Beyond what datetime holds (years 1 to 9999 in `tz`: a forged or pre-check stored
-    value), the date is computed 400-year cycles nearer and written with its true year, as
-    ISO 8601's expanded years are (`+10000-01-13T08:00:00+08:00`), so that reading a database
-    never fails on one bad value (`doctor` reports it)."""
+    instant, never raising. An instant in range that the zone cannot write with a four-digit year
+    (the last hours of 9999 UTC east of Greenwich) is written in UTC, with its offset whatever
+    `offset` says (`9999-12-31T23:59:59+00:00`: still ISO 8601, and read back as the same instant).
+    Beyond what datetime holds at all (a forged or pre-check stored value), the date is computed
+    400-year cycles nearer and written with its true year, as ISO 8601's expanded years are
+    (`+10000-01-13T08:00:00+08:00`), so that reading a database never fails on one bad value
+    (`doctor` reports it)."""
     try:
-        moment = (_EPOCH + timedelta(microseconds=instant)).astimezone(tz)
-        cycles = 0
+        utc = _EPOCH + timedelta(microseconds=instant)
     except OverflowError:
         cycles = (instant - _MIDDLE) // _CYCLE
         moment = (_EPOCH + timedelta(microseconds=instant - cycles * _CYCLE)).astimezone(tz)
-    text = (moment if offset else moment.replace(tzinfo=None)).isoformat(sep=sep)
-    if not cycles:
-        return text
-    year = moment.year + 400 * cycles
-    written = f"+{year}" if year > 9999 else f"-{-year:04d}" if year < 0 else f"{year:04d}"
-    return written + text[4:]
+        text = (moment if offset else moment.replace(tzinfo=None)).isoformat(sep=sep)
+        year = moment.year + 400 * cycles
+        written = f"+{year}" if year > 9999 else f"-{-year:04d}" if year < 0 else f"{year:04d}"
+        return written + text[4:]
+    try:
+        moment = utc.astimezone(tz)
+    except OverflowError:
+        return utc.isoformat(sep=sep)
+    return (moment if offset else moment.replace(tzinfo=None)).isoformat(sep=sep)
 
 
 def in_range(instant: int) -> bool:
