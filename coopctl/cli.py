@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 from typer.core import TyperGroup
 
-from coopctl.trust import shown as _shown
-
 if TYPE_CHECKING:  # pragma: no cover
     from coopctl.config import Settings
     from coopctl.lifecycle import Action, Party
@@ -101,7 +99,6 @@ def _number(what: str, *, low: int = 1, high: int = 2**63 - 1, order_id: bool = 
         except InvalidInput as exc:
             raise _fail(exc.exit_code, str(exc)) from None
 
-    parse.__name__ = "order id" if order_id else "count"
     return parse
 
 
@@ -128,7 +125,9 @@ def root(ctx: typer.Context, db: DbOpt = None, config: ConfigOpt = None, operato
 
 
 def _fail(code: int, message: str) -> typer.Exit:
-    sys.stderr.write(f"error: {_abbreviate(' '.join(_shown(message).split()))}\n")
+    from coopctl.trust import shown  # nothing stored or typed reaches the terminal raw (SPEC section 7)
+
+    sys.stderr.write(f"error: {_abbreviate(' '.join(shown(message).split()))}\n")
     sys.stderr.flush()
     return typer.Exit(code)
 

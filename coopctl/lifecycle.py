@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Callable
 
 from coopctl.errors import InvalidInput, Refused
-from coopctl.policy import MAX_INSTANT, InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+from coopctl.policy import MAX_DURATION, MAX_INSTANT, InvalidValue, Policy, ReminderOffsets, iso, parse_instant
 
 GENESIS_HASH = "0" * 64
 UTC = timezone.utc
@@ -762,6 +762,9 @@ def act(
     return fired.then(step)
 
 
+_ALWAYS_IN_RANGE = MAX_INSTANT - (len(TIMERS) + 1) * MAX_DURATION  # see check_horizon
+
+
 def check_horizon(order: Order, tz: tzinfo = UTC, action: "Action | None" = None, at: int | None = None) -> None:
     """SPEC section 7: every deadline the order will reach if nobody acts again (its own, then each
     that `tick` would fire in turn: auto delivery, then auto acceptance) lies no later than
@@ -769,7 +772,14 @@ def check_horizon(order: Order, tz: tzinfo = UTC, action: "Action | None" = None
     is stored. Reminders come before their deadlines, so they are in range too. Each later party
     action is checked when it happens, so `tick` never meets a deadline past the range and its
     hot path checks nothing. Only `status_since` moves along the way: no timer's deadline depends
-    on anything else that firing changes (a walk through TIMERS without writing events)."""
+    on anything else that firing changes (a walk through TIMERS without writing events).
+
+    Every deadline is the latest start or a window after the moment the status began, and a
+    cascade adds at most one window per timer: an order that entered its status more than
+    len(TIMERS) longest windows before the end of 9999 cannot reach past it (two comparisons,
+    the case of every order until the year 9930)."""
+    if order.status_since <= _ALWAYS_IN_RANGE and order.terms.latest_start_at <= MAX_INSTANT:
+        return
     current = order
     for _ in range(len(TIMERS) + 1):  # the timers lead to states without one; bounded all the same
         timer = TIMERS.get(current.status)

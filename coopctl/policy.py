@@ -23,7 +23,7 @@ _UNITS = {"d": DAY, "h": HOUR, "m": MINUTE, "s": SECOND}
 _DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?", re.ASCII)
 _MAX_DIGITS = 15
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MAX_DURATION = 3650 * DAY
+_MAX_DURATION = MAX_DURATION = 3650 * DAY  # the longest window or duration
 
 # SPEC section 7: every instant lies between 1970-01-01 and 9999-12-31 UTC (both days whole).
 MIN_INSTANT = 0
@@ -85,12 +85,12 @@ def to_datetime(instant: int, tz: tzinfo = timezone.utc) -> datetime:
 def iso(instant: int, tz: tzinfo = timezone.utc) -> str:
     """ISO 8601 with an offset; whole seconds unless the instant has a fraction. Never raises for
     an instant outside what datetime can hold (a stored value past 9999 shows as `+10000-…`)."""
-    if tz is timezone.utc:  # the hot path of hashing: no zone conversion needed
-        try:
+    try:
+        if tz is timezone.utc:  # the hot path of hashing: no zone conversion needed
             return (_EPOCH + timedelta(microseconds=instant)).isoformat()
-        except OverflowError:
-            pass
-    return local_text(instant, tz)
+        return (_EPOCH + timedelta(microseconds=instant)).astimezone(tz).isoformat()
+    except OverflowError:  # beyond what datetime holds (in UTC, or in the zone): costs nothing until then
+        return local_text(instant, tz)
 
 
 def local_text(instant: int, tz: tzinfo, *, sep: str = "T", offset: bool = True) -> str:

@@ -299,3 +299,41 @@ def test_now_minus_or_plus_a_duration_is_accepted_wherever_a_timestamp_is(invoke
 def test_a_malformed_or_out_of_range_now_is_exit_2(invoke, text):
     assert invoke("init").exit_code == 0
     one_error(invoke("tick", "--now", text), 2, "--now")
+
+
+# --------------------------------------------------------------------------- the rule in the core
+
+
+def _live_order(went_live: int, auto_deliver: int, review: int = 14 * DAY):
+    from decimal import Decimal
+
+    from coopctl import lifecycle
+    from coopctl.lifecycle import Action, Party, Terms
+    from coopctl.policy import Policy, ReminderOffsets
+
+    terms = Terms("M", "C", ("P",), "live", Decimal("1.00"), Decimal("0.00"), MAX_INSTANT - DAY)
+    policy = Policy(accept_window=3 * DAY, auto_deliver_after=auto_deliver, review_window=review)
+    order = lifecycle.create(1, terms, policy, ReminderOffsets(), went_live - 2 * DAY, "op").order
+    order = lifecycle.act(order, Action.ACCEPT, Party.CREATOR, "C", went_live - DAY, "op").order
+    return lifecycle.act(order, Action.GO_LIVE, Party.CREATOR, "C", went_live, "op")
+
+
+def test_the_core_refuses_an_action_whose_cascade_of_deadlines_ends_past_9999():
+    from coopctl.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="delivered: accepted automatically"):
+        _live_order(MAX_INSTANT - 10 * DAY, auto_deliver=2 * DAY)  # delivered in range, accepted 14 days later: not
+    with pytest.raises(InvalidInput, match="live: delivered automatically"):
+        _live_order(MAX_INSTANT - 10 * DAY, auto_deliver=3650 * DAY)
+    outcome = _live_order(MAX_INSTANT - 20 * DAY, auto_deliver=2 * DAY)  # both within 9999
+    assert outcome.order.deadline == MAX_INSTANT - 18 * DAY
+
+
+def test_far_from_9999_the_check_is_two_comparisons_and_never_refuses():
+    """The quick way out covers every order that entered its status before about 9930: with
+    the longest windows (3650d each) nothing it does can reach past 9999 from there."""
+    from coopctl.lifecycle import _ALWAYS_IN_RANGE
+
+    longest = 3650 * DAY
+    outcome = _live_order(_ALWAYS_IN_RANGE - DAY, auto_deliver=longest, review=longest)
+    assert outcome.order.deadline + longest <= MAX_INSTANT
