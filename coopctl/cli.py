@@ -81,7 +81,28 @@ ConfigOpt = Annotated[Optional[str], typer.Option("--config", envvar="COOPCTL_CO
 OperatorOpt = Annotated[Optional[str], typer.Option("--operator", envvar="COOPCTL_OPERATOR", help="Who is typing; recorded on every event [default: login name].", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 AtOpt = Annotated[Optional[str], typer.Option("--at", help="When it happens (ISO 8601; no offset = configured timezone) [default: now].", show_default=False)]
-OrderArg = Annotated[int, typer.Argument(help="The order id.", min=1, max=2**62, show_default=False)]
+
+
+def _number(what: str, *, low: int = 1, high: int = 2**63 - 1, order_id: bool = False) -> Callable[[str], int]:
+    """A Typer parser for a count or an order id: ASCII digits only, within range, read by
+    `trust.parse_count`/`parse_order_id` (Typer's int would read '１' and '1_0', and pass 10**20 on
+    to the database); anything else is one `error:` line and exit 2 (SPEC section 7)."""
+
+    def parse(text) -> int:
+        from coopctl import trust
+        from coopctl.errors import InvalidInput
+
+        try:
+            if order_id:
+                return trust.parse_order_id(text, what)
+            return trust.parse_count(text, what, low=low, high=high)
+        except InvalidInput as exc:
+            raise _fail(exc.exit_code, str(exc)) from None
+
+    return parse
+
+
+OrderArg = Annotated[int, typer.Argument(help="The order id.", parser=_number("order id", order_id=True), show_default=False)]
 MerchantOpt = Annotated[Optional[str], typer.Option("--merchant", help="The merchant acting (must be the order's merchant).", show_default=False)]
 CreatorOpt = Annotated[Optional[str], typer.Option("--creator", help="The creator acting (must be the order's creator).", show_default=False)]
 ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why, recorded on the event.", show_default=False)]
@@ -104,7 +125,9 @@ def root(ctx: typer.Context, db: DbOpt = None, config: ConfigOpt = None, operato
 
 
 def _fail(code: int, message: str) -> typer.Exit:
-    sys.stderr.write(f"error: {_abbreviate(' '.join(message.split()))}\n")
+    from coopctl.trust import shown  # nothing stored or typed reaches the terminal raw (SPEC section 7)
+
+    sys.stderr.write(f"error: {_abbreviate(' '.join(shown(message).split()))}\n")
     sys.stderr.flush()
     return typer.Exit(code)
 
@@ -173,6 +196,16 @@ class Runtime:
     def tz(self):
         return self.settings.tz
 
+    @functools.cached_property
+    def now(self) -> int:
+        """The clock, read once per command (whole seconds: readable records): the default of
+        --at/--now and what `now`, `now+2d`, `now-90m` count from."""
+        from datetime import datetime, timezone
+
+        from coopctl.policy import to_instant
+
+        return to_instant(datetime.now(timezone.utc).replace(microsecond=0))
+
 
 def runtime(ctx: typer.Context, *, default_db: str | None = None, config_db: bool = True) -> Runtime:
     """Settings, store and operator for this command (nothing is opened yet)."""
@@ -216,16 +249,16 @@ def _login_name() -> str:
 
 
 def instant(value: str | None, rt: Runtime, option: str = "--at") -> int:
-    """--at/--now (or the clock, read here once) as microseconds since the epoch."""
+    """--at/--now (or the clock, read once per command) as microseconds since the epoch: ISO 8601
+    (no offset: the configured zone, where a skipped or repeated local time is refused), or
+    `now`, `now+DURATION`, `now-DURATION`; between 1970-01-01 and 9999-12-31 UTC."""
     from coopctl.errors import InvalidInput
-    from coopctl.policy import InvalidValue, parse_instant, to_instant
+    from coopctl.policy import InvalidValue, parse_instant
 
     if value is None:
-        from datetime import datetime, timezone
-
-        return to_instant(datetime.now(timezone.utc).replace(microsecond=0))  # whole seconds: readable records
+        return rt.now
     try:
-        return parse_instant(value, rt.tz)
+        return parse_instant(value, rt.tz, now=lambda: rt.now)
     except InvalidValue as exc:
         raise InvalidInput(f"{option}: {exc}") from None
 
@@ -240,9 +273,9 @@ def clock() -> int:
 
 
 def emit_json(value) -> None:
-    import json
+    from coopctl.render import json_text
 
-    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.write(json_text(value) + "\n")
 
 
 def one_party(merchant: str | None, creator: str | None) -> tuple["Party", str]:
@@ -450,7 +483,7 @@ def tick(
     ctx: typer.Context,
     now: Annotated[Optional[str], typer.Option("--now", help="Apply everything due up to this instant [default: now].", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; write nothing.")] = False,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="Orders per transaction; each batch commits on its own, so a smaller one holds the write lock for less time [default: 20000 on SQLite, 5000 on PostgreSQL].", min=1, max=1_000_000, show_default=False)] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Orders per transaction; each batch commits on its own, so a smaller one holds the write lock for less time [default: 20000 on SQLite, 5000 on PostgreSQL].", parser=_number("--batch", high=1_000_000), show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fire every deadline and reminder due by now; cron runs this every minute.
@@ -522,7 +555,7 @@ def list_(
     merchant: Annotated[Optional[str], typer.Option("--merchant", help="Only this merchant's orders.", show_default=False)] = None,
     creator: Annotated[Optional[str], typer.Option("--creator", help="Only this creator's orders.", show_default=False)] = None,
     due_before: Annotated[Optional[str], typer.Option("--due-before", help="Only orders whose next deadline is before this instant, soonest first.", show_default=False)] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many orders.", min=1, show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many orders.", parser=_number("--limit"), show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List orders with their next deadline and what happens then.
@@ -551,7 +584,7 @@ def list_(
 @command()
 def notifications(
     ctx: typer.Context,
-    order: Annotated[Optional[int], typer.Option("--order", help="Only this order's notifications.", min=1, show_default=False)] = None,
+    order: Annotated[Optional[int], typer.Option("--order", help="Only this order's notifications.", parser=_number("--order", order_id=True), show_default=False)] = None,
     pending: Annotated[bool, typer.Option("--pending", help="Only those not yet marked sent.")] = False,
     mark_sent: Annotated[bool, typer.Option("--mark-sent", help="Mark the pending ones listed as sent (for the dispatcher).")] = False,
     as_json: JsonOpt = False,
@@ -659,7 +692,7 @@ def _read_export(file: str):
 @command()
 def export(
     ctx: typer.Context,
-    orders: Annotated[Optional[list[int]], typer.Argument(help="The order ids to export.", min=1, max=2**62, show_default=False)] = None,
+    orders: Annotated[Optional[list[int]], typer.Argument(help="The order ids to export.", parser=_number("order id", order_id=True), show_default=False)] = None,
     all_orders: Annotated[bool, typer.Option("--all", help="Export every order.")] = False,
     out: Annotated[Optional[str], typer.Option("--out", help="Write the export to this file (atomically) instead of stdout.", show_default=False)] = None,
     at: Annotated[Optional[str], typer.Option("--at", help="The instant recorded as exported_at (ISO 8601) [default: now].", show_default=False)] = None,

@@ -59,6 +59,8 @@ def load_settings(path: str | os.PathLike | None, *, explicit: bool) -> Settings
         raise InvalidInput(f"config file {str(file)!r} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+    except ValueError:  # an integer of thousands of digits: Python will not even read it
+        raise InvalidInput(f"config file {str(file)!r} holds a number too large to read") from None
     return parse_settings(data, source=str(file))
 
 

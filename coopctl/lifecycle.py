@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Callable
 
 from coopctl.errors import InvalidInput, Refused
-from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+from coopctl.policy import MAX_DURATION, MAX_INSTANT, InvalidValue, Policy, ReminderOffsets, iso, parse_instant
 # The id and text rules live in the trust boundary; `lifecycle.check_id`, `check_text` and the
 # MAX_* lengths are the same objects, kept here for the code and tests that name them so.
 from coopctl.trust import MAX_ID_LENGTH, MAX_TEXT_LENGTH, check_id, check_stored_id, check_stored_text, check_text, shown  # noqa: F401
@@ -692,6 +692,7 @@ def create(
     outcome = _record(order, Kind.CREATED, at, actor_of(Party.MERCHANT, order), operator, data, {}, Status.PENDING, tz)
     inbox = outcome.notifications[0]
     outcome.notifications.append(Notification(inbox.order_id, inbox.recipient, "sms", inbox.kind, inbox.at, inbox.text))
+    check_horizon(outcome.order, tz)
     return outcome
 
 
@@ -752,7 +753,42 @@ def act(
     data = _action_data(action, party, reason, evidence)
     changes = rule.effect(current, at, data)
     step = _record(current, rule.kind, at, actor_of(party, current), operator, data, changes, rule.target, tz)
+    check_horizon(step.order, tz, action, at)
     return fired.then(step)
+
+
+_ALWAYS_IN_RANGE = MAX_INSTANT - (len(TIMERS) + 1) * MAX_DURATION  # see check_horizon
+
+
+def check_horizon(order: Order, tz: tzinfo = UTC, action: "Action | None" = None, at: int | None = None) -> None:
+    """SPEC section 7: every deadline the order will reach if nobody acts again (its own, then each
+    that `tick` would fire in turn: auto delivery, then auto acceptance) lies no later than
+    9999-12-31 UTC, the last instant coopctl records; else InvalidInput (exit 2), before anything
+    is stored. Reminders come before their deadlines, so they are in range too. Each later party
+    action is checked when it happens, so `tick` never meets a deadline past the range and its
+    hot path checks nothing. Only `status_since` moves along the way: no timer's deadline depends
+    on anything else that firing changes (a walk through TIMERS without writing events).
+
+    Every deadline is the latest start or a window after the moment the status began, and a
+    cascade adds at most one window per timer: an order that entered its status more than
+    len(TIMERS) longest windows before the end of 9999 cannot reach past it (two comparisons,
+    the case of every order until the year 9930)."""
+    if order.status_since <= _ALWAYS_IN_RANGE and order.terms.latest_start_at <= MAX_INSTANT:
+        return
+    current = order
+    for _ in range(len(TIMERS) + 1):  # the timers lead to states without one; bounded all the same
+        timer = TIMERS.get(current.status)
+        if timer is None:
+            return
+        due = timer.due(current)
+        if due > MAX_INSTANT:
+            what = "creating it" if action is None else f"{action} at {iso(at, tz)}"
+            raise InvalidInput(
+                f"order {order.id}: {what} would put a deadline ({current.status}: {timer.label}) at "
+                f"{iso(due, tz)}, after 9999-12-31 UTC, the last instant coopctl can record; "
+                "nothing was changed (use shorter policy windows for such far dates)"
+            )
+        current = evolve(current, {"status": timer.target, "status_since": due})
 
 
 def _action_data(action: Action, party: Party, reason: str | None, evidence: str | None) -> dict:

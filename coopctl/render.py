@@ -2,18 +2,29 @@
 
 Data goes to stdout, messages to stderr. On a terminal rich draws colour; piped, the same
 tables come out as plain text (no escape codes), and NO_COLOR turns colour off everywhere.
+
+Nothing stored reaches a terminal raw (SPEC section 7): this module is the printer, and it alone
+escapes. Every table is a `_table()` (its title, headers and cells, text or rich `Text`, are
+escaped by `trust.shown` as they are added, so widths are measured on what is shown), every
+console is a `_console()` (what it prints is escaped the same way, through groups and panels,
+and a last pass escapes whatever text segment still holds a control or format character), and
+one-line reports go through `_say`. JSON for stdout is `json_text`: the same JSON value, with
+control, format and separator characters written as `\\uXXXX`.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import sys
 from contextlib import ExitStack, contextmanager
-from datetime import tzinfo
+from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from coopctl.lifecycle import Event, Order, Outcome, Status
-from coopctl.policy import InvalidValue, iso, parse_instant, to_datetime
+from coopctl.policy import InvalidValue, iso, local_text, parse_instant
+from coopctl.trust import shown
 
 if TYPE_CHECKING:  # rich is imported where output is drawn: a --json command never loads it
     from rich.console import Console
@@ -40,11 +51,9 @@ STATUS_STYLE = {
 
 
 def _console(stderr: bool = False) -> Console:
-    from rich.console import Console
-
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
-    return Console(
+    return _rich()[1](
         file=stream,
         width=None if terminal else 200,
         no_color=bool(os.environ.get("NO_COLOR")) or None,
@@ -55,14 +64,143 @@ def _console(stderr: bool = False) -> Console:
     )
 
 
+def _table(*args, **kwargs) -> Table:
+    """A rich Table whose title, caption, headers and cells are escaped as they are given."""
+    return _rich()[0](*args, **kwargs)
+
+
+def _grid(**kwargs) -> Table:
+    return _rich()[0].grid(**kwargs)
+
+
+@functools.cache
+def _rich():
+    """(SafeTable, SafeConsole): rich's Table and Console, escaping what they are given. Built on
+    first use, so that a command that prints no table never imports rich."""
+    from rich.console import Console
+    from rich.segment import Segment
+    from rich.table import Table
+
+    class SafeTable(Table):
+        def __init__(self, *headers, title=None, caption=None, **kwargs):
+            super().__init__(*map(_clean, headers), title=_clean(title), caption=_clean(caption), **kwargs)
+
+        def add_column(self, header="", footer="", **kwargs) -> None:
+            super().add_column(_clean(header), _clean(footer), **kwargs)
+
+        def add_row(self, *renderables, **kwargs) -> None:
+            super().add_row(*map(_clean, renderables), **kwargs)
+
+    class SafeConsole(Console):
+        def print(self, *objects, **kwargs) -> None:
+            super().print(*map(_clean, objects), **kwargs)
+
+        def _render_buffer(self, buffer) -> str:
+            # the last line of defence: text that reached the output without passing _clean
+            # (alignment aside, it is still shown escaped); rich's own control codes stay as they are
+            return super()._render_buffer(
+                segment if segment.control or _is_plain(segment.text)
+                else Segment(shown(segment.text, keep_newlines=True), segment.style, segment.control)
+                for segment in buffer
+            )
+
+    return SafeTable, SafeConsole
+
+
+def _is_plain(text: str) -> bool:
+    """Whether `shown` leaves a text as it is (newlines aside): the common case, checked fast."""
+    if text.isascii() and text.isprintable():
+        return True
+    return shown(text, keep_newlines=True) == text
+
+
+def _clean(value):
+    """A value about to be laid out: text escaped; rich Text escaped keeping its styles; groups
+    and panels cleaned through; anything else (a SafeTable, already clean) as it is."""
+    if value is None or value.__class__ is str:
+        return None if value is None else shown(value)
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.text import Text
+
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, Text):
+        return _clean_text(value)
+    if isinstance(value, Group):
+        return Group(*map(_clean, value.renderables), fit=value.fit)
+    if isinstance(value, Panel):
+        value.title, value.subtitle = _clean(value.title), _clean(value.subtitle)
+        value.renderable = _clean(value.renderable)
+    return value
+
+
+def _clean_text(text: Text) -> Text:
+    """A rich Text with its characters escaped and every style kept on what it covered."""
+    from rich.text import Span, Text
+
+    plain = text.plain
+    if shown(plain) == plain:
+        return text
+    cuts = sorted({0, len(plain), *(i for span in text.spans for i in (span.start, span.end))})
+    result = text.blank_copy()
+    for start, end in zip(cuts, cuts[1:]):
+        piece = shown(plain[start:end])
+        styles = [span.style for span in text.spans if span.start <= start and end <= span.end]
+        result.append_text(Text(piece, spans=[Span(0, len(piece), style) for style in styles]))
+    return result
+
+
+def json_text(value, *, indent: int | None = 2) -> str:
+    """JSON for stdout: `json.dumps` with UTF-8 kept as is, except that control, format and
+    separator characters (ESC, C1 controls such as U+009B, bidirectional overrides, zero-width
+    characters, U+2028) are written as `\\uXXXX` escapes: the same JSON value for a program,
+    nothing a terminal would act on for a person reading it. Ordinary text comes out exactly as
+    `json.dumps(value, ensure_ascii=False)` writes it."""
+    return json_escaped(json.dumps(value, ensure_ascii=False, indent=indent))
+
+
+def json_escaped(text: str) -> str:
+    """JSON text with every character that `shown` would escape written as a `\\uXXXX` escape
+    (a surrogate pair above U+FFFF). Such characters can stand only inside JSON strings (json.dumps
+    already escapes those below U+0020), where the escape means the same character."""
+    if text.isascii() and "\x7f" not in text:
+        return text  # the common case: nothing to look at
+    bad = {ch: _json_escape(ch) for ch in set(text) if ch != "\n" and shown(ch) != ch}
+    return text.translate({ord(ch): escape for ch, escape in bad.items()}) if bad else text
+
+
+def _json_escape(ch: str) -> str:
+    point = ord(ch)
+    if point < 0x10000:
+        return f"\\u{point:04x}"
+    point -= 0x10000
+    return f"\\u{0xD800 + (point >> 10):04x}\\u{0xDC00 + (point & 0x3FF):04x}"
+
+
 def when(instant: int | None, tz: tzinfo) -> str:
+    """An instant for a table: `2026-12-01 20:00:00` in the display zone; with the offset
+    (`2026-11-01 01:30:00-04:00`) in a zone whose offset changes (daylight saving), where a wall
+    time alone can name two instants. Never raises: a stored value beyond 9999 shows as `+10000-…`."""
     if instant is None:
         return "—"
-    moment = to_datetime(instant, tz)
-    text = moment.strftime("%Y-%m-%d %H:%M:%S")
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}"
-    return text
+    return local_text(instant, tz, sep=" ", offset=_offset_varies(tz))
+
+
+@functools.lru_cache(maxsize=16)
+def _offset_varies(tz: tzinfo) -> bool:
+    """Whether the zone's UTC offset is not constant from 2000 on (daylight saving, or a change of
+    standard time): four samples a year to 2100 (any daylight-saving season spans one of them).
+    Asia/Shanghai (daylight saving only in 1986-1991) and UTC are constant: no offsets shown."""
+    if isinstance(tz, timezone):
+        return False
+    offsets = set()
+    for year in range(2000, 2101):
+        for month in (1, 4, 7, 10):
+            offsets.add(datetime(year, month, 1, 12, tzinfo=tz).utcoffset())
+            if len(offsets) > 1:
+                return True
+    return False
 
 
 def _status(status: Status | str) -> Text:
@@ -80,8 +218,9 @@ def _tz_name(tz: tzinfo) -> str:
 
 def _say(*lines: str) -> None:
     """One-line reports (an action done, a tick, a file written) are plain text, on a terminal as
-    when piped: there is nothing to draw, so rich is not even loaded for them."""
-    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    when piped: there is nothing to draw, so rich is not even loaded for them. Each line is
+    escaped (an id or a kind read from the database is shown, never obeyed) and stays one line."""
+    sys.stdout.write("".join(f"{shown(line)}\n" for line in lines))
 
 
 def order_created(order: Order, tz: tzinfo, created: bool) -> None:
@@ -102,9 +241,8 @@ def action_done(outcome: Outcome, tz: tzinfo) -> None:
 
 def _terms_panel(order: Order, tz: tzinfo) -> Panel:
     from rich.panel import Panel
-    from rich.table import Table
 
-    grid = Table.grid(padding=(0, 2))
+    grid = _grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
     t = order.terms
@@ -150,10 +288,9 @@ def _details(e: Event, tz: tzinfo) -> str:
 
 def timeline_table(order: Order | None, events: list[Event], tz: tzinfo, states: list[Order] | None = None, title: str | None = None) -> Table:
     from rich import box
-    from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title or "timeline", box=box.SIMPLE_HEAD, title_justify="left")
+    table = _table(title=title or "timeline", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("seq", justify="right")
     table.add_column("at")
     table.add_column("event")
@@ -190,9 +327,8 @@ def order_detail(order: Order, events: list[Event], tz: tzinfo) -> None:
 
 def history_table(order: Order, events: list[Event], tz: tzinfo) -> None:
     from rich import box
-    from rich.table import Table
 
-    table = Table(title=f"history of order {order.id}", box=box.SIMPLE_HEAD, title_justify="left")
+    table = _table(title=f"history of order {order.id}", box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("seq", "at", "kind", "actor", "operator", "data", "hash"):
         table.add_column(name, overflow="fold")
     for e in events:
@@ -202,9 +338,8 @@ def history_table(order: Order, events: list[Event], tz: tzinfo) -> None:
 
 def orders_table(orders: list[Order], tz: tzinfo, title: str | None = None) -> None:
     from rich import box
-    from rich.table import Table
 
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table = _table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for name, justify in (("id", "right"), ("merchant", "left"), ("creator", "left"), ("form", "left"),
                           ("commission", "right"), ("status", "left"), ("terms", "left"), ("liable", "left"),
                           ("next deadline", "left"), ("then", "left")):
@@ -236,9 +371,8 @@ def notification_json(row, tz: tzinfo) -> dict:
 
 def notifications_table(rows, tz: tzinfo) -> None:
     from rich import box
-    from rich.table import Table
 
-    table = Table(box=box.SIMPLE_HEAD)
+    table = _table(box=box.SIMPLE_HEAD)
     for name in ("order", "at", "recipient", "channel", "kind", "sent", "text"):
         table.add_column(name, overflow="fold")
     for r in rows:
@@ -386,13 +520,12 @@ def what_if_report(results: list, tz: tzinfo, policy_source: str) -> None:
     the alternative timeline."""
     from rich import box
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     console = _console()
     for r in results:
         recorded, alternative = r.recorded, r.alternative
-        table = Table(title=f"order {r.order_id}: as recorded vs under {policy_source} (both at {when(r.until, tz)})",
+        table = _table(title=f"order {r.order_id}: as recorded vs under {policy_source} (both at {when(r.until, tz)})",
                       box=box.SIMPLE_HEAD, title_justify="left")
         table.add_column("")
         table.add_column("as recorded")
@@ -458,9 +591,8 @@ IMPORT_ROWS_SHOWN = 50  # a large import is summed up, not drawn row by row
 
 def import_done(verdicts: list, where: str, tz: tzinfo) -> None:
     from rich import box
-    from rich.table import Table
 
-    table = Table(title=f"imported into {where}", box=box.SIMPLE_HEAD, title_justify="left")
+    table = _table(title=f"imported into {where}", box=box.SIMPLE_HEAD, title_justify="left")
     for name, justify in (("id", "right"), ("merchant", "left"), ("creator", "left"), ("events", "right"),
                           ("status", "left"), ("liable", "left"), ("next deadline", "left")):
         table.add_column(name, justify=justify)
@@ -480,10 +612,9 @@ def import_done(verdicts: list, where: str, tz: tzinfo) -> None:
 
 def doctor_report(report, tz: tzinfo) -> None:
     from rich import box
-    from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"doctor: {report.database}", box=box.SIMPLE_HEAD, title_justify="left")
+    table = _table(title=f"doctor: {report.database}", box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("check", "", "finding", "what to do"):
         table.add_column(name, overflow="fold")
     for f in report.findings:

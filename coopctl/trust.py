@@ -171,6 +171,10 @@ def parse_count(text, what: str, *, low: int = 0, high: int = 2**63 - 1) -> int:
         number = text
     elif isinstance(text, str) and _DIGITS.fullmatch(text.strip()):
         number = int(text.strip())
+    elif isinstance(text, str) and text.strip().isascii() and text.strip().isdigit():  # digits, too many to be in range
+        digits = text.strip()
+        got = digits if len(digits) <= 40 else f"a number of {len(digits):,} digits"
+        raise InvalidInput(f"{what} must be from {low} to {high}, got {got}")
     else:
         shown_text = text if not isinstance(text, str) or len(text) <= 40 else text[:20] + "…"
         raise InvalidInput(f"{what} must be a whole number written in digits 0-9, got {shown_text!r}")
