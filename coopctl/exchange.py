@@ -842,16 +842,22 @@ def _what_if_one(verdict: Verdict, policy: Policy, exported_at: int) -> WhatIf:
 
 
 IMPORT_CHUNK = 1000  # orders written at once (with their events and notifications) by an import
+NAMED = 5  # ids a refusal names before it counts the rest (an error line stays short)
 
 
-def import_orders(svc, export: ExportFile, *, progress: Callable[[int], None] | None = None) -> list[Verdict]:
+def import_orders(
+    svc, export: ExportFile, *, progress: Callable[[int], None] | None = None, report: Callable | None = None
+) -> list[Verdict]:
     """Load every order of an export after the replay checks, all or nothing, keeping ids, events
     and hashes. A history that does not replay, or an id (or idempotency key) already in the
     database, is refused and nothing is written. Creates the database if it is missing.
 
     Every order is checked first (nothing is created or written when one diverges); then one write
     transaction inserts them IMPORT_CHUNK orders at a time through the store's bulk path. `progress`
-    (if given) is told how many orders were checked, then how many written: twice the orders in all."""
+    (if given) is told how many orders were checked, then how many written: twice the orders in all.
+    `report(verdicts)` is written before the transaction commits (`service.change`)."""
+    from coopctl.service import change
+
     verdicts = _replayed(export.orders, keep_steps=False, progress=progress)
     failed = [v for v in verdicts if not v.ok]
     if failed:
@@ -859,10 +865,13 @@ def import_orders(svc, export: ExportFile, *, progress: Callable[[int], None] | 
         raise Refused(f"{failed[0].message}{more}; nothing was imported (`coopctl replay` shows the timeline)")
     svc.store.initialise()
     where = svc.store.location.display
-    with svc.store.write() as tx:
+    with change(svc.store, report) as current:
+        tx = current.tx
         present = sorted(tx.ids_present([v.order_id for v in verdicts]))
         if present:
-            names = ", ".join(str(i) for i in present)
+            names = ", ".join(str(i) for i in present[:NAMED])
+            if len(present) > NAMED:
+                names += f", … and {len(present) - NAMED:,} more"
             exists = f"order {names} already exists" if len(present) == 1 else f"orders {names} already exist"
             raise Refused(
                 f"{exists} in {where}; nothing was imported "
@@ -887,4 +896,5 @@ def import_orders(svc, export: ExportFile, *, progress: Callable[[int], None] | 
             if progress is not None:
                 progress(len(part))
         tx.follow_explicit_ids()
+        current.done(verdicts)
     return verdicts

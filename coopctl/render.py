@@ -44,7 +44,7 @@ def _console(stderr: bool = False) -> Console:
 
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
-    return Console(
+    console = Console(
         file=stream,
         width=None if terminal else 200,
         no_color=bool(os.environ.get("NO_COLOR")) or None,
@@ -53,6 +53,15 @@ def _console(stderr: bool = False) -> Console:
         emoji=False,  # nor is ":smile:" an emoji (and not looking for codes in every cell draws tables faster)
         soft_wrap=False,
     )
+    console.on_broken_pipe = _reader_gone
+    return console
+
+
+def _reader_gone() -> None:
+    """Rich's answer to a closed pipe is SystemExit(1); here the BrokenPipeError goes on to the
+    command line, which knows whether the command changed something (exit 6, rolled back) or only
+    read (exit 0, quietly). Called while rich handles that error: a bare raise re-raises it."""
+    raise
 
 
 def when(instant: int | None, tz: tzinfo) -> str:
