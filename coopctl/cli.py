@@ -106,11 +106,11 @@ def root(ctx: typer.Context, db: DbOpt = None, config: ConfigOpt = None, operato
 # ----------------------------------------------------------------------------- plumbing
 
 
-MAX_MESSAGE = 500  # characters of an error line after "error: " (SPEC section 2)
+MAX_LINE = 500  # characters of an error line, "error: " included (SPEC section 2)
 
 
 def _fail(code: int, message: str) -> typer.Exit:
-    """Say `message` in one line on stderr (at most MAX_MESSAGE characters) and exit with `code`.
+    """Say `message` in one line on stderr (at most MAX_LINE characters) and exit with `code`.
     A stderr that cannot be written (a full disk, a closed pipe) loses the line, not the code."""
     try:
         sys.stderr.write(f"error: {_shorten(_abbreviate(' '.join(message.split())))}\n")
@@ -134,14 +134,14 @@ def _abbreviate(message: str) -> str:
     return re.sub(r"(['\"])((?:(?!\1).){%d,})\1" % (MAX_ECHO + 1), cut, message)
 
 
-def _shorten(message: str) -> str:
-    """A message longer than MAX_MESSAGE keeps its beginning (what happened) and its last clause
-    (what to do, after the last "; "), with "…" for what is left out in between."""
-    if len(message) <= MAX_MESSAGE:
+def _shorten(message: str, room: int = MAX_LINE - len("error: ")) -> str:
+    """A message longer than `room` keeps its beginning (what happened) and its last clause (what
+    to do, after the last "; ", when that is short), with "…" for what is left out in between."""
+    if len(message) <= room:
         return message
     cut = message.rfind("; ")
-    advice = message[cut:] if cut > 0 and len(message) - cut <= MAX_MESSAGE // 3 else ""
-    return message[: MAX_MESSAGE - len(advice) - 1].rstrip() + "…" + advice
+    advice = message[cut:] if cut > 0 and len(message) - cut <= room // 3 else ""
+    return message[: room - len(advice) - 1].rstrip() + "…" + advice
 
 
 # errors of writing stdout: a read-only command whose output cannot be written says so (exit 6)
@@ -389,14 +389,15 @@ def create(
     @report
     def done(result) -> None:
         order, created = result
-        if not created:
-            _note(f"order {order.id} already exists for idempotency key {idempotency_key!r}; nothing was changed")
         if as_json:
             emit_json(order.to_json(rt.tz))
         else:
             from coopctl import render
 
             render.order_created(order, rt.tz, created)
+        if not created:
+            sys.stdout.flush()  # the answer first: a report that fails says so alone
+            _note(f"order {order.id} already exists for idempotency key {idempotency_key!r}; nothing was changed")
 
     create_order(
         rt.service, merchant=merchant, creator=creator, products=product, form=form, commission=commission,

@@ -284,8 +284,7 @@ def _existing(tx, order_ids: list[int] | None) -> list[int] | None:
     ids = sorted(set(order_ids))
     missing = sorted(set(ids) - tx.ids_present(ids))
     if missing:
-        names = ", ".join(str(i) for i in missing)
-        raise NotFound(f"no order {names}; `coopctl list` shows the orders")
+        raise NotFound(f"no order {_named(missing)}; `coopctl list` shows the orders")
     return ids
 
 
@@ -845,6 +844,12 @@ IMPORT_CHUNK = 1000  # orders written at once (with their events and notificatio
 NAMED = 5  # ids a refusal names before it counts the rest (an error line stays short)
 
 
+def _named(ids: list[int]) -> str:
+    """'1, 2, 3, 4, 5, … and 2,995 more' for a message: the first NAMED ids, then a count."""
+    names = ", ".join(str(i) for i in ids[:NAMED])
+    return names + (f", … and {len(ids) - NAMED:,} more" if len(ids) > NAMED else "")
+
+
 def import_orders(
     svc, export: ExportFile, *, progress: Callable[[int], None] | None = None, report: Callable | None = None
 ) -> list[Verdict]:
@@ -869,9 +874,7 @@ def import_orders(
         tx = current.tx
         present = sorted(tx.ids_present([v.order_id for v in verdicts]))
         if present:
-            names = ", ".join(str(i) for i in present[:NAMED])
-            if len(present) > NAMED:
-                names += f", … and {len(present) - NAMED:,} more"
+            names = _named(present)
             exists = f"order {names} already exists" if len(present) == 1 else f"orders {names} already exist"
             raise Refused(
                 f"{exists} in {where}; nothing was imported "
