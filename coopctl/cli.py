@@ -747,7 +747,6 @@ def demo(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """
     from coopctl import render
     from coopctl.demo import run_demo
-
     from coopctl.errors import ReportFailed
 
     rt = runtime(ctx, default_db="coopctl-demo.db", config_db=False)
@@ -900,6 +899,12 @@ def main() -> None:
         status = 0
     except SystemExit as done:
         status = done.code
+    except BrokenPipeError:  # help or usage text whose reader went away
+        _discard_stdout()
+        status = 0
+    except OSError as exc:  # help or usage text on a stdout that cannot take it (commands are `guarded`)
+        _discard_stdout()
+        status = _fail(6, f"could not write the output ({exc.strerror or exc}); nothing was changed").exit_code
     leave(status)
 
 
@@ -1004,13 +1009,17 @@ def leave(status) -> None:
     elif not isinstance(status, int):
         sys.stderr.write(f"{status}\n")
         status = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (BrokenPipeError, ValueError):  # the reader went away (| head), or the stream is closed
-            pass
-        except OSError:
-            status = status or 1
+    try:  # commands flushed their output already (`guarded`): this is help and usage text
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):  # the reader went away (| head), or the stream is closed
+        pass
+    except OSError as exc:
+        if not status:
+            status = _fail(6, f"could not write the output ({exc.strerror or exc}); nothing was changed").exit_code
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(status)
 
 

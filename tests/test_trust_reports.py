@@ -332,8 +332,9 @@ def test_a_reader_that_goes_away_ends_a_read_only_command_quietly(big_book, tmp_
     assert state(big_book) == before
 
 
-@pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["tick", "--dry-run", "--now", "2026-12-01T12:00"]],
-                         ids=lambda a: " ".join(a))
+@pytest.mark.parametrize("args", [
+    ["list"], ["list", "--json"], ["tick", "--dry-run", "--now", "2026-12-01T12:00"], ["list", "--help"], ["--help"],
+], ids=lambda a: " ".join(a))
 def test_a_read_only_command_on_a_full_disk_is_exit_6_in_one_line(big_book, tmp_path, args):
     result = run_into("full", big_book, *args, cwd=tmp_path)
     assert result.returncode == 6
@@ -381,7 +382,7 @@ def test_every_error_line_is_at_most_500_characters(capsys, message, expected_en
     (["show", "99"], 3),
     (["list", "--no-such-option"], 2),
     (["create", "--merchant", M], 2),
-    (["accept", "1", "--creator", "someone else"], 1),
+    (["--db", "/nonexistent/coopctl.db", "list"], 5),
 ])
 def test_a_full_stderr_keeps_the_exit_code(tmp_path, args, code):
     db = str(tmp_path / "coopctl.db")
