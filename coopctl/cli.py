@@ -145,7 +145,7 @@ def _shorten(message: str, room: int = MAX_LINE - len("error: ")) -> str:
 
 
 # errors of writing stdout: a read-only command whose output cannot be written says so (exit 6)
-_OUTPUT_ERRNOS = frozenset({errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.ECONNRESET})
+_OUTPUT_ERRNOS = frozenset({errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.ECONNRESET, errno.EBADF})
 
 
 def guarded(command: Callable) -> Callable:
@@ -180,7 +180,7 @@ def guarded(command: Callable) -> Callable:
         except Exception as exc:  # a bug: say so in one line, never a traceback
             if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:  # writing stdout (a full disk)
                 _discard_stdout()
-                raise _fail(6, f"could not write the output ({exc.strerror or exc}); nothing was changed") from None
+                raise _fail(6, f"could not write the output ({exc.strerror or exc}); the database was not changed") from None
             if _is_db_error(exc):
                 raise _fail(5, f"database problem: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             if isinstance(exc, (MemoryError, RecursionError)):
@@ -904,7 +904,7 @@ def main() -> None:
         status = 0
     except OSError as exc:  # help or usage text on a stdout that cannot take it (commands are `guarded`)
         _discard_stdout()
-        status = _fail(6, f"could not write the output ({exc.strerror or exc}); nothing was changed").exit_code
+        status = _fail(6, f"could not write the output ({exc.strerror or exc}); the database was not changed").exit_code
     leave(status)
 
 
@@ -928,6 +928,9 @@ def _standard_streams() -> None:
 
 def _standard_stdout() -> None:
     out = sys.stdout
+    if out is None:  # started with stdout closed (>&-): every report fails as on a closed descriptor
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Closed()), encoding="utf-8", errors=ESCAPE)
+        return
     if isinstance(getattr(out, "buffer", None), io.RawIOBase):
         # PYTHONUNBUFFERED=1 (common in containers) puts the text layer straight on the file, and
         # it ignores a short write: a report cut off by a reader that went away would count as
@@ -965,6 +968,16 @@ def _json_escape(error: UnicodeError) -> tuple[str, int]:
         else:
             out.append(f"\\u{code:04x}")
     return "".join(out), error.end
+
+
+class _Closed(io.RawIOBase):
+    """What stdout is when the process started without one: nothing can be written to it."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
 
 
 class _Unfailing(io.RawIOBase):
@@ -1015,7 +1028,7 @@ def leave(status) -> None:
         pass
     except OSError as exc:
         if not status:
-            status = _fail(6, f"could not write the output ({exc.strerror or exc}); nothing was changed").exit_code
+            status = _fail(6, f"could not write the output ({exc.strerror or exc}); the database was not changed").exit_code
     try:
         sys.stderr.flush()
     except (OSError, ValueError):
