@@ -8,9 +8,12 @@ here, and passed down as an instant.
 from __future__ import annotations
 
 import copy
+import errno
 import functools
+import io
 import os
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
@@ -124,11 +127,19 @@ def root(ctx: typer.Context, db: DbOpt = None, config: ConfigOpt = None, operato
 # ----------------------------------------------------------------------------- plumbing
 
 
+MAX_LINE = 500  # characters of an error line, "error: " included (SPEC section 2)
+
+
 def _fail(code: int, message: str) -> typer.Exit:
+    """Say `message` in one line on stderr (at most MAX_LINE characters) and exit with `code`.
+    A stderr that cannot be written (a full disk, a closed pipe) loses the line, not the code."""
     from coopctl.trust import shown  # nothing stored or typed reaches the terminal raw (SPEC section 7)
 
-    sys.stderr.write(f"error: {_abbreviate(' '.join(shown(message).split()))}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"error: {_shorten(_abbreviate(shown(' '.join(message.split()))))}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # nobody can be told; the exit code still says it
+        pass
     return typer.Exit(code)
 
 
@@ -146,25 +157,53 @@ def _abbreviate(message: str) -> str:
     return re.sub(r"(['\"])((?:(?!\1).){%d,})\1" % (MAX_ECHO + 1), cut, message)
 
 
+def _shorten(message: str, room: int = MAX_LINE - len("error: ")) -> str:
+    """A message longer than `room` keeps its beginning (what happened) and its last clause (what
+    to do, after the last "; ", when that is short), with "…" for what is left out in between."""
+    if len(message) <= room:
+        return message
+    cut = message.rfind("; ")
+    advice = message[cut:] if cut > 0 and len(message) - cut <= room // 3 else ""
+    return message[: room - len(advice) - 1].rstrip() + "…" + advice
+
+
+# errors of writing stdout: a read-only command whose output cannot be written says so (exit 6)
+_OUTPUT_ERRNOS = frozenset({errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.ECONNRESET, errno.EBADF})
+
+
 def guarded(command: Callable) -> Callable:
-    """Map every typed error to its exit code and one line on stderr; never a traceback."""
+    """Map every typed error to its exit code and one line on stderr; never a traceback.
+
+    The command's output is flushed here, so that a failure to write it is caught where it
+    happens, not at exit: a reader that went away ends a read-only command quietly (exit 0,
+    SPEC section 4); an output that cannot be written otherwise (a full disk) is exit 6. A
+    changing command has written and flushed its report before it committed (`service.change`):
+    its failure arrives as ReportFailed (exit 6, rolled back)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from coopctl.errors import CoopError
+        from coopctl.errors import CoopError, ReportFailed
 
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            sys.stdout.flush()
+            return result
         except (typer.Exit, typer.Abort):
             raise
+        except ReportFailed as exc:
+            _discard_stdout()
+            raise _fail(exc.exit_code, str(exc)) from None
         except CoopError as exc:
             raise _fail(exc.exit_code, str(exc)) from None
         except KeyboardInterrupt:
             raise _fail(130, "interrupted; the current transaction was rolled back") from None
-        except BrokenPipeError:
-            sys.stderr.close()
+        except BrokenPipeError:  # the reader went away (| head): the command only read
+            _discard_stdout()
             raise typer.Exit(0) from None
         except Exception as exc:  # a bug: say so in one line, never a traceback
+            if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:  # writing stdout (a full disk)
+                _discard_stdout()
+                raise _fail(6, f"could not write the output ({exc.strerror or exc}); the database was not changed") from None
             if _is_db_error(exc):
                 raise _fail(5, f"database problem: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             if isinstance(exc, (MemoryError, RecursionError)):
@@ -172,6 +211,32 @@ def guarded(command: Callable) -> Callable:
             raise _fail(1, f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); nothing was changed; please report it") from None
 
     return wrapper
+
+
+def _discard_stdout() -> None:
+    """After stdout failed, what is still buffered goes nowhere: stdout's descriptor is pointed at
+    /dev/null (as the Python documentation advises for SIGPIPE), so that the flush at exit neither
+    fails again nor prints a traceback."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (CliRunner): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def report(show: Callable[..., None]) -> Callable:
+    """The report of a changing command (see `service.change`): `show(result)` draws it on stdout,
+    then it is flushed, so that it has left this process before the transaction commits."""
+
+    def write(result) -> None:
+        show(result)
+        sys.stdout.flush()
+
+    return write
 
 
 def _is_db_error(exc: Exception) -> bool:
@@ -275,7 +340,32 @@ def clock() -> int:
 def emit_json(value) -> None:
     from coopctl.render import json_text
 
-    sys.stdout.write(json_text(value) + "\n")
+    if _takes_unicode(sys.stdout):
+        sys.stdout.write(json_text(value) + "\n")
+    else:  # every character beyond ASCII as a \u escape: control and format characters too
+        import json
+
+        sys.stdout.write(json.dumps(value, ensure_ascii=True, indent=2) + "\n")
+
+
+def _takes_unicode(stream) -> bool:
+    """True when `stream` encodes as UTF-8 (or another Unicode encoding): JSON may then carry
+    every character as itself; otherwise (PYTHONIOENCODING=ascii, a Latin-1 locale) as \\u escapes."""
+    import codecs
+
+    try:
+        return codecs.lookup(stream.encoding or "ascii").name.startswith("utf")
+    except (AttributeError, LookupError, TypeError):
+        return False
+
+
+def _note(line: str) -> None:
+    """A remark on stderr beside the report (not an error); lost, not fatal, if stderr cannot take it."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def one_party(merchant: str | None, creator: str | None) -> tuple["Party", str]:
@@ -294,13 +384,17 @@ def _act(ctx: typer.Context, order: int, action: "Action", party: "Party", who: 
     if who is None:
         raise InvalidInput(f"{action} needs --{party} ID (who is acting)")
     rt = runtime(ctx)
-    outcome = perform(rt.service, order, action, party, who, instant(at, rt), **extra)
-    if as_json:
-        emit_json(outcome.order.to_json(rt.tz))
-    else:
-        from coopctl import render
 
-        render.action_done(outcome, rt.tz)
+    @report
+    def done(outcome) -> None:
+        if as_json:
+            emit_json(outcome.order.to_json(rt.tz))
+        else:
+            from coopctl import render
+
+            render.action_done(outcome, rt.tz)
+
+    perform(rt.service, order, action, party, who, instant(at, rt), report=done, **extra)
 
 
 # ----------------------------------------------------------------------------- orders
@@ -329,19 +423,25 @@ def create(
     from coopctl.service import create_order
 
     rt = runtime(ctx)
-    order, created = create_order(
+
+    @report
+    def done(result) -> None:
+        order, created = result
+        if as_json:
+            emit_json(order.to_json(rt.tz))
+        else:
+            from coopctl import render
+
+            render.order_created(order, rt.tz, created)
+        if not created:
+            sys.stdout.flush()  # the answer first: a report that fails says so alone
+            _note(f"order {order.id} already exists for idempotency key {idempotency_key!r}; nothing was changed")
+
+    create_order(
         rt.service, merchant=merchant, creator=creator, products=product, form=form, commission=commission,
         ad_budget=ad_budget, latest_start_at=instant(latest_start, rt, "--latest-start"), note=note,
-        at=instant(at, rt), idempotency_key=idempotency_key,
+        at=instant(at, rt), idempotency_key=idempotency_key, report=done,
     )
-    if not created:
-        sys.stderr.write(f"order {order.id} already exists for idempotency key {idempotency_key!r}; nothing was changed\n")
-    if as_json:
-        emit_json(order.to_json(rt.tz))
-    else:
-        from coopctl import render
-
-        render.order_created(order, rt.tz, created)
 
 
 @command()
@@ -497,16 +597,24 @@ def tick(
     rt = runtime(ctx)
     at = instant(now, rt, "--now")
     helper = _tick_helper()
-    with render.tick_progress() as (total_hint, progress):
+
+    def show(summary) -> None:
+        bar.close()  # the progress bar is gone (from the terminal too) before the report is drawn
+        if as_json:
+            emit_json(render.tick_json(summary, rt.tz))
+        else:
+            render.tick_summary(summary, rt.tz, dry_run)
+
+    with ExitStack() as bar:
+        total_hint, progress = bar.enter_context(render.tick_progress())
         sizing = {} if batch is None else {"batch": batch}
         quiet_gc()
-        report = run_tick(
-            rt.service, at, dry_run=dry_run, progress=progress, total_hint=total_hint, clock=clock, helper=helper, **sizing
+        summary = run_tick(
+            rt.service, at, dry_run=dry_run, progress=progress, total_hint=total_hint, clock=clock, helper=helper,
+            report=None if dry_run else report(show), **sizing
         )
-    if as_json:
-        emit_json(render.tick_json(report, rt.tz))
-    else:
-        render.tick_summary(report, rt.tz, dry_run)
+    if dry_run:  # wrote nothing: its report is a read-only command's output
+        show(summary)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -597,13 +705,18 @@ def notifications(
 
     rt = runtime(ctx)
     sent_at = instant(None, rt) if mark_sent else None
-    rows = outbox(rt.service, order_id=order, pending=pending or mark_sent, mark_sent_at=sent_at)
     from coopctl import render
 
-    if as_json:
-        emit_json([render.notification_json(r, rt.tz) for r in rows])
-    else:
-        render.notifications_table(rows, rt.tz)
+    def show(rows) -> None:
+        if as_json:
+            emit_json([render.notification_json(r, rt.tz) for r in rows])
+        else:
+            render.notifications_table(rows, rt.tz)
+
+    # --mark-sent: what is handed out is written and flushed before it is marked sent
+    rows = outbox(rt.service, order_id=order, pending=pending or mark_sent, mark_sent_at=sent_at, report=report(show))
+    if not mark_sent:
+        show(rows)
 
 
 # ----------------------------------------------------------------------------- databases
@@ -615,13 +728,19 @@ def init(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     Example: coopctl --db /srv/coop/coopctl.db init
     """
+    from coopctl.service import initialise
+
     rt = runtime(ctx)
-    created = rt.service.store.initialise()
     where = rt.service.store.location.display
-    if as_json:
-        emit_json({"database": where, "created": created})
-    else:
-        print(f"{'created' if created else 'already a coopctl database:'} {where}")
+
+    @report
+    def done(created: bool) -> None:
+        if as_json:
+            emit_json({"database": where, "created": created})
+        else:
+            sys.stdout.write(f"{'created' if created else 'already a coopctl database:'} {where}\n")
+
+    initialise(rt.service, report=done)
 
 
 @command()
@@ -666,13 +785,20 @@ def demo(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """
     from coopctl import render
     from coopctl.demo import run_demo
+    from coopctl.errors import ReportFailed
 
     rt = runtime(ctx, default_db="coopctl-demo.db", config_db=False)
     orders = run_demo(rt.service, now=instant(None, rt))
-    if as_json:
-        emit_json([o.to_json(rt.tz) for o in orders])
-    else:
-        render.orders_table(orders, rt.tz, title=f"demo database {rt.service.store.location.display}")
+    where = rt.service.store.location.display
+    try:  # the demo builds a database of its own, and keeps it: its report is said afterwards
+        if as_json:
+            emit_json([o.to_json(rt.tz) for o in orders])
+        else:
+            render.orders_table(orders, rt.tz, title=f"demo database {where}")
+        sys.stdout.flush()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ReportFailed(reason, f"could not write the report ({reason}); the demo database {where} was built") from None
 
 
 # ----------------------------------------------------------------------------- export, replay, import
@@ -778,18 +904,24 @@ def import_(ctx: typer.Context, file: ExportFileArg, as_json: JsonOpt = False) -
 
     rt = runtime(ctx)
     export_file = _read_export(file)
-    with render.progress(2 * len(export_file.orders), "import (replay, then write)") as advance:
-        verdicts = exchange.import_orders(rt.service, export_file, progress=advance)
     where = rt.service.store.location.display
-    if as_json:
-        emit_json({
-            "database": where,
-            "imported": [v.order_id for v in verdicts],
-            "events": sum(len(v.exported.events) for v in verdicts),
-            "notifications": sum(len(v.exported.notifications) for v in verdicts),
-        })
-    else:
-        render.import_done(verdicts, where, rt.tz)
+
+    @report
+    def done(verdicts) -> None:
+        bar.close()  # the progress bar is gone before the report is drawn
+        if as_json:
+            emit_json({
+                "database": where,
+                "imported": [v.order_id for v in verdicts],
+                "events": sum(len(v.exported.events) for v in verdicts),
+                "notifications": sum(len(v.exported.notifications) for v in verdicts),
+            })
+        else:
+            render.import_done(verdicts, where, rt.tz)
+
+    with ExitStack() as bar:
+        advance = bar.enter_context(render.progress(2 * len(export_file.orders), "import (replay, then write)"))
+        exchange.import_orders(rt.service, export_file, progress=advance, report=done)
 
 
 def main() -> None:
@@ -799,12 +931,120 @@ def main() -> None:
     Typer turns every registered command into a click command (reading each signature and its
     annotations) before it parses anything; to run one command, one is enough. `coopctl --help`,
     a mistyped name and anything unusual get the whole app, as before."""
+    _standard_streams()
     try:
         only_command(sys.argv[1:])()
         status = 0
     except SystemExit as done:
         status = done.code
+    except BrokenPipeError:  # help or usage text whose reader went away
+        _discard_stdout()
+        status = 0
+    except OSError as exc:  # help or usage text on a stdout that cannot take it (commands are `guarded`)
+        _discard_stdout()
+        status = _fail(6, f"could not write the output ({exc.strerror or exc}); the database was not changed").exit_code
     leave(status)
+
+
+ESCAPE = "coopctl-escape"  # the codec error handler of the standard streams
+
+
+def _standard_streams() -> None:
+    """Make the standard streams unable to fail the command on their own.
+
+    A character the stream cannot encode (PYTHONIOENCODING=ascii, a Latin-1 terminal) is written
+    as a JSON escape (\\u5546; beyond the BMP a surrogate pair): readable on a terminal, and still
+    valid JSON inside a string, whoever wrote the JSON. stderr drops what it cannot write (a full
+    disk, a closed pipe): a message nobody can read must not replace the command's exit code with
+    a traceback. stdout's failures are the command's to handle (`guarded`, `service.change`)."""
+    import codecs
+
+    codecs.register_error(ESCAPE, _json_escape)
+    _standard_stdout()
+    _standard_stderr()
+
+
+def _standard_stdout() -> None:
+    out = sys.stdout
+    if out is None:  # started with stdout closed (>&-): every report fails as on a closed descriptor
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Closed()), encoding="utf-8", errors=ESCAPE)
+        return
+    if isinstance(getattr(out, "buffer", None), io.RawIOBase):
+        # PYTHONUNBUFFERED=1 (common in containers) puts the text layer straight on the file, and
+        # it ignores a short write: a report cut off by a reader that went away would count as
+        # written. A buffered layer between them writes the rest (or raises); what is written
+        # still goes out at once (sys.__stdout__ keeps the file open).
+        sys.stdout = io.TextIOWrapper(
+            io.BufferedWriter(out.buffer), encoding=out.encoding, errors=ESCAPE, line_buffering=True
+        )
+        return
+    try:
+        out.reconfigure(errors=ESCAPE)
+    except (AttributeError, ValueError):  # replaced or closed: leave it as it is
+        pass
+
+
+def _standard_stderr() -> None:
+    try:
+        fd, encoding = sys.stderr.fileno(), sys.stderr.encoding
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stderr = io.TextIOWrapper(
+        io.BufferedWriter(_Unfailing(fd)), encoding=encoding, errors=ESCAPE, line_buffering=True
+    )
+
+
+def _json_escape(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    out = []
+    for char in error.object[error.start : error.end]:
+        code = ord(char)
+        if code > 0xFFFF:
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out), error.end
+
+
+class _Closed(io.RawIOBase):
+    """What stdout is when the process started without one: nothing can be written to it."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+
+class _Unfailing(io.RawIOBase):
+    """A file descriptor that takes every write: what the system refuses is dropped."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        try:
+            return os.isatty(self._fd)
+        except OSError:
+            return False
+
+    def write(self, data) -> int:
+        try:
+            return os.write(self._fd, data)
+        except OSError:
+            return len(data)
+
+    def close(self) -> None:  # the descriptor is the process's, not this object's
+        self.flush()
 
 
 def leave(status) -> None:
@@ -820,13 +1060,17 @@ def leave(status) -> None:
     elif not isinstance(status, int):
         sys.stderr.write(f"{status}\n")
         status = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (BrokenPipeError, ValueError):  # the reader went away (| head), or the stream is closed
-            pass
-        except OSError:
-            status = status or 1
+    try:  # commands flushed their output already (`guarded`): this is help and usage text
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):  # the reader went away (| head), or the stream is closed
+        pass
+    except OSError as exc:
+        if not status:
+            status = _fail(6, f"could not write the output ({exc.strerror or exc}); the database was not changed").exit_code
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(status)
 
 

@@ -23,6 +23,9 @@ DEFAULT_DB = "coopctl.db"
 DEFAULT_CONFIG = "coopctl.toml"
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_BUSY_TIMEOUT = 10 * SECOND
+# PostgreSQL's lock_timeout is an int of milliseconds; SQLite's busy timeout too (sqlite3 turns a
+# larger one into no wait at all: every lock would be exit 4 at once). One bound for both.
+MAX_BUSY_TIMEOUT = (2**31 - 1) * SECOND // 1000
 
 _SECTIONS = {"database": {"url", "busy_timeout"}, "policy": None, "reminders": None, "display": {"timezone"}}
 
@@ -83,7 +86,13 @@ def parse_settings(data: dict, *, source: str = "config") -> Settings:
             raise InvalidInput(f"{source}: 'database.url' must be a non-empty path or URL")
         settings["db_url"] = url
     if "busy_timeout" in database:
-        settings["busy_timeout"] = _duration(database["busy_timeout"], "database.busy_timeout", source, allow_zero=True)
+        busy_timeout = _duration(database["busy_timeout"], "database.busy_timeout", source, allow_zero=True)
+        if busy_timeout > MAX_BUSY_TIMEOUT:
+            raise InvalidInput(
+                f"{source}: 'database.busy_timeout' is at most 2147483647ms (about 24 days: the database "
+                f"takes its lock timeout as a 32-bit count of milliseconds), got {database['busy_timeout']!r}"
+            )
+        settings["busy_timeout"] = busy_timeout
     for section, cls in (("policy", Policy), ("reminders", ReminderOffsets)):
         if section in data:
             try:

@@ -37,3 +37,19 @@ class StorageError(CoopError):
     """Missing, foreign, unreadable or newer-schema database."""
 
     exit_code = 5
+
+
+class ReportFailed(CoopError):
+    """The command's report could not be written (a full disk, a closed pipe): the transaction it
+    belonged to was rolled back. `reason` is the operating system's word for it."""
+
+    exit_code = 6
+
+    def __init__(self, reason: str, message: str | None = None):
+        self.reason = reason
+        super().__init__(message or f"could not write the report ({reason}); nothing was changed")
+
+
+class KeyTaken(Busy):
+    """Another transaction committed the same new idempotency key first (a unique-index violation):
+    trying again in a new transaction finds its order. Exit 4 if it still happens then."""

@@ -297,8 +297,7 @@ def _existing(tx, order_ids: list[int] | None) -> list[int] | None:
     ids = sorted(set(order_ids))
     missing = sorted(set(ids) - tx.ids_present(ids))
     if missing:
-        names = ", ".join(str(i) for i in missing)
-        raise NotFound(f"no order {names}; `coopctl list` shows the orders")
+        raise NotFound(f"no order {_named(missing)}; `coopctl list` shows the orders")
     return ids
 
 
@@ -984,16 +983,28 @@ def _what_if_one(verdict: Verdict, policy: Policy, exported_at: int) -> WhatIf:
 
 
 IMPORT_CHUNK = 1000  # orders written at once (with their events and notifications) by an import
+NAMED = 5  # ids a refusal names before it counts the rest (an error line stays short)
 
 
-def import_orders(svc, export: ExportFile, *, progress: Callable[[int], None] | None = None) -> list[Verdict]:
+def _named(ids: list[int]) -> str:
+    """'1, 2, 3, 4, 5, … and 2,995 more' for a message: the first NAMED ids, then a count."""
+    names = ", ".join(str(i) for i in ids[:NAMED])
+    return names + (f", … and {len(ids) - NAMED:,} more" if len(ids) > NAMED else "")
+
+
+def import_orders(
+    svc, export: ExportFile, *, progress: Callable[[int], None] | None = None, report: Callable | None = None
+) -> list[Verdict]:
     """Load every order of an export after the replay checks, all or nothing, keeping ids, events
     and hashes. A history that does not replay, or an id (or idempotency key) already in the
     database, is refused and nothing is written. Creates the database if it is missing.
 
     Every order is checked first (nothing is created or written when one diverges); then one write
     transaction inserts them IMPORT_CHUNK orders at a time through the store's bulk path. `progress`
-    (if given) is told how many orders were checked, then how many written: twice the orders in all."""
+    (if given) is told how many orders were checked, then how many written: twice the orders in all.
+    `report(verdicts)` is written before the transaction commits (`service.change`)."""
+    from coopctl.service import change
+
     verdicts = _replayed(export.orders, keep_steps=False, progress=progress)
     failed = [v for v in verdicts if not v.ok]
     if failed:
@@ -1001,10 +1012,11 @@ def import_orders(svc, export: ExportFile, *, progress: Callable[[int], None] | 
         raise Refused(f"{failed[0].message}{more}; nothing was imported (`coopctl replay` shows the timeline)")
     svc.store.initialise()
     where = svc.store.location.display
-    with svc.store.write() as tx:
+    with change(svc.store, report) as current:
+        tx = current.tx
         present = sorted(tx.ids_present([v.order_id for v in verdicts]))
         if present:
-            names = ", ".join(str(i) for i in present)
+            names = _named(present)
             exists = f"order {names} already exists" if len(present) == 1 else f"orders {names} already exist"
             raise Refused(
                 f"{exists} in {where}; nothing was imported "
@@ -1029,4 +1041,5 @@ def import_orders(svc, export: ExportFile, *, progress: Callable[[int], None] | 
             if progress is not None:
                 progress(len(part))
         tx.follow_explicit_ids()
+        current.done(verdicts)
     return verdicts

@@ -53,7 +53,7 @@ STATUS_STYLE = {
 def _console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
-    return _rich()[1](
+    console = _rich()[1](
         file=stream,
         width=None if terminal else 200,
         no_color=bool(os.environ.get("NO_COLOR")) or None,
@@ -62,6 +62,15 @@ def _console(stderr: bool = False) -> Console:
         emoji=False,  # nor is ":smile:" an emoji (and not looking for codes in every cell draws tables faster)
         soft_wrap=False,
     )
+    console.on_broken_pipe = _reader_gone
+    return console
+
+
+def _reader_gone() -> None:
+    """Rich's answer to a closed pipe is SystemExit(1); here the BrokenPipeError goes on to the
+    command line, which knows whether the command changed something (exit 6, rolled back) or only
+    read (exit 0, quietly). Called while rich handles that error: a bare raise re-raises it."""
+    raise
 
 
 def _table(*args, **kwargs) -> Table:

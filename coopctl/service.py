@@ -8,15 +8,16 @@ settings, operator) and plain values, returns records, and raises the typed erro
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from coopctl import lifecycle
 from coopctl.config import Settings
-from coopctl.errors import NotFound, Refused
+from coopctl.errors import KeyTaken, NotFound, Refused, ReportFailed
 from coopctl.lifecycle import Action, Event, Order, Outcome, Party, make_terms
 from coopctl.policy import SECOND
-from coopctl.store import Store
+from coopctl.store import Store, Tx
 
 if TYPE_CHECKING:
     from coopctl.tickwork import Decided
@@ -33,6 +34,61 @@ class Service:
     store: Store
     settings: Settings
     operator: str
+
+
+# ----------------------------------------------------------------------------- the report is part of the change
+
+Report = Callable[[Any], None]
+"""What a changing command says it did: called with the command's result inside its transaction,
+it writes the whole report (a table or JSON) to its stream and flushes it. The command line
+supplies it; None (from Python) reports nothing."""
+
+
+def reporting(report: Report | None) -> Report | None:
+    """`report`, with a failure to write it (any OSError: a full disk, a closed pipe) raised as
+    ReportFailed (exit 6)."""
+    if report is None:
+        return None
+
+    def deliver(result) -> None:
+        try:
+            report(result)
+        except OSError as exc:
+            raise ReportFailed(exc.strerror or str(exc) or type(exc).__name__) from None
+
+    return deliver
+
+
+class Change:
+    """The write transaction of one command (`tx`) and the result it reports (`done`)."""
+
+    def __init__(self, tx: Tx):
+        self.tx = tx
+        self.reported = False
+        self._result: Any = None
+
+    def done(self, result) -> None:
+        """This transaction carries the command's report, of `result`: written when the body ends."""
+        self.reported, self._result = True, result
+
+
+@contextmanager
+def change(store: Store, report: Report | None) -> Iterator[Change]:
+    """The one way a command changes the database: render into the stream, flush, then commit.
+
+    The body works on `change.tx` and hands its result to `change.done(result)`; when it ends
+    normally, `report(result)` writes and flushes the report, still inside the transaction, and
+    only then does the transaction commit. A report that cannot be written rolls the transaction
+    back and raises ReportFailed: a retried command never makes a second order, and nothing is
+    marked sent that its reader did not get. (A commit that fails after the report was written is
+    said by the exit code and the error line: the report then describes what did not happen.)
+    A transaction whose body never calls `done` commits without a report (tick's earlier batches)."""
+    deliver = reporting(report)
+    with store.write() as tx:
+        current = Change(tx)
+        yield current
+        if deliver is not None and current.reported:
+            deliver(current._result)
 
 
 @dataclass
@@ -63,8 +119,10 @@ def create_order(
     note: str | None,
     at: int,
     idempotency_key: str | None = None,
+    report: Report | None = None,
 ) -> tuple[Order, bool]:
-    """Create an order; returns (order, created). A repeated idempotency key returns the first order."""
+    """Create an order; returns (order, created). A repeated idempotency key returns the first order.
+    `report((order, created))` is written before the transaction commits (see `change`)."""
     terms = make_terms(
         merchant=merchant, creator=creator, products=products, form=form, commission=commission,
         ad_budget=ad_budget, latest_start_at=latest_start_at, note=note,
@@ -77,7 +135,17 @@ def create_order(
         # transaction, where the rules run again.
         lifecycle.create(0, terms, svc.settings.policy, svc.settings.reminders, at, svc.operator, idempotency_key, svc.settings.tz)
     svc.store.initialise()
-    with svc.store.write() as tx:
+    try:
+        return _create(svc, terms, at, idempotency_key, report)
+    except KeyTaken:
+        # Another create with the same new key committed between our look-up and our insert
+        # (PostgreSQL: read committed; SQLite's writers queue at BEGIN): a new transaction finds it.
+        return _create(svc, terms, at, idempotency_key, report)
+
+
+def _create(svc: Service, terms, at: int, idempotency_key: str | None, report: Report | None) -> tuple[Order, bool]:
+    with change(svc.store, report) as current:
+        tx = current.tx
         if idempotency_key is not None:
             existing = tx.find_by_key(idempotency_key)
             if existing is not None:
@@ -86,6 +154,7 @@ def create_order(
                         f"idempotency key {idempotency_key!r} was already used for order {existing.id} "
                         "with other terms; use a new key for a new order"
                     )
+                current.done((existing, False))  # nothing to commit, but the answer is still the report
                 return existing, False
         order_id = tx.new_order_id()
         outcome = lifecycle.create(
@@ -93,6 +162,7 @@ def create_order(
             svc.settings.tz,
         )
         tx.fill_new(outcome)
+        current.done((outcome.order, True))
     return outcome.order, True
 
 
@@ -106,10 +176,13 @@ def perform(
     *,
     reason: str | None = None,
     evidence: str | None = None,
+    report: Report | None = None,
 ) -> Outcome:
-    """A party acts on an order: due deadlines fire first, then the action, all in one transaction."""
+    """A party acts on an order: due deadlines fire first, then the action, all in one transaction;
+    `report(outcome)` is written before it commits."""
     svc.store.require()
-    with svc.store.write() as tx:
+    with change(svc.store, report) as current:
+        tx = current.tx
         order = tx.load(order_id, lock=True)
         if order is None:
             raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
@@ -117,6 +190,7 @@ def perform(
             order, action, party, party_id, at, svc.operator, reason=reason, evidence=evidence, tz=svc.settings.tz
         )
         tx.save([order], [outcome])
+        current.done(outcome)
     return outcome
 
 
@@ -130,6 +204,7 @@ def tick(
     total_hint: Callable[[int], None] | None = None,
     clock: Callable[[], int] | None = None,
     helper: bool | None = None,
+    report: Report | None = None,
 ) -> TickReport:
     """Fire every deadline and reminder due at `now`, in batches each committed on its own.
 
@@ -139,12 +214,21 @@ def tick(
     machine, True and False force it; see `tickwork.Decider`); what is written is the same.
     A run that finishes records itself in `tick_runs` (started and finished by `clock`, which the
     command line passes in; without one, both are `now`), so that `doctor` can tell when cron ran.
+
+    The report is part of the last transaction: the last batch (the one after which nothing due is
+    left) commits with the `tick_runs` row, after `report(tick_report)` was written and flushed.
+    When everything due fits one batch (cron's usual minute) the whole tick is that one
+    transaction, so a report that cannot be written leaves the database as it was. A larger tick
+    has committed its earlier batches by then (each batch commits on its own, so that other
+    commands get the lock in between); a failed report says how many transitions those were.
+    They stand: they are what any later tick fires anyway, since history does not depend on when
+    tick runs. A dry run writes nothing and does not call `report` (the caller prints).
     """
     started_at = now if clock is None else clock()
     svc.store.require()
     if batch is None:
         batch = SQLITE_TICK_BATCH if svc.store.location.is_sqlite else TICK_BATCH
-    report = TickReport(now)
+    summary = TickReport(now)
     if total_hint is not None:
         with svc.store.read() as tx:
             total_hint(tx.count_due(now))
@@ -163,48 +247,73 @@ def tick(
         busy_timeout=svc.store.busy_timeout / SECOND,
     )
     after: tuple[int, int] | None = None
+    committed = 0  # transitions that earlier batches committed
+    finished = False
     try:
-        while True:
-            with (svc.store.read() if dry_run else svc.store.write()) as tx:
+        while not finished:
+            with (_read_only(svc.store) if dry_run else change(svc.store, report)) as current:
+                tx = current.tx
                 if decider.db_path is None and svc.store.location.path is not None and tx.in_wal_mode():
                     # the helper may read the rows of its chunks itself, alongside this transaction
                     decider.db_path = str(svc.store.location.path)
-                if tx.is_sqlite:
-                    items, read = tx.due_ids(now, limit=batch, after=after), tx.rows_by_id
-                else:
-                    items, read = tx.due_rows(now, limit=batch, after=after, skip_locked=not dry_run), None
-                if not items:
-                    break
+                items = _due(tx, now, batch, after, skip_locked=not dry_run)
                 unsaved: list[Decided] = []
                 all_changed, last_key = True, None
-                for decided in decider.decide(items, read):
+                for decided in decider.decide(items, None if not tx.is_sqlite else tx.rows_by_id) if items else ():
                     if not dry_run:
                         unsaved.append(decided)
                         # SQLite writes each chunk as soon as it is decided (while the helper decides
                         # the next); elsewhere the batch is written at once, through COPY.
                         if tx.is_sqlite:
                             _save(tx, unsaved)
-                    report.add(decided)
+                    summary.add(decided)
                     all_changed = all_changed and decided.all_changed
                     if decided.last_key is not None and (last_key is None or decided.last_key > last_key):
                         last_key = decided.last_key  # found where some order was left as it was (or a dry run)
                 _save(tx, unsaved)
-            if dry_run or not all_changed:
-                # the last key selected (before this tick changed the orders); rows may come in id order
-                after = last_key
-            if progress is not None:
-                progress(len(items), report.applied)
-            if dry_run and len(items) < batch:
-                break
+                if items and (dry_run or not all_changed):
+                    # the last key selected (before this tick changed the orders); rows may come in id order
+                    after = last_key
+                if dry_run:
+                    finished = len(items) < batch
+                else:
+                    # the last batch is the one after which nothing due is left: it carries the report
+                    finished = not items or not _due(tx, now, 1, after, skip_locked=True)
+                    if finished:
+                        tx.record_tick_run(
+                            started_at=started_at, finished_at=now if clock is None else clock(), now=now,
+                            applied=summary.applied, reminders=summary.reminders, operator=svc.operator,
+                        )
+                        current.done(summary)
+            if items and progress is not None:
+                progress(len(items), summary.applied)
+            committed = summary.applied
+    except ReportFailed as failed:
+        if committed:
+            raise ReportFailed(
+                failed.reason,
+                f"could not write the report ({failed.reason}); the last batch was not committed, but "
+                f"{committed:,} transition{'s' if committed != 1 else ''} of earlier batches were "
+                "(the next tick applies the rest, with the same history)",
+            ) from None
+        raise
     finally:
         decider.close()
-    if not dry_run:
-        with svc.store.write() as tx:
-            tx.record_tick_run(
-                started_at=started_at, finished_at=now if clock is None else clock(), now=now,
-                applied=report.applied, reminders=report.reminders, operator=svc.operator,
-            )
-    return report
+    return summary
+
+
+def _due(tx: Tx, now: int, limit: int, after: tuple[int, int] | None, *, skip_locked: bool) -> list:
+    """SQLite: the due ids (the rows are read by id); elsewhere the due rows, claimed."""
+    if tx.is_sqlite:
+        return tx.due_ids(now, limit=limit, after=after)
+    return tx.due_rows(now, limit=limit, after=after, skip_locked=skip_locked)
+
+
+@contextmanager
+def _read_only(store: Store) -> Iterator[Change]:
+    """A read transaction shaped like `change` (a dry run's batches), never reported."""
+    with store.read() as tx:
+        yield Change(tx)
 
 
 def _save(tx, unsaved: list["Decided"]) -> None:
@@ -241,17 +350,31 @@ def list_orders(
         return tx.list_orders(statuses=statuses, merchant=merchant, creator=creator, due_before=due_before, limit=limit)
 
 
-def notifications(svc: Service, *, order_id: int | None = None, pending: bool = False, mark_sent_at: int | None = None):
-    """Outbox rows, oldest first; with `mark_sent_at`, the listed pending ones are marked sent atomically."""
+def notifications(
+    svc: Service, *, order_id: int | None = None, pending: bool = False, mark_sent_at: int | None = None,
+    report: Report | None = None,
+):
+    """Outbox rows, oldest first; with `mark_sent_at`, the listed pending ones are marked sent
+    atomically, and only once `report(rows)` handed them out (written and flushed): a reader that
+    got nothing, or a part, leaves every one of them pending. Without `mark_sent_at` nothing is
+    written and `report` is not called (the caller prints the rows)."""
     svc.store.require()
     if mark_sent_at is None:
         with svc.store.read() as tx:
             if order_id is not None and tx.load(order_id) is None:
                 raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
             return tx.notification_rows(None if order_id is None else [order_id], pending=pending)
-    with svc.store.write() as tx:
+    with change(svc.store, report) as current:
+        tx = current.tx
         if order_id is not None and tx.load(order_id) is None:
             raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
         rows = tx.notification_rows(None if order_id is None else [order_id], pending=True, claim=True)
         tx.mark_sent([r.id for r in rows], mark_sent_at)
-        return rows
+        current.done(rows)
+    return rows
+
+
+def initialise(svc: Service, report: Report | None = None) -> bool:
+    """`coopctl init`: create the schema if the database is new; True when it was created now.
+    `report(created)` is written before the schema commits."""
+    return svc.store.initialise(report=reporting(report))

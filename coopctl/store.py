@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy import Integer, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from coopctl.errors import Busy, InvalidInput, StorageError
+from coopctl.errors import Busy, InvalidInput, KeyTaken, StorageError
 from coopctl.lifecycle import Event, Order, Outcome
 from coopctl.models import APPLICATION, EVENTS, META, NOTIFICATIONS, ORDERS, SCHEMA_VERSION, TICK_RUNS, SQLModel
 from coopctl.policy import SECOND
@@ -44,6 +44,8 @@ from coopctl.rows import (  # noqa: F401  (re-exported: the row layout belongs t
 )
 
 _SCHEMA_LOCK = 0x636F6F70  # "coop": the PostgreSQL advisory lock key taken while the schema is created or upgraded
+# a unique violation of the idempotency key, as PostgreSQL (the index) and SQLite (the column) name it
+_IDEMPOTENCY_INDEX, _IDEMPOTENCY_COLUMN = "ux_orders_idempotency_key", "orders.idempotency_key"
 _BUSY_WORDS = ("database is locked", "database table is locked", "lock timeout", "could not obtain lock", "deadlock")
 
 
@@ -200,8 +202,9 @@ class Store:
             tx.lock_schema()
             return bool(migrations.upgrade(tx.conn, tx.schema_version()))
 
-    def initialise(self, *, made_by: str = "init") -> bool:
-        """Create the schema if the database is new; True when it was created now."""
+    def initialise(self, *, made_by: str = "init", report: Callable[[bool], None] | None = None) -> bool:
+        """Create the schema if the database is new; True when it was created now. `report` (if
+        given) is called with that answer inside the transaction, before it commits."""
         path = self.location.path
         if path is not None:
             if path.is_dir():
@@ -233,6 +236,8 @@ class Store:
                     ],
                 )
                 created = True
+            if report is not None:
+                report(created)
         self._ensure_wal()  # also mends a coopctl database left in another journal mode
         return created
 
@@ -275,8 +280,15 @@ class Store:
                 with conn.begin():
                     yield Tx(conn, self.location.is_sqlite)
         except IntegrityError as exc:
+            detail = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+            if _IDEMPOTENCY_INDEX in detail or _IDEMPOTENCY_COLUMN in detail:
+                # two creates with one new key: the other committed first; a new transaction finds its order
+                raise KeyTaken(
+                    f"another coopctl created an order with the same idempotency key at the same time ({detail}); "
+                    "nothing was changed, try again"
+                ) from None
             raise Busy(
-                f"another coopctl changed the same order at the same time ({str(exc.orig).splitlines()[0]}); "
+                f"another coopctl changed the same order at the same time ({detail}); "
                 "nothing was changed, try again"
             ) from None
         except DBAPIError as exc:
