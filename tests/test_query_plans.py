@@ -161,7 +161,10 @@ def test_tick_reads_only_what_is_due_through_the_index_on_wake_at(books):
     # the ids of each batch come from the covering index alone; then the rows of those ids only
     by_key = [(sql, params) for sql, params in reads if " WHERE id IN (" not in sql]
     by_id = [(sql, params) for sql, params in reads if " WHERE id IN (" in sql]
-    assert len(by_key) > 2 and len(by_id) >= len(by_key) - 1
+    # each batch also asks the index whether anything due is left (LIMIT 1): its last batch then
+    # commits only after the report is written (SPEC section 7)
+    batches = [(sql, params) for sql, params in by_key if params[1] != 1]
+    assert len(batches) > 2 and len(by_id) >= len(batches) - 1
     check(by_key, small, large, uses="INDEX ix_orders_wake_at")
     check(by_id, small, large, uses="SEARCH orders USING INTEGER PRIMARY KEY")
 
