@@ -47,6 +47,9 @@ from coopctl.rows import (  # noqa: F401  (re-exported: the row layout belongs t
     state_tuple,
 )
 
+# Every column of an order row: ORDER_COLUMNS (what an Order is read from) and the three that are
+# derived from it when it is written (`doctor` and `show` check that they still are).
+FULL_ORDER_COLUMNS = ORDER_COLUMNS + ("liable_party", "deadline", "wake_at")
 _SCHEMA_LOCK = 0x636F6F70  # "coop": the PostgreSQL advisory lock key taken while the schema is created or upgraded
 _BUSY_WORDS = ("database is locked", "database table is locked", "lock timeout", "could not obtain lock", "deadlock")
 
@@ -610,7 +613,16 @@ def _insert(table, columns: tuple[str, ...]):
 
 
 def event_from_row(row) -> Event:
-    return Event(row.order_id, row.seq, row.kind, row.at, row.actor, row.operator, json.loads(row.data), row.prev_hash, row.hash)
+    return Event(row.order_id, row.seq, row.kind, row.at, row.actor, row.operator, _event_data(row.data), row.prev_hash, row.hash)
+
+
+def _event_data(text):
+    """An event's data; text that is not JSON (written outside coopctl) is kept as it is, so that
+    the hash check names the altered event instead of the read failing."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return text
 
 
 def _update_statement():
@@ -1027,6 +1039,24 @@ class Tx:
             .limit(limit)
         )
         return [tuple(r) for r in self.conn.execute(query)]
+
+    def order_rows(self, after_id: int, limit: int) -> list[tuple]:
+        """The whole stored rows (FULL_ORDER_COLUMNS, as the driver gives them, not decoded) of the
+        next `limit` orders after `after_id`, by id: `doctor` compares each with the rebuild of its
+        events, chunk by chunk."""
+        query = (
+            select(*[ORDERS.c[name] for name in FULL_ORDER_COLUMNS])
+            .where(ORDERS.c.id > after_id, ORDERS.c.status != "")
+            .order_by(ORDERS.c.id)
+            .limit(limit)
+        )
+        return [tuple(r) for r in self.conn.execute(query)]
+
+    def order_row(self, order_id: int) -> tuple | None:
+        """One order's whole stored row (FULL_ORDER_COLUMNS, not decoded), or None."""
+        query = select(*[ORDERS.c[name] for name in FULL_ORDER_COLUMNS]).where(ORDERS.c.id == order_id)
+        row = self.conn.execute(query).first()
+        return None if row is None else tuple(row)
 
     def oldest_due(self, now: int) -> int | None:
         """The earliest wake-up (deadline or reminder) at or before `now`, or None."""

@@ -65,7 +65,10 @@ def test_a_healthy_database_exits_0_and_every_check_is_ok(invoke, ticked):
     assert report["healthy"] is True
     assert report["orders"] == 30
     assert report["schema_version"] == SCHEMA_VERSION
-    assert [f["check"] for f in report["findings"]] == ["integrity", "journal", "schema", "hash_chain", "overdue", "last_tick"]
+    assert [f["check"] for f in report["findings"]] == [
+        "integrity", "journal", "schema", "hash_chain", "rebuild", "overdue", "last_tick",
+    ]
+    assert report["findings"][4]["message"] == "30 orders: every order row is what the rules make of its events"
     assert problems(report) == []
     last = report["findings"][-1]["message"]
     assert last.startswith("the last tick finished at ") and f"up to {iso(BASE + 40 * DAY, __import__('zoneinfo').ZoneInfo('Asia/Shanghai'))}" in last
@@ -182,7 +185,7 @@ def test_a_deadline_just_passed_is_within_the_grace_period(invoke, db_path):
 def test_orders_that_have_ended_are_never_overdue(invoke, ticked):
     code, report, _ = doctor_json(invoke, "--now", iso(BASE + 400 * DAY))
     assert code == 0
-    assert report["findings"][4] == {
+    assert report["findings"][5] == {
         "check": "overdue", "ok": True, "message": "no deadline or reminder is more than 10m overdue", "action": None,
     }
 
@@ -287,7 +290,7 @@ def test_doctor_on_each_backend_finds_an_overdue_order_then_is_healthy_after_tic
     report = json.loads(result.stdout)
     assert [f["check"] for f in problems(report)] == ["overdue"]
     if backend.startswith("postgresql"):  # no file to check: the SQLite-only checks are left out
-        assert [f["check"] for f in report["findings"]] == ["schema", "hash_chain", "overdue", "last_tick"]
+        assert [f["check"] for f in report["findings"]] == ["schema", "hash_chain", "rebuild", "overdue", "last_tick"]
     assert invoke("tick", "--now", LATER, env=env).exit_code == 0
     result = invoke("doctor", "--json", "--now", LATER, env=env)
     assert result.exit_code == 0, result.stderr
