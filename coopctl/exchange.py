@@ -20,11 +20,13 @@ bytes apart from "exported_at".
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
 import stat
+import sys
 from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -441,6 +443,20 @@ def _through_proc(path: str) -> bool:
 
 
 def _written_in_place(path: str) -> Iterator[TextIO]:
+    """Write into the target itself. When it is this process's own stdout (`--out /dev/stdout`
+    with stdout on a file), the document goes through stdout, so that what the command prints
+    after it follows it instead of overwriting its start (a second file description would have
+    its own offset)."""
+    own = _own_stdout(path)
+    if own is not None:
+        sys.stdout.flush()
+        handle = io.TextIOWrapper(own, encoding="utf-8", newline="\n", write_through=True)
+        try:
+            yield handle
+            handle.flush()
+        finally:
+            handle.detach()
+        return
     try:
         handle = open(path, "w", encoding="utf-8", newline="\n")
     except OSError as exc:
@@ -453,6 +469,18 @@ def _written_in_place(path: str) -> Iterator[TextIO]:
         if isinstance(exc, BrokenPipeError):
             raise
         raise InvalidInput(f"cannot write {path!r}: {exc.strerror}") from None
+
+
+def _own_stdout(path: str):
+    """sys.stdout's binary buffer when `path` is the very file stdout writes to, else None."""
+    try:
+        target = os.stat(path)
+        mine = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    if (target.st_dev, target.st_ino) != (mine.st_dev, mine.st_ino):
+        return None
+    return getattr(sys.stdout, "buffer", None)
 
 
 def _remove_stale_temporaries(folder: Path, name: str) -> None:

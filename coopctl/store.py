@@ -181,12 +181,13 @@ def open_mode(path: Path, where: str | None = None) -> str:
     """How to open a SQLite file so that every command that only reads can read it:
 
     - 'rwc': the file and its folder are writable (or the file is new): read and write;
-    - 'ro': the file is not writable, or its folder is not but the -shm that WAL needs exists:
-      read-only, SQLite reads (or, in a writable folder, makes) the -shm;
-    - 'immutable': the folder is not writable (a read-only filesystem) and there is no -shm:
-      SQLite reads the main file alone, without locks (nobody can write there either). That is
-      only right when no changes wait in the -wal (a cleanly closed database leaves none): a
-      -wal with content and no -shm is StorageError, never an older view of the database.
+    - 'ro': the file or its folder is not writable, and the -shm that WAL needs is there (or, in
+      a writable folder, changes wait in the -wal: SQLite makes the -shm to read them): read-only;
+    - 'immutable': the file or its folder is not writable (a read-only filesystem, a file of mode
+      0444), there is no -shm and no changes wait in the -wal (a cleanly closed database leaves
+      none): SQLite reads the main file alone, without locks, and leaves no -wal or -shm behind
+      (which, made read-only, would stop the owner's next write). A -wal with changes and no
+      -shm that can be made is StorageError: never an older view of the database.
     """
     if not path.exists():
         return "rwc"
@@ -194,9 +195,11 @@ def open_mode(path: Path, where: str | None = None) -> str:
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
     if os.access(path, os.W_OK) and (folder_writable or (_writable(wal) and _writable(shm))):
         return "rwc"
-    if folder_writable or shm.exists():
+    if shm.exists():
         return "ro"
     if wal.exists() and wal.stat().st_size > 0:
+        if folder_writable:
+            return "ro"
         raise StorageError(
             f"the database {where or path} is read-only ({read_only_reason(path)}) and {wal.name} holds changes "
             f"that SQLite can read only with a {shm.name} it cannot create there; copy the file with its "
