@@ -46,6 +46,7 @@ from coopctl.rows import (  # noqa: F401  (re-exported: the row layout belongs t
     rows_by_id_sql,
     state_tuple,
 )
+from coopctl.trust import shown
 
 # Every column of an order row: ORDER_COLUMNS (what an Order is read from) and the three that are
 # derived from it when it is written (`doctor` and `show` check that they still are).
@@ -106,13 +107,13 @@ def locate(value: str) -> Location:
         query = {k for k in url.query if k != "uri"}
         if database.strip() in ("", ":memory:") or str(url.query.get("mode", "")).lower() == "memory":
             raise InvalidInput(f"the database URL {shown_url!r} {_NO_FILE}; give a file, e.g. sqlite:///coopctl.db")
-        if database.startswith("file:"):
-            database = _sqlite_uri_path(database, shown_url)
-        elif query:
+        if query:
             raise InvalidInput(
                 f"the database URL {shown_url!r} has options ({', '.join(sorted(query))}); coopctl opens SQLite "
                 "files itself: give the file alone, e.g. sqlite:///coopctl.db"
             )
+        if database.startswith("file:"):
+            database = _sqlite_uri_path(database, shown_url)
         return _file_location(database)
     return Location(value, None)
 
@@ -152,13 +153,13 @@ def not_a_file(path: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+        raise StorageError(f"cannot read {shown(path)}: {exc.strerror}") from None
     if stat.S_ISREG(mode):
         return
     if stat.S_ISDIR(mode):
-        raise StorageError(f"{path} is a directory, not a database file")
+        raise StorageError(f"{shown(path)} is a directory, not a database file")
     kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-    raise StorageError(f"{path} is {kind}, not a database file; point --db at a file (nothing was opened)")
+    raise StorageError(f"{shown(path)} is {kind}, not a database file; point --db at a file (nothing was opened)")
 
 
 def create_private(path: Path) -> None:
@@ -201,9 +202,9 @@ def open_mode(path: Path, where: str | None = None) -> str:
         if folder_writable:
             return "ro"
         raise StorageError(
-            f"the database {where or path} is read-only ({read_only_reason(path)}) and {wal.name} holds changes "
-            f"that SQLite can read only with a {shm.name} it cannot create there; copy the file with its "
-            f"{wal.name} to a writable folder and read it there"
+            f"the database {shown(where or path)} is read-only ({read_only_reason(path)}) and {shown(wal.name)} holds "
+            f"changes that SQLite can read only with a {shown(shm.name)} it cannot create there; copy the file with "
+            f"its {shown(wal.name)} to a writable folder and read it there"
         )
     return "immutable"
 
@@ -222,7 +223,7 @@ def read_only_reason(path: Path | None) -> str:
         pass
     if path.exists() and not os.access(path, os.W_OK):
         return "the file is not writable"
-    return f"its folder {path.parent} is not writable"
+    return f"its folder {shown(path.parent)} is not writable"
 
 
 def sqlite_uri(path: Path, mode: str) -> str:
@@ -349,7 +350,7 @@ class Store:
     def _refuse_read_only(self) -> None:
         if self.read_only:
             raise StorageError(
-                f"the database {self.location.display} is read-only ({read_only_reason(self.location.path)}); "
+                f"the database {shown(self.location.display)} is read-only ({read_only_reason(self.location.path)}); "
                 "nothing was changed. Commands that only read (show, list, history, notifications, export, "
                 "doctor) work on it; copy it to a writable place to change it"
             )
