@@ -7,6 +7,12 @@ the few SQLite-specific statements (PRAGMAs, many rows per INSERT or UPDATE … 
 for bulk writes) live here and nowhere else, and so do the PostgreSQL-specific ones (the schema's
 advisory lock, COPY for bulk writes, moving the id sequence after an import). The one exception
 is `rows.rows_by_id_sql`, plain SQL that tick's helper process also runs, without SQLAlchemy.
+
+Where the database is (SPEC section 7, "No silent places to lose data"): `locate` reads a user's
+location and refuses one that names no file (an in-memory database keeps nothing); a SQLite file
+must be a regular file, is created private (0600, so its -wal and -shm are too) and is opened
+through a URI built here, read-only or immutable when the file or its folder is not writable
+(`open_mode`), so that every command that only reads works on a read-only filesystem.
 """
 
 from __future__ import annotations

@@ -452,11 +452,11 @@ def test_a_history_with_recomputed_hashes_that_the_rules_refuse_is_found(invoke,
 
 def test_stored_ids_that_todays_rules_refuse_are_reported_not_rewritten(db_path, invoke):
     """An id stored before SPEC section 1 was tightened (a zero-width space, NFD): readable, reported."""
+    from decimal import Decimal
 
     from coopctl import lifecycle
     from coopctl.lifecycle import Terms
     from coopctl.policy import Policy, ReminderOffsets
-    from decimal import Decimal
 
     store = Store(locate(str(db_path)))
     try:

@@ -42,7 +42,7 @@ CREATE = ("create", "--merchant", "M", "--creator", "C", "--product", "P", "--fo
 READING = (("show", "1"), ("list",), ("history", "1"), ("notifications",), ("export", "1", "--at", "2026-11-01T12:00:00+08:00"),
            ("doctor", "--now", "2026-11-01T11:00:00+08:00"))
 CHANGING = (("accept", "1", "--creator", "C", "--at", "2026-11-01T11:00:00+08:00"), CREATE,
-            ("tick", "--now", "2026-11-01T11:00:00+08:00"), ("init",))
+            ("tick", "--now", "2026-11-01T11:00:00+08:00"), ("init",), ("notifications", "--mark-sent"))
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
