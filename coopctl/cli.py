@@ -626,16 +626,22 @@ def show(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
 
     Example: coopctl show 12
     """
-    from coopctl.service import get_order
+    from coopctl.service import read_order
 
     rt = runtime(ctx)
-    record, events = get_order(rt.service, order)
-    if as_json:
-        emit_json({**record.to_json(rt.tz), "events": [e.to_json(rt.tz) for e in events]})
-    else:
-        from coopctl import render
+    checked = read_order(rt.service, order)  # the chain and the row, checked as they are read
+    record, events = checked.shown, checked.printable_events()
+    if record is not None:  # print what can be printed, then say what does not hold (exit 1)
+        if as_json:
+            emit_json({**record.to_json(rt.tz), "events": [e.to_json(rt.tz) for e in events]})
+        else:
+            from coopctl import render
 
-        render.order_detail(record, events, rt.tz)
+            render.order_detail(record, events, rt.tz)
+    refusal = checked.refusal()
+    if refusal is not None:
+        sys.stdout.flush()
+        raise refusal
 
 
 @command()
@@ -644,16 +650,21 @@ def history(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> No
 
     Example: coopctl history 12 --json
     """
-    from coopctl.service import get_order
+    from coopctl.service import read_order
 
     rt = runtime(ctx)
-    record, events = get_order(rt.service, order)
+    checked = read_order(rt.service, order)  # the chain and the row, checked as they are read
+    record, events = checked.shown, checked.printable_events()
     if as_json:
         emit_json([e.to_json(rt.tz) for e in events])
-    else:
+    elif record is not None:
         from coopctl import render
 
         render.history_table(record, events, rt.tz)
+    refusal = checked.refusal()
+    if refusal is not None:
+        sys.stdout.flush()
+        raise refusal
 
 
 @command("list")
@@ -748,9 +759,11 @@ def doctor(
     ctx: typer.Context,
     now: Annotated[Optional[str], typer.Option("--now", help="Check for deadlines missed as of this instant [default: now].", show_default=False)] = None,
     grace: Annotated[str, typer.Option("--grace", help="How long past a deadline counts as missed by cron.")] = "10m",
+    quick: Annotated[bool, typer.Option("--quick", help="Check the orders' hash chains only, without rebuilding each order through the rules.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check a database: integrity, schema version, every order's hash chain, missed deadlines (cron).
+    """Check a database: integrity, schema version, every order's hash chain and its row rebuilt
+    from its events through the rules, old ids, missed deadlines (cron).
 
     Each finding says what to do. Exit 0 when healthy, 1 when something needs attention; only reads.
 
@@ -766,7 +779,7 @@ def doctor(
     except InvalidValue as exc:
         raise InvalidInput(f"--grace: {exc}") from None
     rt = runtime(ctx)
-    report = examine(rt.service.store, instant(now, rt, "--now"), rt.tz, grace=grace_us)
+    report = examine(rt.service.store, instant(now, rt, "--now"), rt.tz, grace=grace_us, quick=quick)
     if as_json:
         emit_json(report.to_json(rt.tz))
     else:

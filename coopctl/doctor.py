@@ -11,6 +11,15 @@ The checks:
   and the `wake_at` index that `tick` relies on are there; the journal mode is WAL;
 - hash chains: every order's events, chunk by chunk, through `history.verify_chain`, and the
   order row's last seq and hash against the end of its chain;
+- rebuild (not with `quick`): every order rebuilt from its events through the rules
+  (`history.rebuild`) and compared with its stored row, field by field: the terms, the policy
+  and reminder offsets, the status, the deadlines (`deadline`, and `wake_at`, which `tick` finds
+  due orders by), the counters and the idempotency key; a reminder marked sent that the rules
+  never had for the order (it would silence one) too. `show` and `history` run the same checks
+  on the one order they print (`check_order`);
+- ids: stored ids that today's rules refuse (SPEC section 1: stored before the rules were
+  tightened): reported, readable, never rewritten (a warning: the database stays healthy);
+- instants: stored instants outside 1970-01-01 .. 9999-12-31 UTC;
 - overdue: orders whose next deadline or reminder passed more than `grace` ago, which a
   running cron would have applied ("cron is not running");
 - last tick: when `tick` last completed a run (tick_runs), for information.
@@ -18,15 +27,20 @@ The checks:
 
 from __future__ import annotations
 
+import inspect
+import json
 import sqlite3
-from dataclasses import dataclass, field
-from datetime import tzinfo
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone, tzinfo
 
-from coopctl import history
+from coopctl import history, lifecycle
 from coopctl.errors import Busy, CoopError, StorageError
+from coopctl.lifecycle import Event, Order
 from coopctl.models import SCHEMA_VERSION, SQLModel
-from coopctl.policy import MINUTE, SECOND, format_duration, iso
-from coopctl.store import Store
+from coopctl.policy import MINUTE, SECOND, format_duration, iso, to_instant
+from coopctl.rows import order_from_row
+from coopctl.store import FULL_ORDER_COLUMNS, Store
+from coopctl.trust import id_problem, shown
 
 DEFAULT_GRACE = 10 * MINUTE
 
@@ -43,19 +57,29 @@ class Unhealthy(CoopError):
     exit_code = 1
 
 
+class Altered(CoopError):
+    """What `show` or `history` printed is not what the events say (exit 1): a hash chain that does
+    not hold, or a stored order row that differs from the rebuild of its events."""
+
+    exit_code = 1
+
+
 @dataclass(frozen=True)
 class Finding:
-    check: str  # integrity, schema, journal, hash_chain, overdue, last_tick
+    check: str  # integrity, schema, journal, hash_chain, rebuild, ids, instants, overdue, last_tick
     ok: bool
     message: str  # what was found
-    action: str | None = None  # what to do, when something is wrong
+    action: str | None = None  # what to do, when something is wrong (or, for a warning, what it means)
     order: int | None = None
     seq: int | None = None
+    field: str | None = None  # the column of the order row, for the rebuild, ids and instants checks
 
     def to_json(self) -> dict:
         data = {"check": self.check, "ok": self.ok, "message": self.message, "action": self.action}
         if self.order is not None:
             data.update(order=self.order, seq=self.seq)
+        if self.field is not None:
+            data["field"] = self.field
         return data
 
 
@@ -86,8 +110,11 @@ class Report:
         }
 
 
-def examine(store: Store, now: int, tz: tzinfo, *, grace: int = DEFAULT_GRACE, chunk: int = CHUNK) -> Report:
-    """Every check on `store`'s database, read-only; see the module's docstring."""
+def examine(
+    store: Store, now: int, tz: tzinfo, *, grace: int = DEFAULT_GRACE, chunk: int = CHUNK, quick: bool = False
+) -> Report:
+    """Every check on `store`'s database, read-only; see the module's docstring. `quick` checks
+    the hash chains of the orders only, without rebuilding them through the rules."""
     version = store.require(upgrade=False)
     report = Report(store.location.display, now, version)
     damaged = False
@@ -98,7 +125,7 @@ def examine(store: Store, now: int, tz: tzinfo, *, grace: int = DEFAULT_GRACE, c
         report.findings.extend(_shape(store, version))
     report.findings.append(_version(version))
     try:
-        report.findings.extend(_chains(store, report, chunk))
+        report.findings.extend(_orders(store, report, chunk, quick))
         report.findings.append(_overdue(store, now, tz, grace))
         if version >= 2:
             report.findings.append(_last_tick(store, tz))
@@ -114,9 +141,19 @@ def examine(store: Store, now: int, tz: tzinfo, *, grace: int = DEFAULT_GRACE, c
 
 
 def _sqlite(store: Store) -> sqlite3.Connection:
-    """A read-only connection of our own to the file, waiting out locks like every command."""
-    uri = f"{store.location.path.as_uri()}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=store.busy_timeout / 1_000_000, isolation_level=None)
+    """A read-only connection of our own to the file, waiting out locks like every command (on a
+    read-only filesystem, opened the way the store opens it: see `store.open_mode`)."""
+    return sqlite3.connect(store.read_only_uri(), uri=True, timeout=store.busy_timeout / 1_000_000, isolation_level=None)
+
+
+def _journal_mode(store: Store, conn: sqlite3.Connection) -> str:
+    """The file's journal mode. Opened immutable, SQLite reports 'delete' for every file: the
+    header says it then (bytes 18 and 19 are 2 for WAL)."""
+    if store.open_mode != "immutable":
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    with open(store.location.path, "rb") as f:
+        header = f.read(20)
+    return "wal" if header[18:20] == b"\x02\x02" else "delete"
 
 
 def _integrity(store: Store, report: Report) -> Finding:
@@ -165,7 +202,7 @@ def _shape(store: Store, version: int) -> list[Finding]:
             missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
         if "orders" in db.table_names() and "ix_orders_wake_at" not in {i.name for i in db["orders"].indexes}:
             missing.append("index ix_orders_wake_at (tick would read every order)")
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        mode = _journal_mode(store, conn)
     finally:
         conn.close()
     if missing:
@@ -195,53 +232,353 @@ def _version(version: int) -> Finding:
 # --------------------------------------------------------------------------- the orders
 
 
-def _chains(store: Store, report: Report, chunk: int) -> list[Finding]:
-    findings: list[Finding] = []
-    broken = 0
+class _Listed:
+    """The problems of one check: the first MAX_LISTED kept as findings, the rest counted (so that
+    memory stays bounded however many orders are broken)."""
+
+    def __init__(self, check: str, healthy: str, more: str, action: str, *, warning: bool = False):
+        self.check, self.healthy, self.more, self.action, self.warning = check, healthy, more, action, warning
+        self.found: list[Finding] = []
+        self.orders: set[int] = set()  # the orders of the listed findings
+        self.count = 0  # orders with a problem of this check
+        self.last_order: int | None = None
+
+    def add(self, finding: Finding) -> None:
+        if finding.order != self.last_order:
+            self.count += 1
+            self.last_order = finding.order
+        if len(self.found) < MAX_LISTED:
+            self.found.append(finding)
+            self.orders.add(finding.order)
+
+    def findings(self, orders: int) -> list[Finding]:
+        if not self.count:
+            return [Finding(self.check, True, self.healthy.format(orders=orders))] if self.healthy else []
+        findings = list(self.found)
+        unlisted = self.count - len(self.orders)
+        if unlisted > 0:
+            findings.append(Finding(
+                self.check, self.warning, f"{unlisted} more orders {self.more} (the first {len(self.orders)} are listed)",
+                self.action,
+            ))
+        return findings
+
+
+def _orders(store: Store, report: Report, chunk: int, quick: bool) -> list[Finding]:
+    """Every order, `chunk` at a time (one short read per chunk: a long check never holds the WAL
+    back, and memory holds one chunk of rows and events)."""
+    checks = {
+        "hash_chain": _Listed(
+            "hash_chain", "{orders} orders: every hash chain verifies", "have a broken history",
+            "restore the database from a backup",
+        ),
+    }
+    if not quick:
+        checks["rebuild"] = _Listed(
+            "rebuild", "{orders} orders: every order row is what the rules make of its events",
+            "have an order row that is not what their events make", "restore the database from a backup",
+        )
+        checks["ids"] = _Listed(
+            "ids", "", "hold ids that today's rules refuse", _OLD_ID, warning=True,
+        )
+        checks["instants"] = _Listed(
+            "instants", "", "hold instants outside 1970-01-01 .. 9999-12-31 UTC", _FAR_INSTANT,
+        )
     after = 0
     while True:
-        with store.read() as tx:  # one short read per chunk: a long check never holds the WAL back
-            heads = tx.order_heads(after, chunk)
-            if not heads:
+        with store.read() as tx:
+            rows = tx.order_heads(after, chunk) if quick else tx.order_rows(after, chunk)
+            if not rows:
                 break
-            events = tx.events_of([h[0] for h in heads])
-        for order_id, last_seq, last_hash in heads:
+            events = tx.events_of([row[0] for row in rows])
+        for row in rows:
             report.orders += 1
-            problem = _chain_problem(order_id, events[order_id], last_seq, last_hash)
-            if problem is not None:
-                broken += 1
-                if broken <= MAX_LISTED:
-                    seq, why = problem
-                    findings.append(Finding(
-                        "hash_chain", False, f"order {order_id}: event seq {seq}: {why}",
-                        f"the history of order {order_id} was changed outside coopctl; restore it from a backup "
-                        f"or an export (`coopctl replay` shows the recorded timeline), and find out who wrote to the database",
-                        order=order_id, seq=seq,
-                    ))
-        after = heads[-1][0]
-    if broken > MAX_LISTED:
-        findings.append(Finding(
-            "hash_chain", False, f"{broken - MAX_LISTED} more orders have a broken history (the first {MAX_LISTED} are listed)",
-            "restore the database from a backup",
-        ))
-    if not broken:
-        findings.append(Finding("hash_chain", True, f"{report.orders} orders: every hash chain verifies"))
-    return findings
+            if quick:
+                found = _chain_findings(row[0], events[row[0]], row[1], row[2])
+            else:
+                found = check_order(row, events[row[0]], stored_values=True).findings
+            for finding in found:
+                checks[finding.check].add(finding)
+        after = rows[-1][0]
+        del rows, events
+    return [f for listed in checks.values() for f in listed.findings(report.orders)]
 
 
-def _chain_problem(order_id: int, events: list, last_seq: int, last_hash: str) -> tuple[int, str] | None:
+def _chain_findings(order_id: int, events: list, last_seq: int, last_hash: str) -> list[Finding]:
+    problem = _chain_problem(order_id, events, last_seq, last_hash)
+    if problem is None:
+        return []
+    seq, why = problem
+    return [Finding(
+        "hash_chain", False, f"order {order_id}: event seq {seq}: {why}",
+        f"the history of order {order_id} was changed outside coopctl; restore it from a backup "
+        f"or an export (`coopctl replay` shows the recorded timeline), and find out who wrote to the database",
+        order=order_id, seq=seq,
+    )]
+
+
+def _chain_problem(order_id: int, events: list, last_seq, last_hash) -> tuple[int, str] | None:
     try:
         history.verify_chain(order_id, events)
     except history.Divergence as exc:
         return exc.seq, exc.why
+    except (TypeError, ValueError, OverflowError) as exc:  # a value of another type, written by hand
+        return 1, f"an event cannot be read ({type(exc).__name__}: {exc})"
     end = events[-1]
-    if end.seq < last_seq:
-        return end.seq + 1, f"missing: the order row counts {last_seq} events, the history ends at seq {end.seq} (events removed)"
+    if not isinstance(last_seq, int) or end.seq < last_seq:
+        return end.seq + 1, f"missing: the order row counts {shown(last_seq)} events, the history ends at seq {end.seq} (events removed)"
     if end.seq > last_seq:
         return last_seq + 1, f"the order row counts {last_seq} events, the history goes on to seq {end.seq} (events added)"
     if end.hash != last_hash:
         return end.seq, "the order row's last hash is not the hash of its last event"
     return None
+
+
+# --------------------------------------------------------------------------- one order, rebuilt
+
+
+_OLD_ID = (
+    "this id was stored before coopctl refused such ids (SPEC section 1); it stays readable and is "
+    "never rewritten, but new orders must use a valid id (watch for a look-alike party)"
+)
+_FAR_INSTANT = (
+    "an instant outside 1970..9999 cannot be shown, exported or moved; it was written by hand or by "
+    "an older coopctl: restore the order from a backup"
+)
+_ROW_ACTION = (
+    "the order row of order {order} was changed outside coopctl (its events, whose hash chain holds, "
+    "say otherwise) and `show`, `list` and `tick` read the row: restore the database from a backup and "
+    "find out who wrote to it"
+)
+FIRST_INSTANT = 0  # 1970-01-01T00:00:00Z
+LAST_INSTANT = to_instant(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc))
+_INSTANT_COLUMNS = ("latest_start_at", "created_at", "status_since", "went_live_at", "delivered_at", "last_event_at", "deadline", "wake_at")
+_COLUMN = {name: index for index, name in enumerate(FULL_ORDER_COLUMNS)}
+
+
+@dataclass
+class CheckedOrder:
+    """One order as stored and as its events make it, and what differs (`check_order`)."""
+
+    order_id: int
+    stored: Order | None  # the order row read as an Order; None when it cannot be read
+    rebuilt: Order | None  # what the rules make of the events; None when the chain or the rules fail
+    events: list[Event]
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def shown(self) -> Order | None:
+        """The order to print: the stored row, or what its events make when the row is unreadable."""
+        return self.stored if self.stored is not None else self.rebuilt
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if not f.ok]
+
+    def printable_events(self) -> list[Event]:
+        """The events with any data that is not an object (altered by hand) shown as text."""
+        return [e if isinstance(e.data, dict) else replace(e, data={"unreadable data": shown(e.data)[:200]}) for e in self.events]
+
+    def refusal(self) -> Altered | None:
+        """The one-line error `show` and `history` end with when something does not hold."""
+        problems = self.problems
+        if not problems:
+            return None
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Altered(
+            f"{first.message}{more}: what is shown is not what was recorded; run `coopctl doctor`, "
+            f"then restore order {self.order_id} from a backup"
+        )
+
+
+def check_order(row: tuple, events: list[Event], *, stored_values: bool = False) -> CheckedOrder:
+    """Check one order (its row as FULL_ORDER_COLUMNS, its events): the hash chain, then the row
+    against the rebuild of the events through the rules, field by field. With `stored_values`
+    (doctor), also ids that today's rules refuse and instants outside 1970..9999."""
+    order_id = row[0]
+    checked = CheckedOrder(order_id, None, None, events)
+    found = checked.findings
+    try:
+        checked.stored = order_from_row(row[: len(FULL_ORDER_COLUMNS) - 3])
+    except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
+        found.append(Finding(
+            "rebuild", False, f"order {order_id}: the stored order row cannot be read ({_why(exc)})",
+            _ROW_ACTION.format(order=order_id), order=order_id,
+        ))
+    chain = _chain_findings(order_id, events, row[_COLUMN["last_seq"]], row[_COLUMN["last_hash"]])
+    found += chain
+    if not chain:
+        try:
+            steps = _rebuild(order_id, events)
+        except history.Divergence as exc:
+            found.append(Finding(
+                "rebuild", False, f"order {order_id}: event seq {exc.seq}: {exc.why}",
+                f"the history of order {order_id} holds (its hashes match) but does not follow the rules: it was "
+                "written outside coopctl with recomputed hashes; restore it from a backup",
+                order=order_id, seq=exc.seq,
+            ))
+        except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError, OverflowError) as exc:
+            found.append(Finding(
+                "rebuild", False, f"order {order_id}: its events cannot be rebuilt ({_why(exc)})",
+                "restore the order from a backup", order=order_id,
+            ))
+        else:
+            checked.rebuilt = steps[-1].order
+            if checked.stored is not None:
+                found += _differences(row, checked.stored, checked.rebuilt, steps)
+    if stored_values:
+        found += _stored_values(order_id, row, events)
+    return checked
+
+
+_STRICT = "strict" in inspect.signature(history.rebuild).parameters
+
+
+def _rebuild(order_id: int, events: list[Event]) -> list[history.Step]:
+    """The rules' rebuild, lenient on ids stored before SPEC section 1 tightened them (those are
+    reported by the ids check instead), where `history.rebuild` has that switch."""
+    if _STRICT:
+        return history.rebuild(order_id, events, strict=False)
+    return history.rebuild(order_id, events)
+
+
+# (column, how to read it from an Order): what the rules decide, compared with what is stored
+_FIELDS = (
+    ("merchant", lambda o: o.terms.merchant),
+    ("creator", lambda o: o.terms.creator),
+    ("products", lambda o: tuple(o.terms.products)),
+    ("form", lambda o: o.terms.form),
+    ("commission_pct", lambda o: o.terms.commission_pct),
+    ("ad_budget", lambda o: o.terms.ad_budget),
+    ("latest_start_at", lambda o: o.terms.latest_start_at),
+    ("note", lambda o: o.terms.note),
+    ("policy", lambda o: o.policy),
+    ("reminders", lambda o: o.reminders),
+    ("created_at", lambda o: o.created_at),
+    ("status", lambda o: o.status),
+    ("status_since", lambda o: o.status_since),
+    ("cancel_requested_by", lambda o: o.cancel_requested_by),
+    ("went_live_at", lambda o: o.went_live_at),
+    ("delivered_at", lambda o: o.delivered_at),
+    ("delivery_mode", lambda o: o.delivery_mode),
+    ("failed_reviews", lambda o: o.failed_reviews),
+    ("last_seq", lambda o: o.last_seq),
+    ("last_hash", lambda o: o.last_hash),
+    ("last_event_at", lambda o: o.last_event_at),
+    ("idempotency_key", lambda o: o.idempotency_key),
+)
+_INSTANT_FIELDS = frozenset(_INSTANT_COLUMNS)
+
+
+def _differences(row: tuple, stored: Order, rebuilt: Order, steps: list[history.Step]) -> list[Finding]:
+    order_id = stored.id
+    found: list[Finding] = []
+
+    def differ(column: str, have, want) -> None:
+        found.append(Finding(
+            "rebuild", False,
+            f"order {order_id}: the stored {column} is {_value(column, have)}, its events give {_value(column, want)}",
+            _ROW_ACTION.format(order=order_id), order=order_id, field=column,
+        ))
+
+    for column, read in _FIELDS:
+        have, want = read(stored), read(rebuilt)
+        if have != want:
+            differ(column, have, want)
+    # derived when the row is written: who is liable, the deadline, and when tick next wakes for it
+    # (reminders marked sent are not events: the stored ones count, once they are known to be real)
+    expected = replace(rebuilt, reminders_sent=stored.reminders_sent)
+    liable = expected.liable_party
+    for column, want in (
+        ("liable_party", None if liable is None else liable.value),
+        ("deadline", expected.deadline),
+        ("wake_at", lifecycle.wake_at(expected)),
+    ):
+        have = row[_COLUMN[column]]
+        if have != want:
+            differ(column, have, want)
+    possible = _possible_reminders(steps)
+    forged = sorted(key for key in stored.reminders_sent if key not in possible)
+    if forged:
+        found.append(Finding(
+            "rebuild", False,
+            f"order {order_id}: the stored reminders_sent holds {', '.join(shown(k)[:60] for k in forged[:3])}, "
+            "a reminder the rules never had for this order (it would silence one)",
+            _ROW_ACTION.format(order=order_id), order=order_id, field="reminders_sent",
+        ))
+    return found
+
+
+def _possible_reminders(steps: list[history.Step]) -> set[str]:
+    """Every reminder key (`name@deadline`) the rules could have written in the states the order
+    went through."""
+    keys = set()
+    for step in steps:
+        order = step.order
+        for reminder in lifecycle.REMINDERS:
+            if order.status in reminder.statuses and reminder.offset(order) > 0:
+                keys.add(f"{reminder.name}@{reminder.deadline(order)}")
+    return keys
+
+
+def _stored_values(order_id: int, row: tuple, events: list[Event]) -> list[Finding]:
+    """Ids that today's rules refuse, and instants outside 1970..9999."""
+    found: list[Finding] = []
+    ids = [("merchant", row[_COLUMN["merchant"]]), ("creator", row[_COLUMN["creator"]])]
+    try:
+        products = json.loads(row[_COLUMN["products"]])
+    except (TypeError, ValueError):
+        products = []
+    ids += [("product", p) for p in products if isinstance(p, str)] if isinstance(products, list) else []
+    if row[_COLUMN["idempotency_key"]] is not None:
+        ids.append(("idempotency_key", row[_COLUMN["idempotency_key"]]))
+    for column, value in ids:
+        problem = id_problem(value) if isinstance(value, str) else "it is not text"
+        if problem is not None:
+            found.append(Finding(
+                "ids", True, f"order {order_id}: the stored {column} id is refused by today's rules: {problem}",
+                _OLD_ID, order=order_id, field=column,
+            ))
+    for column in _INSTANT_COLUMNS:
+        value = row[_COLUMN[column]]
+        if value is not None and not _in_range(value):
+            found.append(Finding(
+                "instants", False, f"order {order_id}: the stored {column} {shown(value)[:40]} is outside 1970..9999",
+                _FAR_INSTANT, order=order_id, field=column,
+            ))
+    for e in events:
+        if not _in_range(e.at):
+            found.append(Finding(
+                "instants", False, f"order {order_id}: event seq {e.seq} is at {shown(e.at)[:40]}, outside 1970..9999",
+                _FAR_INSTANT, order=order_id, seq=e.seq, field="at",
+            ))
+            break
+    return found
+
+
+def _in_range(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and FIRST_INSTANT <= value <= LAST_INSTANT
+
+
+def _value(column: str, value) -> str:
+    """A stored or rebuilt value in a message: instants as ISO 8601 (UTC), text escaped and short."""
+    if value is None:
+        return "null"
+    if column in _INSTANT_FIELDS and _in_range(value):
+        return iso(value)
+    if hasattr(value, "to_json"):
+        value = json.dumps(value.to_json(), ensure_ascii=False, sort_keys=True)
+    elif isinstance(value, tuple):
+        value = json.dumps(list(value), ensure_ascii=False)
+    text = shown(value)
+    text = text[:80] + "…" if len(text) > 80 else text
+    return f"'{text}'" if isinstance(value, str) else text
+
+
+def _why(exc: BaseException) -> str:
+    text = shown(str(exc).splitlines()[0] if str(exc) else "")
+    return f"{type(exc).__name__}: {text[:120]}"
 
 
 def _overdue(store: Store, now: int, tz: tzinfo, grace: int) -> Finding:

@@ -20,11 +20,13 @@ bytes apart from "exported_at".
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
-import tempfile
+import stat
+import sys
 from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -385,33 +387,153 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
+_TEMPORARY = ".coopctl-tmp-"  # `.NAME.coopctl-tmp-PID-RANDOM`: a temporary file of `atomic_file`
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[TextIO]:
-    """A text file written whole or not at all: a temporary file beside it, flushed and synced,
-    renamed over it when the block ends normally, removed when it does not."""
-    target = Path(path)
-    if target.is_dir():
-        raise InvalidInput(f"--out {str(target)!r} is a directory; give a file name")
-    folder = target.parent if str(target.parent) else Path(".")
+    """A text file that only its owner may read (mode 0600, whatever the umask), written whole or
+    not at all: a temporary file beside it, flushed and synced, renamed over it when the block
+    ends normally, removed when it does not. Through a symlink the file it points to is replaced
+    (the link stays). A target that exists and is not a regular file (a FIFO, a device such as
+    /dev/null, /dev/stdout or anything else reached through /proc) is written in place and never
+    replaced. Temporaries that an earlier, killed export to the same file left behind are removed."""
+    given = str(path)
+    if os.path.isdir(given):
+        raise InvalidInput(f"--out {given!r} is a directory; give a file name")
+    if _in_place(given):
+        yield from _written_in_place(given)
+        return
+    target = Path(os.path.realpath(given))  # a symlink's own target: the link itself stays
+    folder = target.parent
+    _remove_stale_temporaries(folder, target.name)
+    temporary = folder / f".{target.name}{_TEMPORARY}{os.getpid()}-{os.urandom(4).hex()}"
     try:
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)  # before any data; the umask cannot widen 0600, but may narrow it
     except OSError as exc:
-        raise InvalidInput(f"cannot write {str(target)!r}: {exc.strerror}") from None
+        raise InvalidInput(f"cannot write {given!r}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, target)
+        _sync_folder(folder)
     except OSError as exc:  # writing it (a full disk), syncing or renaming it
-        Path(temporary).unlink(missing_ok=True)
-        raise InvalidInput(f"cannot write {str(target)!r}: {exc.strerror}") from None
+        temporary.unlink(missing_ok=True)
+        raise InvalidInput(f"cannot write {given!r}: {exc.strerror}") from None
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def _in_place(path: str) -> bool:
+    """True for a target that must be written in place: it exists and is not a regular file, or
+    it is reached through /proc (/dev/stdout, /dev/fd/1: replacing those would replace a link)."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks
+    except FileNotFoundError:
+        return _through_proc(path)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path!r}: {exc.strerror}") from None
+    return not stat.S_ISREG(mode) or _through_proc(path)
+
+
+def _through_proc(path: str) -> bool:
+    """Whether resolving `path`, link by link, passes through /proc."""
+    current = os.path.abspath(path)
+    for _ in range(40):
+        folder = os.path.realpath(os.path.dirname(current))
+        if folder == "/proc" or folder.startswith("/proc/"):
+            return True
+        current = os.path.join(folder, os.path.basename(current))
+        if not os.path.islink(current):
+            return False
+        current = os.path.join(folder, os.readlink(current))
+    return True  # a loop of links: never replace it
+
+
+def _written_in_place(path: str) -> Iterator[TextIO]:
+    """Write into the target itself. When it is this process's own stdout (`--out /dev/stdout`
+    with stdout on a file), the document goes through stdout, so that what the command prints
+    after it follows it instead of overwriting its start (a second file description would have
+    its own offset)."""
+    own = _own_stdout(path)
+    if own is not None:
+        sys.stdout.flush()
+        handle = io.TextIOWrapper(own, encoding="utf-8", newline="\n", write_through=True)
+        try:
+            yield handle
+            handle.flush()
+        finally:
+            handle.detach()
+        return
+    try:
+        handle = open(path, "w", encoding="utf-8", newline="\n")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path!r}: {exc.strerror}") from None
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        raise InvalidInput(f"cannot write {path!r}: {exc.strerror}") from None
+
+
+def _own_stdout(path: str):
+    """sys.stdout's binary buffer when `path` is the very file stdout writes to, else None."""
+    try:
+        target = os.stat(path)
+        mine = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    if (target.st_dev, target.st_ino) != (mine.st_dev, mine.st_ino):
+        return None
+    return getattr(sys.stdout, "buffer", None)
+
+
+def _remove_stale_temporaries(folder: Path, name: str) -> None:
+    """Remove the temporaries of exports to `name` whose process is gone (killed mid-export)."""
+    pattern = re.compile(re.escape(f".{name}{_TEMPORARY}") + r"(\d+)-[0-9a-f]+")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        found = pattern.fullmatch(entry.name)
+        if found is None or int(found.group(1)) == os.getpid() or _alive(int(found.group(1))):
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or no such pid at all: kept, to be safe)
+    return True
+
+
+def _sync_folder(folder: Path) -> None:
+    """The rename is durable once the folder is synced (where the system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- reading a file
@@ -809,9 +931,9 @@ def _replayed(orders: list[ExportedOrder], *, keep_steps: bool, progress: Callab
     """`replay`, REPLAY_CHUNK orders at a time through one scratch in-memory database that each
     chunk leaves empty; without `keep_steps` only the outcome of each order is kept (an import
     does not show timelines), so that memory follows the orders, not their every step."""
-    from coopctl.store import Store, locate
+    from coopctl.store import Location, Store
 
-    scratch = Store(locate("sqlite://"))
+    scratch = Store(Location.memory())
     try:
         scratch.initialise(made_by="replay")
         owners: dict[str, int] = {}

@@ -17,9 +17,10 @@ from coopctl.config import Settings
 from coopctl.errors import KeyTaken, NotFound, Refused, ReportFailed
 from coopctl.lifecycle import Action, Event, Order, Outcome, Party, make_terms
 from coopctl.policy import SECOND
-from coopctl.store import Store, Tx
+from coopctl.store import FULL_ORDER_COLUMNS, Store, Tx
 
 if TYPE_CHECKING:
+    from coopctl.doctor import CheckedOrder
     from coopctl.tickwork import Decided
 
 # Orders per committed batch. SQLite has one writer at a time anyway: larger batches mean fewer
@@ -334,6 +335,22 @@ def get_order(svc: Service, order_id: int) -> tuple[Order, list[Event]]:
         if order is None:
             raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
         return order, tx.events(order_id)
+
+
+def read_order(svc: Service, order_id: int) -> "CheckedOrder":
+    """An order as `show` and `history` print it, checked as it is read (SPEC section 7): its hash
+    chain, and its stored row against the rebuild of its events through the rules. What does not
+    hold is in `.problems` (the caller prints what it can, then says so); `.shown` is the stored
+    order, or what its events make of it when the row cannot be read."""
+    from coopctl.doctor import check_order
+
+    svc.store.require()
+    with svc.store.read() as tx:
+        row = tx.order_row(order_id)
+        if row is None or row[FULL_ORDER_COLUMNS.index("status")] == "":
+            raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
+        events = tx.events(order_id)
+    return check_order(row, events)
 
 
 def list_orders(

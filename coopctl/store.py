@@ -7,18 +7,28 @@ the few SQLite-specific statements (PRAGMAs, many rows per INSERT or UPDATE … 
 for bulk writes) live here and nowhere else, and so do the PostgreSQL-specific ones (the schema's
 advisory lock, COPY for bulk writes, moving the id sequence after an import). The one exception
 is `rows.rows_by_id_sql`, plain SQL that tick's helper process also runs, without SQLAlchemy.
+
+Where the database is (SPEC section 7, "No silent places to lose data"): `locate` reads a user's
+location and refuses one that names no file (an in-memory database keeps nothing); a SQLite file
+must be a regular file, is created private (0600, so its -wal and -shm are too) and is opened
+through a URI built here, read-only or immutable when the file or its folder is not writable
+(`open_mode`), so that every command that only reads works on a read-only filesystem.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sqlite3
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import quote
 
 from sqlalchemy import Integer, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -42,7 +52,11 @@ from coopctl.rows import (  # noqa: F401  (re-exported: the row layout belongs t
     rows_by_id_sql,
     state_tuple,
 )
+from coopctl.trust import shown
 
+# Every column of an order row: ORDER_COLUMNS (what an Order is read from) and the three that are
+# derived from it when it is written (`doctor` and `show` check that they still are).
+FULL_ORDER_COLUMNS = ORDER_COLUMNS + ("liable_party", "deadline", "wake_at")
 _SCHEMA_LOCK = 0x636F6F70  # "coop": the PostgreSQL advisory lock key taken while the schema is created or upgraded
 # a unique violation of the idempotency key, as PostgreSQL (the index) and SQLite (the column) name it
 _IDEMPOTENCY_INDEX, _IDEMPOTENCY_COLUMN = "ux_orders_idempotency_key", "orders.idempotency_key"
@@ -51,10 +65,19 @@ _BUSY_WORDS = ("database is locked", "database table is locked", "lock timeout",
 
 @dataclass(frozen=True)
 class Location:
-    """Where the database is: a SQLAlchemy URL, and the file behind it for SQLite."""
+    """Where the database is: a SQLAlchemy URL, and the file behind it for SQLite.
+
+    A user's location always names a file or a server (`locate`); only coopctl itself uses a
+    scratch in-memory database, and says so with `Location.memory()`."""
 
     url: str
-    path: Path | None  # None for an in-memory SQLite or a server database
+    path: Path | None  # the SQLite file; None for a server database or the scratch memory one
+    in_memory: bool = False
+
+    @classmethod
+    def memory(cls) -> "Location":
+        """An in-memory SQLite database for coopctl's own scratch work (`replay`): never a user's."""
+        return cls("sqlite://", None, True)
 
     @property
     def is_sqlite(self) -> bool:
@@ -67,24 +90,154 @@ class Location:
         return make_url(self.url).render_as_string(hide_password=True)
 
 
+_NO_FILE = "names no file (an in-memory database keeps nothing: every order would be lost when the command ends)"
+
+
 def locate(value: str) -> Location:
-    """A file path or a SQLAlchemy URL (sqlite:///x.db, postgresql+psycopg://...)."""
+    """A file path or a SQLAlchemy URL (sqlite:///x.db, postgresql+psycopg://...), for a database
+    that keeps what is written: a location that names no file (`sqlite://`, `sqlite:///`,
+    `:memory:`, a `file:` URI with mode=memory) is InvalidInput (SPEC section 7)."""
     if not value or not value.strip():
         raise InvalidInput("the database location is empty; give a file path or a URL")
     if "://" not in value:
-        path = Path(value).expanduser().absolute()
-        return Location(f"sqlite:///{path}", path)
+        if value.strip() == ":memory:":
+            raise InvalidInput(f"the database location ':memory:' {_NO_FILE}; give a file path")
+        if value.startswith("file:"):
+            return _file_location(_sqlite_uri_path(value, value))
+        return _file_location(value)
     try:
         url = make_url(value)
     except ArgumentError:
         raise InvalidInput(f"cannot read the database URL {value!r}") from None
     if url.get_backend_name() == "sqlite":
+        shown_url = url.render_as_string(hide_password=True)
         database = url.database or ""
-        if database in ("", ":memory:") or database.startswith("file:"):
-            return Location(value, None)
-        path = Path(database).expanduser().absolute()
-        return Location(url.set(database=str(path)).render_as_string(hide_password=False), path)
+        query = {k for k in url.query if k != "uri"}
+        if database.strip() in ("", ":memory:") or str(url.query.get("mode", "")).lower() == "memory":
+            raise InvalidInput(f"the database URL {shown_url!r} {_NO_FILE}; give a file, e.g. sqlite:///coopctl.db")
+        if query:
+            raise InvalidInput(
+                f"the database URL {shown_url!r} has options ({', '.join(sorted(query))}); coopctl opens SQLite "
+                "files itself: give the file alone, e.g. sqlite:///coopctl.db"
+            )
+        if database.startswith("file:"):
+            database = _sqlite_uri_path(database, shown_url)
+        return _file_location(database)
     return Location(value, None)
+
+
+def _sqlite_uri_path(uri: str, shown_url: str) -> str:
+    """The file a SQLite `file:` URI names; one that names none, or asks for memory or options,
+    is InvalidInput."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(uri)
+    path = unquote(parts.path)
+    options = {k.lower(): [v.lower() for v in vs] for k, vs in parse_qs(parts.query, keep_blank_values=True).items()}
+    if not path or path == ":memory:" or "memory" in options.get("mode", []) or "memdb" in options.get("vfs", []):
+        raise InvalidInput(f"the database location {shown_url!r} {_NO_FILE}; give a file path")
+    if parts.netloc not in ("", "localhost") or set(options) - {"uri"}:
+        raise InvalidInput(
+            f"the database location {shown_url!r} is a SQLite URI with options; coopctl opens SQLite files "
+            "itself: give the file's path alone"
+        )
+    return path
+
+
+def _file_location(database: str) -> Location:
+    path = Path(database).expanduser().absolute()
+    return Location(f"sqlite:///{path}", path)
+
+
+# --------------------------------------------------------------------------- SQLite files
+
+PRIVATE = 0o600  # new databases (and so their -wal, -shm and -journal) and exports: the owner's alone
+
+
+def not_a_file(path: Path) -> None:
+    """StorageError unless `path` is a regular file (symlinks followed) or does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot read {shown(path)}: {exc.strerror}") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise StorageError(f"{shown(path)} is a directory, not a database file")
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    raise StorageError(f"{shown(path)} is {kind}, not a database file; point --db at a file (nothing was opened)")
+
+
+def create_private(path: Path) -> None:
+    """Create an empty database file that only its owner may read or write, whatever the umask.
+    SQLite gives the -wal, -shm and -journal files it makes later the main file's permissions, so
+    they are private too. Through a symlink, the file it points to is created."""
+    try:
+        fd = os.open(os.path.realpath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE)
+    except FileExistsError:
+        return  # another coopctl created it just now
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, PRIVATE)  # the umask may have taken the owner's own bits too
+    finally:
+        os.close(fd)
+
+
+def open_mode(path: Path, where: str | None = None) -> str:
+    """How to open a SQLite file so that every command that only reads can read it:
+
+    - 'rwc': the file and its folder are writable (or the file is new): read and write;
+    - 'ro': the file or its folder is not writable, and the -shm that WAL needs is there (or, in
+      a writable folder, changes wait in the -wal: SQLite makes the -shm to read them): read-only;
+    - 'immutable': the file or its folder is not writable (a read-only filesystem, a file of mode
+      0444), there is no -shm and no changes wait in the -wal (a cleanly closed database leaves
+      none): SQLite reads the main file alone, without locks, and leaves no -wal or -shm behind
+      (which, made read-only, would stop the owner's next write). A -wal with changes and no
+      -shm that can be made is StorageError: never an older view of the database.
+    """
+    if not path.exists():
+        return "rwc"
+    folder_writable = os.access(path.parent, os.W_OK)
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if os.access(path, os.W_OK) and (folder_writable or (_writable(wal) and _writable(shm))):
+        return "rwc"
+    if shm.exists():
+        return "ro"
+    if wal.exists() and wal.stat().st_size > 0:
+        if folder_writable:
+            return "ro"
+        raise StorageError(
+            f"the database {shown(where or path)} is read-only ({read_only_reason(path)}) and {shown(wal.name)} holds "
+            f"changes that SQLite can read only with a {shown(shm.name)} it cannot create there; copy the file with "
+            f"its {shown(wal.name)} to a writable folder and read it there"
+        )
+    return "immutable"
+
+
+def _writable(path: Path) -> bool:
+    return path.exists() and os.access(path, os.W_OK)
+
+
+def read_only_reason(path: Path | None) -> str:
+    if path is None:
+        return "opened read-only"
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return "on a read-only filesystem"
+    except OSError:
+        pass
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is not writable"
+    return f"its folder {shown(path.parent)} is not writable"
+
+
+def sqlite_uri(path: Path, mode: str) -> str:
+    """The SQLite URI of a file in one of `open_mode`'s modes."""
+    query = {"rwc": "mode=rwc", "ro": "mode=ro", "immutable": "mode=ro&immutable=1"}[mode]
+    return f"file://{quote(str(path))}?{query}"
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -132,6 +285,7 @@ class Store:
         self.location = location
         self.busy_timeout = busy_timeout
         self._engine: Engine | None = None
+        self._open_mode: str | None = None
 
     # ---------------------------------------------------------------- engine
 
@@ -145,14 +299,23 @@ class Store:
         seconds = self.busy_timeout / SECOND
         try:
             if self.location.is_sqlite:
-                engine = create_engine(
-                    self.location.url,
-                    connect_args={"timeout": seconds, "isolation_level": None, "check_same_thread": False},
+                if self.location.path is None:  # coopctl's own scratch database (Location.memory)
                     # An in-memory database lives only as long as its connection: keep one for the Store.
-                    # One connection serves the whole command (a file database keeps it in the pool, so the
-                    # WAL is not checkpointed by a close after every batch); memory lives only in it.
-                    poolclass=StaticPool if self.location.path is None else QueuePool,
-                )
+                    engine = create_engine(
+                        "sqlite://", poolclass=StaticPool,
+                        connect_args={"timeout": seconds, "isolation_level": None, "check_same_thread": False},
+                    )
+                else:
+                    # The file is opened through a SQLite URI that coopctl builds itself, so that the
+                    # open mode (read-write, read-only, immutable) is chosen here and nothing in a
+                    # user's URL can turn it into another database. One connection serves the whole
+                    # command (kept in the pool, so the WAL is not checkpointed after every batch).
+                    self._check_file()
+                    connect = functools.partial(
+                        sqlite3.connect, sqlite_uri(self.location.path, self.open_mode), uri=True,
+                        timeout=seconds, isolation_level=None, check_same_thread=False,
+                    )
+                    engine = create_engine("sqlite://", creator=connect, poolclass=QueuePool)
                 event.listen(engine, "connect", _sqlite_connect)
                 event.listen(engine, "begin", _sqlite_begin)
                 return engine
@@ -166,6 +329,40 @@ class Store:
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:
             raise InvalidInput(f"cannot use the database URL {self.location.display}: {exc}") from None
 
+    # ---------------------------------------------------------------- the file
+
+    @property
+    def open_mode(self) -> str:
+        """How the SQLite file is opened, decided once when it is first needed (`open_mode`):
+        'rwc', 'ro' or 'immutable'; always 'rwc' for other databases."""
+        if self._open_mode is None:
+            path = self.location.path
+            self._open_mode = "rwc" if path is None else open_mode(path, self.location.display)
+        return self._open_mode
+
+    @property
+    def read_only(self) -> bool:
+        return self.open_mode != "rwc"
+
+    def read_only_uri(self) -> str:
+        """A SQLite URI that opens the file for reading only (doctor's own connection)."""
+        return sqlite_uri(self.location.path, "immutable" if self.open_mode == "immutable" else "ro")
+
+    def _check_file(self) -> None:
+        """A SQLite location must be a regular file (or not exist yet): a device, a FIFO or a socket
+        is refused before SQLite touches it (it would write `/dev/null-journal`, say)."""
+        path = self.location.path
+        if path is not None:
+            not_a_file(path)
+
+    def _refuse_read_only(self) -> None:
+        if self.read_only:
+            raise StorageError(
+                f"the database {shown(self.location.display)} is read-only ({read_only_reason(self.location.path)}); "
+                "nothing was changed. Commands that only read (show, list, history, notifications, export, "
+                "doctor) work on it; copy it to a writable place to change it"
+            )
+
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
@@ -174,21 +371,24 @@ class Store:
 
     def exists(self) -> bool:
         path = self.location.path
-        return path is None or path.exists()
+        if path is None:
+            return True
+        not_a_file(path)
+        return path.exists()
 
     def require(self, *, upgrade: bool = True) -> int:
         """For commands that never create a database: it must exist and be a coopctl one, not newer
         than this coopctl; an older one is upgraded in place (unless `upgrade` is False: `doctor`
-        only looks). Returns the schema version it has now."""
+        only looks; nor on a read-only file, which the commands that only read can still read).
+        Returns the schema version it has now."""
         path = self.location.path
         if path is not None:
+            not_a_file(path)
             if not path.exists():
                 raise StorageError(f"no database at {path}; create one with `coopctl init` or point --db/COOPCTL_DB at one")
-            if path.is_dir():
-                raise StorageError(f"{path} is a directory, not a database file")
         with self.read() as tx:
             version = tx.schema_version()
-        if version < SCHEMA_VERSION and upgrade:
+        if version < SCHEMA_VERSION and upgrade and not self.read_only:
             self.upgrade()
             version = SCHEMA_VERSION
         return version
@@ -207,11 +407,13 @@ class Store:
         given) is called with that answer inside the transaction, before it commits."""
         path = self.location.path
         if path is not None:
-            if path.is_dir():
-                raise StorageError(f"{path} is a directory, not a database file")
+            not_a_file(path)
             if not path.parent.exists():
                 raise StorageError(f"cannot create {path}: the folder {path.parent} does not exist")
-        if path is not None and (not path.exists() or path.stat().st_size == 0):
+            if not path.exists():
+                create_private(path)
+        self._refuse_read_only()
+        if path is not None and path.stat().st_size == 0:
             self._ensure_wal()  # a new file is born in WAL mode, before any table exists
         with self.write() as tx:
             tx.lock_schema()
@@ -263,6 +465,7 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator["Tx"]:
+        self._refuse_read_only()
         with self._transaction(write=True) as tx:
             yield tx
 
@@ -432,7 +635,16 @@ def _insert(table, columns: tuple[str, ...]):
 
 
 def event_from_row(row) -> Event:
-    return Event(row.order_id, row.seq, row.kind, row.at, row.actor, row.operator, json.loads(row.data), row.prev_hash, row.hash)
+    return Event(row.order_id, row.seq, row.kind, row.at, row.actor, row.operator, _event_data(row.data), row.prev_hash, row.hash)
+
+
+def _event_data(text):
+    """An event's data; text that is not JSON (written outside coopctl) is kept as it is, so that
+    the hash check names the altered event instead of the read failing."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return text
 
 
 def _update_statement():
@@ -849,6 +1061,24 @@ class Tx:
             .limit(limit)
         )
         return [tuple(r) for r in self.conn.execute(query)]
+
+    def order_rows(self, after_id: int, limit: int) -> list[tuple]:
+        """The whole stored rows (FULL_ORDER_COLUMNS, as the driver gives them, not decoded) of the
+        next `limit` orders after `after_id`, by id: `doctor` compares each with the rebuild of its
+        events, chunk by chunk."""
+        query = (
+            select(*[ORDERS.c[name] for name in FULL_ORDER_COLUMNS])
+            .where(ORDERS.c.id > after_id, ORDERS.c.status != "")
+            .order_by(ORDERS.c.id)
+            .limit(limit)
+        )
+        return [tuple(r) for r in self.conn.execute(query)]
+
+    def order_row(self, order_id: int) -> tuple | None:
+        """One order's whole stored row (FULL_ORDER_COLUMNS, not decoded), or None."""
+        query = select(*[ORDERS.c[name] for name in FULL_ORDER_COLUMNS]).where(ORDERS.c.id == order_id)
+        row = self.conn.execute(query).first()
+        return None if row is None else tuple(row)
 
     def oldest_due(self, now: int) -> int | None:
         """The earliest wake-up (deadline or reminder) at or before `now`, or None."""

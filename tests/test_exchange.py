@@ -30,7 +30,7 @@ from coopctl.errors import InvalidInput, Refused
 from coopctl.lifecycle import Action, Party, canonical_json
 from coopctl.policy import HOUR, MINUTE, Policy, ReminderOffsets, parse_instant
 from coopctl.service import Service
-from coopctl.store import Store, locate
+from coopctl.store import Location, Store
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -766,7 +766,7 @@ steps = st.lists(
 
 def _memory_service(policy: Policy) -> Service:
     settings = Settings(policy=policy, reminders=ReminderOffsets(before_accept_deadline=2 * HOUR, before_latest_start=3 * HOUR, before_review_deadline=HOUR))
-    return Service(Store(locate("sqlite://")), settings, "prop")
+    return Service(Store(Location.memory()), settings, "prop")
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -147,8 +147,8 @@ def test_locate_reads_paths_and_sqlalchemy_urls(tmp_path, monkeypatch):
     url = locate("sqlite:///y.db")
     assert url.path == tmp_path / "y.db"
     assert url.is_sqlite
-    memory = locate("sqlite://")
-    assert memory.path is None
+    with pytest.raises(InvalidInput, match="names no file"):  # SPEC section 7 (tests/test_trust_files.py)
+        locate("sqlite://")
     with pytest.raises(InvalidInput, match="the database location is empty"):
         locate("  ")
 
