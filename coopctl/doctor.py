@@ -27,7 +27,6 @@ The checks:
 
 from __future__ import annotations
 
-import inspect
 import json
 import sqlite3
 from dataclasses import dataclass, field, replace
@@ -432,15 +431,10 @@ def check_order(row: tuple, events: list[Event], *, stored_values: bool = False)
     return checked
 
 
-_STRICT = "strict" in inspect.signature(history.rebuild).parameters
-
-
 def _rebuild(order_id: int, events: list[Event]) -> list[history.Step]:
     """The rules' rebuild, lenient on ids stored before SPEC section 1 tightened them (those are
-    reported by the ids check instead), where `history.rebuild` has that switch."""
-    if _STRICT:
-        return history.rebuild(order_id, events, strict=False)
-    return history.rebuild(order_id, events)
+    reported by the ids check instead)."""
+    return history.rebuild(order_id, events, strict=False)
 
 
 # (column, how to read it from an Order): what the rules decide, compared with what is stored
