@@ -277,7 +277,7 @@ def runtime(ctx: typer.Context, *, default_db: str | None = None, config_db: boo
     from pathlib import Path
 
     from coopctl.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
-    from coopctl.lifecycle import check_text
+    from coopctl.trust import check_operator
     from coopctl.service import Service
     from coopctl.store import Store, locate
 
@@ -293,12 +293,7 @@ def runtime(ctx: typer.Context, *, default_db: str | None = None, config_db: boo
             db = str(Path(config_path).parent / db)
     else:
         db, from_default = default_db or DEFAULT_DB, True
-    operator = g.operator if g.operator is not None else _login_name()
-    if not operator or len(operator) > 256:
-        from coopctl.errors import InvalidInput
-
-        raise InvalidInput("--operator must be 1 to 256 characters")
-    check_text(operator, "--operator")
+    operator = check_operator(g.operator if g.operator is not None else _login_name())
     store = Store(locate(db), busy_timeout=settings.busy_timeout)
     ctx.call_on_close(store.dispose)  # close the pooled connection: the last close checkpoints the WAL
     return Runtime(settings, Service(store, settings, operator), from_default)
@@ -749,7 +744,9 @@ def init(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         if as_json:
             emit_json({"database": where, "created": created})
         else:
-            sys.stdout.write(f"{'created' if created else 'already a coopctl database:'} {where}\n")
+            from coopctl.trust import shown
+
+            sys.stdout.write(f"{'created' if created else 'already a coopctl database:'} {shown(where)}\n")
 
     initialise(rt.service, report=done)
 

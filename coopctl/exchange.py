@@ -53,7 +53,7 @@ from coopctl.lifecycle import (
     fire_due,
 )
 from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
-from coopctl.trust import MAX_ORDER_ID, MAX_TEXT_LENGTH, check_id, check_operator, check_text, shown
+from coopctl.trust import MAX_ORDER_ID, MAX_TEXT_LENGTH, check_id, check_operator, check_text, json_escaped, shown
 
 FORMAT = "coopctl-export"
 VERSION = 1
@@ -257,6 +257,7 @@ def export_document(svc, order_ids: list[int] | None, *, exported_at: int, tz: t
     svc.store.require()
     with svc.store.read() as tx:
         ids = _existing(tx, order_ids)
+        _not_back_dated(tx, ids, exported_at, tz)
         orders = [document for chunk in _order_chunks(tx, ids, tz) for document in chunk]
     return {**_header(exported_at, tz), "orders": orders}
 
@@ -279,6 +280,7 @@ def write_export(
     svc.store.require()
     with svc.store.read() as tx:
         ids = _existing(tx, order_ids)  # an unknown order is refused before anything is written
+        _not_back_dated(tx, ids, exported_at, tz)
         if total_hint is not None:
             total_hint(tx.count_orders() if ids is None else len(ids))
         header = _header(exported_at, tz)
@@ -301,6 +303,17 @@ def _existing(tx, order_ids: list[int] | None) -> list[int] | None:
     if missing:
         raise NotFound(f"no order {_named(missing)}; `coopctl list` shows the orders")
     return ids
+
+
+def _not_back_dated(tx, ids: list[int] | None, exported_at: int, tz: tzinfo) -> None:
+    """An export is dated at or after every event it holds: `replay` and `import` refuse a file
+    whose `exported_at` comes before its own events (SPEC section 7), so none is written."""
+    latest = tx.latest_event(ids)
+    if latest is not None and exported_at < latest[0]:
+        raise InvalidInput(
+            f"the export would be dated {iso(exported_at, tz)}, before the last event of order {latest[1]} "
+            f"({iso(latest[0], tz)}); give --at at or after it (is the clock right?)"
+        )
 
 
 def _header(exported_at: int, tz: tzinfo) -> dict:
@@ -347,7 +360,7 @@ def _write_document(handle: TextIO, header: dict, chunks: Iterable[list[dict]], 
     for documents in chunks:
         if not documents:
             continue
-        text = json.dumps({"orders": documents}, ensure_ascii=False, indent=2)
+        text = json_escaped(json.dumps({"orders": documents}, ensure_ascii=False, indent=2))
         assert text.startswith(opening) and text.endswith(closing)
         handle.write(("," if written else "") + text[len(opening) : -len(closing)])
         written += len(documents)
@@ -377,8 +390,10 @@ def _order_document(order: Order, events: list[Event], notes: list, tz: tzinfo) 
 
 
 def dumps(document: dict) -> str:
-    """The file's text: stable key order (that of `to_json`), UTF-8 as is, two-space indent."""
-    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    """The file's text: stable key order (that of `to_json`), UTF-8 as is, two-space indent;
+    control and format characters (from ids stored before SPEC section 1's rules) as `\\u` escapes,
+    so that an export on a terminal shows them as text (the same JSON value)."""
+    return json_escaped(json.dumps(document, ensure_ascii=False, indent=2)) + "\n"
 
 
 def write_atomically(path: str | os.PathLike, text: str) -> None:

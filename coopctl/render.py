@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from coopctl.lifecycle import Event, Order, Outcome, Status
 from coopctl.policy import InvalidValue, iso, local_text, parse_instant
-from coopctl.trust import shown
+from coopctl.trust import json_escaped, shown
 
 if TYPE_CHECKING:  # rich is imported where output is drawn: a --json command never loads it
     from rich.console import Console
@@ -169,22 +169,6 @@ def json_text(value, *, indent: int | None = 2) -> str:
     return json_escaped(json.dumps(value, ensure_ascii=False, indent=indent))
 
 
-def json_escaped(text: str) -> str:
-    """JSON text with every character that `shown` would escape written as a `\\uXXXX` escape
-    (a surrogate pair above U+FFFF). Such characters can stand only inside JSON strings (json.dumps
-    already escapes those below U+0020), where the escape means the same character."""
-    if text.isascii() and "\x7f" not in text:
-        return text  # the common case: nothing to look at
-    bad = {ch: _json_escape(ch) for ch in set(text) if ch != "\n" and shown(ch) != ch}
-    return text.translate({ord(ch): escape for ch, escape in bad.items()}) if bad else text
-
-
-def _json_escape(ch: str) -> str:
-    point = ord(ch)
-    if point < 0x10000:
-        return f"\\u{point:04x}"
-    point -= 0x10000
-    return f"\\u{0xD800 + (point >> 10):04x}\\u{0xDC00 + (point & 0x3FF):04x}"
 
 
 def when(instant: int | None, tz: tzinfo) -> str:

@@ -1022,6 +1022,20 @@ class Tx:
             found.extend(order_from_row(r) for r in self.conn.execute(query))
         return sorted(found, key=lambda o: o.id)
 
+    def latest_event(self, ids: list[int] | None = None) -> tuple[int, int] | None:
+        """(instant, order id) of the latest last event among these orders (None: every order), or
+        None when there is none: an export may not be dated before it (SPEC section 7)."""
+        best: tuple[int, int] | None = None
+        chunks = [None] if ids is None else [ids[i : i + 500] for i in range(0, len(ids), 500)]
+        for chunk in chunks:
+            query = select(ORDERS.c.last_event_at, ORDERS.c.id).where(ORDERS.c.status != "")
+            if chunk is not None:
+                query = query.where(ORDERS.c.id.in_(chunk))
+            row = self.conn.execute(query.order_by(ORDERS.c.last_event_at.desc(), ORDERS.c.id).limit(1)).first()
+            if row is not None and (best is None or row[0] > best[0]):
+                best = (row[0], row[1])
+        return best
+
     def count_orders(self) -> int:
         return self.conn.execute(select(func.count()).select_from(ORDERS).where(ORDERS.c.status != "")).scalar_one()
 

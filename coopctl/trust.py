@@ -226,3 +226,35 @@ def shown(value, *, keep_newlines: bool = False) -> str:
     return "".join(
         ch if (keep_newlines and ch == "\n") or not _unsafe(ch) else _escape_char(ch) for ch in text
     )
+
+
+# Every character `shown` escapes but the newline (categories Cc, Cf, Cs, Zl, Zp; Unicode 14,
+# Python 3.11), as one character class: a C-speed search finds whether a long text (an export
+# chunk, whose only raw control character is the newline of its indentation) holds any at all.
+# tests/test_trust_terminal.py checks that it covers every such character this Python knows.
+UNSAFE = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f"
+    "\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f\ud800-\udfff]"
+)
+
+
+def json_escaped(text: str) -> str:
+    """JSON text (as `json.dumps(..., ensure_ascii=False)` writes it) with every character that
+    `shown` would escape written as a `\\uXXXX` escape (a surrogate pair above U+FFFF): the same
+    JSON value for a program, nothing a terminal would act on for a person reading it. Such
+    characters can stand only inside JSON strings, where the escape means the same character;
+    json.dumps already escapes those below U+0020. Ordinary text is returned as it is."""
+    if text.isascii() and "\x7f" not in text:
+        return text  # the common case: nothing to look at
+    if UNSAFE.search(text) is None:
+        return text
+    return text.translate({ord(ch): _json_escape(ch) for ch in set(UNSAFE.findall(text))})
+
+
+def _json_escape(ch: str) -> str:
+    point = ord(ch)
+    if point < 0x10000:
+        return f"\\u{point:04x}"
+    point -= 0x10000
+    return f"\\u{0xD800 + (point >> 10):04x}\\u{0xDC00 + (point & 0x3FF):04x}"

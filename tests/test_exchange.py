@@ -221,9 +221,9 @@ def test_export_out_writes_the_file_atomically(made, tmp_path):
     assert "exported 3 orders" in result.stdout
     assert target.read_text(encoding="utf-8") == made[1]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.json")] == []
-    summary = json.loads(cli.ok("export", "1", "--out", target, "--json").stdout)
+    summary = json.loads(cli.ok("export", "1", "--at", EXPORTED_AT, "--out", target, "--json").stdout)
     assert summary["orders"] == [1] and summary["file"] == str(target)
-    result = cli("export", "--all", "--out", tmp_path / "missing" / "x.json")
+    result = cli("export", "--all", "--at", EXPORTED_AT, "--out", tmp_path / "missing" / "x.json")
     assert result.exit_code == 2 and "cannot write" in single_error(result)
 
 
@@ -328,7 +328,8 @@ def test_tick_treats_imported_orders_like_any_other(made, tmp_path):
         assert json.loads(fresh.ok("tick", "--now", when, "--json").stdout) == mine
         ticks.append((mine["applied"], mine["reminders"]))
     assert ticks == [(1, 0), (0, 1)]  # delivered automatically, then the merchant is reminded to review
-    assert fresh.ok("export", "--all", "--at", EXPORTED_AT).stdout == original.ok("export", "--all", "--at", EXPORTED_AT).stdout
+    after_ticks = "2026-12-17T00:00"  # an export is dated at or after its last event
+    assert fresh.ok("export", "--all", "--at", after_ticks).stdout == original.ok("export", "--all", "--at", after_ticks).stdout
     later = Cli(tmp_path / "later.db", tmp_path)
     later.ok("import", write(tmp_path, original.ok("export", "3", "--at", "2026-12-17T00:00").stdout, "three.json"))
     assert json.loads(later.ok("tick", "--now", "2026-12-17T12:00", "--json").stdout)["reminders"] == 0

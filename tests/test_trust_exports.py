@@ -789,3 +789,15 @@ def test_forged_exports_with_recomputed_hashes_are_refused_and_write_nothing(mad
     assert replayed.exit_code == imported.exit_code
     if imported.exit_code:
         assert one_error(imported) and not cli.db.exists()
+
+
+def test_export_is_never_dated_before_its_own_events(tmp_path):
+    """`replay` and `import` refuse a back-dated file, so `export` does not write one (exit 2, no file)."""
+    cli = Cli(tmp_path / "book.db", tmp_path)
+    assert create(cli).exit_code == 0  # at 2026-11-01T10:00
+    line = one_error(cli("export", "1", "--at", "2026-10-01T00:00"))
+    assert "before the last event of order 1" in line and "--at" in line
+    target = tmp_path / "out.json"
+    assert cli("export", "--all", "--at", "2026-10-01T00:00", "--out", target).exit_code == 2
+    assert not target.exists()
+    assert cli.ok("export", "--all", "--at", EXPORTED_AT).stdout.startswith("{")

@@ -491,3 +491,23 @@ def test_on_a_terminal_an_error_line_is_escaped(hostile, tmp_path):
     assert code == 2
     assert_nothing_raw(err, terminal=True)
     assert b"\\x1b]52;c;aGk=\\x07" in err
+
+
+def test_export_on_a_terminal_shows_stored_control_characters_as_escapes(hostile):
+    """Ids stored before SPEC section 1's rules may hold them: the export is the same JSON value,
+    with nothing a terminal would act on."""
+    done = _cli(hostile, "export", "--all", "--at", "9999-01-01T00:00Z")
+    assert done.exit_code == 0, done.stderr
+    assert_nothing_raw(done.stdout_bytes)
+    assert any(HOSTILE in text for text in _strings(json.loads(done.stdout)))
+
+
+def test_the_fast_class_of_unsafe_characters_covers_every_one_this_python_knows():
+    import unicodedata
+
+    from coopctl.trust import UNSAFE, shown
+
+    missed = [hex(cp) for cp in range(0x110000)
+              if chr(cp) != "\n" and shown(chr(cp)) != chr(cp) and not UNSAFE.match(chr(cp))]
+    assert missed == []
+    assert unicodedata.category("\u202e") == "Cf" and UNSAFE.match("\u202e")
