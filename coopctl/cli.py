@@ -1063,10 +1063,10 @@ def config_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 def _origin(root: typer.Context, name: str, variable: str) -> str:
-    """'option' or 'env VARIABLE': how a root option got its value (click tells)."""
-    from click.core import ParameterSource
-
-    return f"env {variable}" if root.get_parameter_source(name) is ParameterSource.ENVIRONMENT else "option"
+    """'option' or 'env VARIABLE': how a root option got its value (the parser tells; by the name
+    of its ParameterSource, which Typer may take from a click of its own)."""
+    source = root.get_parameter_source(name)
+    return f"env {variable}" if getattr(source, "name", None) == "ENVIRONMENT" else "option"
 
 
 def main() -> None:
