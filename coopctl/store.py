@@ -1152,15 +1152,10 @@ class Tx:
         """The earliest deadline at or before `now` (the first entry of the index)."""
         return self.conn.execute(select(func.min(ORDERS.c.deadline)).where(ORDERS.c.deadline <= now)).scalar()
 
-    def board_due_by_status(self, after: int, until: int) -> dict[str, int]:
-        """Orders per status whose deadline is after `after` and at or before `until` (the range of
-        the index on deadline; each entry's status is read from its row)."""
-        query = (
-            select(ORDERS.c.status, func.count())
-            .where(ORDERS.c.deadline > after, ORDERS.c.deadline <= until)
-            .group_by(ORDERS.c.status)
-        )
-        return {status: n for status, n in self.conn.execute(query)}
+    def board_due_in_status(self, status: str, after: int, until: int) -> int:
+        """Orders in `status` whose deadline is after `after` and at or before `until`."""
+        c = ORDERS.c
+        return self._count(ORDERS, (c.status == status) & (c.deadline > after) & (c.deadline <= until))
 
     def board_disputes(self, status: str, opened_by: int) -> tuple[int, int, int | None]:
         """(orders in `status`, those that entered it at or before `opened_by`, the earliest

@@ -107,7 +107,7 @@ def board(svc: "Service", now: int) -> Board:
             running += n
             due[name] = running
         oldest_overdue = tx.board_oldest_deadline(now) if overdue else None
-        by_status_24h = tx.board_due_by_status(now, now + DAY) if due["24h"] else {}
+        by_status_24h = _due_by_status(tx, by_status, now, now + DAY, due["24h"])
         kinds = {kind: 0 for kind in dict.fromkeys(timer_kinds().values())}
         for status, n in by_status_24h.items():
             kind = timer_kinds().get(status)
@@ -122,6 +122,21 @@ def board(svc: "Service", now: int) -> Board:
         outbox_pending=pending, oldest_pending=oldest_pending,
         last_tick=None if last is None else (last.now, last.finished_at, last.applied),
     )
+
+
+def _due_by_status(tx, by_status: dict[str, int], after: int, until: int, total: int) -> dict[str, int]:
+    """Orders per timed status with a deadline in (after, until], `total` in all. Only timed
+    statuses have deadlines, so the largest one's share is `total` minus the others': the smaller
+    statuses are counted (through the index on status), the largest never is. With one timed
+    status in the book (or nothing due) nothing is read at all."""
+    if not total:
+        return {}
+    timed = sorted((n, s) for s, n in by_status.items() if n and Status(s) in TIMERS)
+    if not timed:
+        return {}
+    found = {s: tx.board_due_in_status(s, after, until) for _, s in timed[:-1]}
+    found[timed[-1][1]] = total - sum(found.values())
+    return found
 
 
 # ----------------------------------------------------------------------------- seeing ahead
