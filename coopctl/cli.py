@@ -578,6 +578,7 @@ def tick(
     ctx: typer.Context,
     now: Annotated[Optional[str], typer.Option("--now", help="Apply everything due up to this instant [default: now].", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; write nothing.")] = False,
+    listing: Annotated[bool, typer.Option("--list", help="With --dry-run: each order that would change, its transitions and reminders.")] = False,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Orders per transaction; each batch commits on its own, so a smaller one holds the write lock for less time [default: 20000 on SQLite, 5000 on PostgreSQL].", parser=_number("--batch", high=1_000_000), show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -589,9 +590,15 @@ def tick(
     from coopctl.service import tick as run_tick
     from coopctl.tickwork import quiet_gc
 
+    if listing and not dry_run:
+        from coopctl.errors import InvalidInput
+
+        raise InvalidInput("--list goes with --dry-run (coopctl tick --dry-run --list)")
     rt = runtime(ctx)
     at = instant(now, rt, "--now")
     helper = _tick_helper()
+    if listing:
+        return _tick_list(rt, at, batch, as_json)
 
     def show(summary) -> None:
         bar.close()  # the progress bar is gone (from the terminal too) before the report is drawn
@@ -612,27 +619,81 @@ def tick(
         show(summary)
 
 
+def _tick_list(rt: Runtime, at: int, batch: int | None, as_json: bool) -> None:
+    """`tick --dry-run --list`: each order that would change is printed as its chunk is decided
+    (streamed: a dry run over 100,000 due orders holds one chunk, not every order's list)."""
+    from coopctl import render, views
+    from coopctl.service import tick as run_tick
+
+    out = sys.stdout
+    first = [True]
+
+    def listed(decided) -> None:
+        for change in views.changes_of(decided):
+            if as_json:
+                out.write(("\n    " if first[0] else ",\n    ") + render.json_text(change.to_json(rt.tz), indent=None))
+            else:
+                from coopctl.render_views import tick_change_line
+
+                tick_change_line(change, rt.tz)
+            first[0] = False
+
+    if as_json:  # the report's keys, with "orders" streamed after "now"
+        from coopctl.policy import iso
+
+        out.write('{\n  "now": ' + render.json_text(iso(at, rt.tz)) + ',\n  "orders": [')
+    sizing = {} if batch is None else {"batch": batch}
+    summary = run_tick(rt.service, at, dry_run=True, clock=clock, helper=False, on_decided=listed, **sizing)
+    if as_json:
+        rest = render.tick_json(summary, rt.tz)
+        rest.pop("now")
+        body = render.json_text(rest)[1:].lstrip("\n")  # its keys, without the opening brace
+        out.write(("" if first[0] else "\n  ") + "],\n" + body + "\n")
+    else:
+        render.tick_summary(summary, rt.tz, True)
+
+
 # ----------------------------------------------------------------------------- reading
+
+AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", help="Show the order as the rules make it at this instant (every deadline up to it fired, in memory; nothing is written).", show_default=False)]
 
 
 @command()
-def show(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
-    """Show an order's terms and the timeline of its events and deadlines.
+def show(ctx: typer.Context, order: OrderArg, as_of: AsOfOpt = None, as_json: JsonOpt = False) -> None:
+    """Show an order's terms and the timeline of its events and deadlines; a deadline that passed
+    is marked overdue. --as-of TS shows a projection: the order as a tick at TS would leave it.
 
-    Example: coopctl show 12
+    Example: coopctl show 12      coopctl show 12 --as-of now+14d
     """
+    from coopctl import views
     from coopctl.service import read_order
 
     rt = runtime(ctx)
+    ahead = None if as_of is None else instant(as_of, rt, "--as-of")
     checked = read_order(rt.service, order)  # the chain and the row, checked as they are read
     record, events = checked.shown, checked.printable_events()
     if record is not None:  # print what can be printed, then say what does not hold (exit 1)
-        if as_json:
-            emit_json({**record.to_json(rt.tz), "events": [e.to_json(rt.tz) for e in events]})
-        else:
-            from coopctl import render
+        if ahead is not None:
+            projected = views.project(record, events, ahead, rt.service.operator, rt.tz)
+            if as_json:
+                emit_json(views.projection_json(projected, rt.tz))
+            else:
+                from coopctl import render, render_views
 
-            render.order_detail(record, events, rt.tz)
+                render_views.projection_header(projected, rt.tz)
+                render.order_detail(projected.order, projected.events, rt.tz)
+        else:
+            mark = views.overdue(record, rt.now, rt.tz)
+            if as_json:
+                emit_json({
+                    **record.to_json(rt.tz), "events": [e.to_json(rt.tz) for e in events],
+                    "overdue": None if mark is None else mark.to_json(rt.tz),
+                })
+            else:
+                from coopctl import render, render_views
+
+                render.order_detail(record, events, rt.tz)
+                render_views.overdue_line(mark, rt.tz)
     refusal = checked.refusal()
     if refusal is not None:
         sys.stdout.flush()
@@ -932,6 +993,80 @@ def import_(ctx: typer.Context, file: ExportFileArg, as_json: JsonOpt = False) -
     with ExitStack() as bar:
         advance = bar.enter_context(render.progress(2 * len(export_file.orders), "import (replay, then write)"))
         exchange.import_orders(rt.service, export_file, progress=advance, report=done)
+
+
+# ----------------------------------------------------------------------------- operations views
+
+
+@command()
+def board(
+    ctx: typer.Context,
+    now: Annotated[Optional[str], typer.Option("--now", help="The instant the board is drawn for [default: now].", show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The operations overview: orders by status and terms, what is overdue, what falls due in the
+    next hour, day and week, disputes, the outbox, and the last tick. Only reads indexes.
+
+    Example: coopctl board      coopctl board --json | jq .overdue
+    """
+    from coopctl import views
+
+    rt = runtime(ctx)
+    result = views.board(rt.service, instant(now, rt, "--now"))
+    if as_json:
+        emit_json(result.to_json(rt.tz))
+    else:
+        from coopctl.render_views import board_table
+
+        board_table(result, rt.tz)
+
+
+@command("config")
+def config_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The settings in effect and where each came from (default, the file, env COOPCTL_…, option).
+    Secrets are never printed: only whether they are set (a key file: its path).
+
+    Example: coopctl config      coopctl --config prod.toml config --json
+    """
+    from pathlib import Path
+
+    from coopctl import views
+    from coopctl.config import DEFAULT_CONFIG
+
+    rt = runtime(ctx)
+    root = ctx.find_root()
+    g: Globals = root.obj or Globals(None, None, None)
+    explicit = g.config is not None and g.config != ""
+    config_file = g.config if explicit else (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    if g.db is not None:
+        db_origin = _origin(root, "db", "COOPCTL_DB")
+    elif rt.settings.db_url and not rt.db_from_default:
+        db_origin = config_file
+    else:
+        db_origin = "default"
+    origins = views.Origins(
+        config_file=config_file,
+        config_origin=_origin(root, "config", "COOPCTL_CONFIG") if explicit else "default",
+        db=rt.service.store.location.display,
+        db_origin=db_origin,
+        operator=rt.service.operator,
+        operator_origin=_origin(root, "operator", "COOPCTL_OPERATOR") if g.operator is not None else "default",
+        file_keys=views.file_keys(config_file),
+    )
+    entries = views.settings_view(rt.settings, origins)
+    if as_json:
+        emit_json(views.settings_json(entries))
+    else:
+        from coopctl.render_views import config_table
+
+        config_table(entries)
+
+
+def _origin(root: typer.Context, name: str, variable: str) -> str:
+    """'option' or 'env VARIABLE': how a root option got its value (the parser tells; by the name
+    of its ParameterSource, which Typer may take from a click of its own)."""
+    source = root.get_parameter_source(name)
+    return f"env {variable}" if getattr(source, "name", None) == "ENVIRONMENT" else "option"
 
 
 def main() -> None:

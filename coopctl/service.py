@@ -206,8 +206,10 @@ def tick(
     clock: Callable[[], int] | None = None,
     helper: bool | None = None,
     report: Report | None = None,
+    on_decided: Callable[["Decided"], None] | None = None,
 ) -> TickReport:
     """Fire every deadline and reminder due at `now`, in batches each committed on its own.
+    `on_decided(decided)` sees each decided chunk as it comes (`tick --dry-run --list`).
 
     Only orders whose next wake-up (deadline or reminder) is at or before `now` are read, through
     the index on `wake_at`. A killed tick loses at most its current batch; a rerun finishes the job.
@@ -268,6 +270,8 @@ def tick(
                         if tx.is_sqlite:
                             _save(tx, unsaved)
                     summary.add(decided)
+                    if on_decided is not None:
+                        on_decided(decided)
                     all_changed = all_changed and decided.all_changed
                     if decided.last_key is not None and (last_key is None or decided.last_key > last_key):
                         last_key = decided.last_key  # found where some order was left as it was (or a dry run)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote
 
-from sqlalchemy import Integer, bindparam, create_engine, event, func, insert, select, update
+from sqlalchemy import Integer, bindparam, case, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
@@ -1097,3 +1097,86 @@ class Tx:
     def oldest_due(self, now: int) -> int | None:
         """The earliest wake-up (deadline or reminder) at or before `now`, or None."""
         return self.conn.execute(select(func.min(ORDERS.c.wake_at)).where(ORDERS.c.wake_at <= now)).scalar()
+
+    # ---------------------------------------------------------------- board (SPEC section 4)
+    # Counts for `coopctl board`, from indexes only. SQLite counts a whole table (or index) from
+    # its pages without decoding a row (`SELECT count(*)` with no WHERE); a count with a condition
+    # visits each matching index entry. So a set of conditions that splits the table into parts is
+    # counted part by part up to PROBE entries each; every part below that is exact, and the one
+    # large part left is the table's count minus the others (several large parts: all but the last
+    # are counted in full). The common book (most orders in one status, most notifications sent)
+    # costs a few thousand index entries, not a pass over millions.
+
+    BOARD_PROBE = 20_000
+
+    def _count(self, table, condition, *, cap: int | None = None) -> int:
+        """Rows of `table` meeting `condition` (at most `cap`, when given: a bounded probe)."""
+        inner = select(table.c[next(iter(table.primary_key.columns.keys()))]).where(condition)
+        if cap is not None:
+            inner = inner.limit(cap)
+        return self.conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
+
+    def _partition_counts(self, table, parts: list) -> list[int]:
+        """The counts of conditions that split `table` into disjoint parts covering every row."""
+        counts: list[int | None] = []
+        for condition in parts:
+            found = self._count(table, condition, cap=self.BOARD_PROBE)
+            counts.append(found if found < self.BOARD_PROBE else None)
+        large = [i for i, n in enumerate(counts) if n is None]
+        if large:
+            for i in large[:-1]:
+                counts[i] = self._count(table, parts[i])
+            total = self.conn.execute(select(func.count()).select_from(table)).scalar_one()
+            counts[large[-1]] = total - sum(n for n in counts if n is not None)
+        return counts  # type: ignore[return-value]
+
+    def board_status_counts(self, statuses: list[str]) -> dict[str, int]:
+        """Orders per status, through the index on status. Every status the rules know is named
+        (`doctor` finds any other; '' is the placeholder of an id being created, never committed)."""
+        names = [""] + [s for s in statuses if s]
+        counts = self._partition_counts(ORDERS, [ORDERS.c.status == name for name in names])
+        found = dict(zip(names, counts))
+        found.pop("")
+        return found
+
+    def board_deadline_counts(self, bounds: list[int]) -> list[int]:
+        """Orders whose deadline is at or before each of the increasing `bounds` and after the one
+        before it (the first part: at or before bounds[0]), through the index on deadline."""
+        c = ORDERS.c.deadline
+        parts = [c.is_(None), c <= bounds[0]]
+        parts += [(c > low) & (c <= high) for low, high in zip(bounds, bounds[1:])]
+        parts.append(c > bounds[-1])
+        return self._partition_counts(ORDERS, parts)[1:-1]
+
+    def board_oldest_deadline(self, now: int) -> int | None:
+        """The earliest deadline at or before `now` (the first entry of the index)."""
+        return self.conn.execute(select(func.min(ORDERS.c.deadline)).where(ORDERS.c.deadline <= now)).scalar()
+
+    def board_due_in_status(self, status: str, after: int, until: int) -> int:
+        """Orders in `status` whose deadline is after `after` and at or before `until`."""
+        c = ORDERS.c
+        return self._count(ORDERS, (c.status == status) & (c.deadline > after) & (c.deadline <= until))
+
+    def board_disputes(self, status: str, opened_by: int) -> tuple[int, int, int | None]:
+        """(orders in `status`, those that entered it at or before `opened_by`, the earliest
+        `status_since` among them), through the index on status."""
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(case((ORDERS.c.status_since <= opened_by, 1), else_=0)), 0),
+            func.min(ORDERS.c.status_since),
+        ).where(ORDERS.c.status == status)
+        count, late, oldest = self.conn.execute(query).one()
+        return int(count), int(late), oldest
+
+    def board_outbox(self) -> tuple[int, int | None]:
+        """(pending notifications, the `at` of the oldest pending one), through the index on
+        (sent_at, id): the count of the smaller side, the oldest among the pending rows."""
+        pending, _sent = self._partition_counts(
+            NOTIFICATIONS, [NOTIFICATIONS.c.sent_at.is_(None), NOTIFICATIONS.c.sent_at.is_not(None)]
+        )
+        oldest = None
+        if pending:
+            oldest = self.conn.execute(
+                select(func.min(NOTIFICATIONS.c.at)).where(NOTIFICATIONS.c.sent_at.is_(None))
+            ).scalar()
+        return pending, oldest
