@@ -778,13 +778,15 @@ def _matches(column, value: str):
     return [column >= prefix, column < prefix + _PREFIX_END, func.substr(column, 1, len(prefix)) == prefix]
 
 
-def _list_conditions(query: ListQuery, status: str | None) -> list:
+def _list_conditions(query: ListQuery, status: str | None, *, counting: bool = False) -> list:
+    """The WHERE of a run of `list_page` (one status, or any) or of its count. An exact product is
+    a join that drives the page (`Tx._segment`); a prefix, or the count, asks order_products."""
     conditions: list = [ORDERS.c.status == status] if status is not None else [ORDERS.c.status != ""]
     if query.merchant is not None:
         conditions += _matches(ORDERS.c.merchant, query.merchant)
     if query.creator is not None:
         conditions += _matches(ORDERS.c.creator, query.creator)
-    if query.product is not None and query.product.endswith("*") and query.product != "*":
+    if query.product is not None and (query.product.endswith("*") or counting) and query.product != "*":
         products = select(ORDER_PRODUCTS.c.order_id).where(*_matches(ORDER_PRODUCTS.c.product, query.product))
         conditions.append(ORDERS.c.id.in_(products))
     if query.liable is not None:
@@ -1105,7 +1107,7 @@ class Tx:
         indexes as the page): a result above `cap` means "more than `cap`"."""
         if query.statuses == ():
             return 0
-        conditions = _list_conditions(query, None)
+        conditions = _list_conditions(query, None, counting=True)
         if query.statuses:
             conditions.append(ORDERS.c.status.in_(query.statuses))
         inner = select(literal_column("1")).select_from(ORDERS).where(*conditions).limit(cap + 1)
