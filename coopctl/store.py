@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote
 
-from sqlalchemy import Integer, bindparam, create_engine, event, func, insert, literal_column, select, tuple_, update
+from sqlalchemy import BigInteger, Integer, bindparam, create_engine, event, func, insert, literal_column, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
@@ -1144,7 +1144,7 @@ class Tx:
             ordering = [order_id.desc() if desc else order_id]
         else:
             if after is not None:
-                pair, mark = tuple_(column, order_id), tuple_(bindparam(None, after[0], type_=Integer), bindparam(None, after[1], type_=Integer))
+                pair, mark = tuple_(column, order_id), tuple_(bindparam(None, after[0], type_=BigInteger), bindparam(None, after[1], type_=BigInteger))
                 conditions = conditions + [pair < mark if desc else pair > mark]
             ordering = [column.desc(), order_id.desc()] if desc else [column, order_id]
         statement = statement.where(*conditions).order_by(*ordering).limit(limit)
