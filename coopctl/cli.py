@@ -737,7 +737,7 @@ def _list_query(rt: "Runtime", *, status, terms, liable, merchant, creator, prod
     statuses = None
     for s in status or []:
         if s not in known:
-            raise _invalid(f"--status: unknown status {s[:40]!r} (known: {', '.join(known)})")
+            raise _invalid(f"--status: unknown status {s[:40]!r} (known: {', '.join(sorted(known))})")
         given += ["--status", s]
     if status:
         statuses = tuple(dict.fromkeys(status))
