@@ -723,37 +723,186 @@ def history(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> No
         raise refusal
 
 
+LIST_PAGE = 50  # rows of a `list` table unless --limit or --all (SPEC section 4, "Lists")
+MAX_LIMIT = 100_000  # --limit above this is refused (--all streams every order)
+FORMATS = ("table", "json", "jsonl", "csv", "tsv")
+
+
 @command("list")
 def list_(
     ctx: typer.Context,
     status: Annotated[Optional[list[str]], typer.Option("--status", help="Only these statuses; repeat for several.", show_default=False)] = None,
-    merchant: Annotated[Optional[str], typer.Option("--merchant", help="Only this merchant's orders.", show_default=False)] = None,
-    creator: Annotated[Optional[str], typer.Option("--creator", help="Only this creator's orders.", show_default=False)] = None,
-    due_before: Annotated[Optional[str], typer.Option("--due-before", help="Only orders whose next deadline is before this instant, soonest first.", show_default=False)] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many orders.", parser=_number("--limit"), show_default=False)] = None,
+    terms: Annotated[Optional[str], typer.Option("--terms", help="Only orders whose terms are in this state: not_yet_effective, in_force, fulfilled, void.", show_default=False)] = None,
+    liable: Annotated[Optional[str], typer.Option("--liable", help="Only orders where this party is liable: merchant or creator.", show_default=False)] = None,
+    merchant: Annotated[Optional[str], typer.Option("--merchant", help="Only this merchant's orders (ending in * : a prefix).", show_default=False)] = None,
+    creator: Annotated[Optional[str], typer.Option("--creator", help="Only this creator's orders (ending in * : a prefix).", show_default=False)] = None,
+    product: Annotated[Optional[str], typer.Option("--product", help="Only orders of this product (ending in * : a prefix).", show_default=False)] = None,
+    created_after: Annotated[Optional[str], typer.Option("--created-after", help="Only orders created after this instant.", show_default=False)] = None,
+    created_before: Annotated[Optional[str], typer.Option("--created-before", help="Only orders created before this instant.", show_default=False)] = None,
+    due_before: Annotated[Optional[str], typer.Option("--due-before", help="Only orders whose next deadline is before this instant (sorts by deadline).", show_default=False)] = None,
+    overdue: Annotated[bool, typer.Option("--overdue", help="Only orders whose deadline has passed without a tick (sorts by deadline).")] = False,
+    sort: Annotated[Optional[str], typer.Option("--sort", help="id, created or deadline; -KEY descending [default: id].", show_default=False)] = None,
+    after: Annotated[Optional[str], typer.Option("--after", help="The cursor a page printed: the page after it.", show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help=f"At most this many orders [default: {LIST_PAGE} as a table, all otherwise].", parser=_number("--limit", high=MAX_LIMIT), show_default=False)] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every order, not a page.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column, whatever the width.")] = False,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table, json, jsonl, csv or tsv [default: table].", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List orders with their next deadline and what happens then.
+    """List orders, a page at a time, with their next deadline and what happens then.
 
-    Example: coopctl list --status pending --due-before 2026-12-01
+    Example: coopctl list --status pending --due-before now+1d
     """
-    from coopctl.errors import InvalidInput
-    from coopctl.lifecycle import Status
-    from coopctl.service import list_orders
+    from coopctl.service import list_page, walk_orders
 
-    known = {s.value for s in Status}
+    rt = runtime(ctx)
+    query, given = _list_query(rt, status=status, terms=terms, liable=liable, merchant=merchant, creator=creator,
+                               product=product, created_after=created_after, created_before=created_before,
+                               due_before=due_before, overdue=overdue, sort=sort)
+    fmt = _list_format(fmt, as_json)
+    if every and limit is not None:
+        raise _invalid("--all and --limit cannot be given together: --all lists every order")
+    size = None if every else limit if limit is not None else LIST_PAGE if fmt == "table" else None
+    if size is None:
+        _print_orders(walk_orders(rt.service, query, after=after), fmt=fmt, tz=rt.tz, wide=wide)
+        return
+    page = list_page(rt.service, query, after=after, limit=size)
+    _print_orders(page.orders, fmt=fmt, tz=rt.tz, wide=wide, footer=_list_footer(ctx, rt, page, given, fmt))
+
+
+def _invalid(message: str):
+    from coopctl.errors import InvalidInput
+
+    return InvalidInput(message)
+
+
+def _list_format(fmt: str | None, as_json: bool) -> str:
+    if fmt is not None and fmt not in FORMATS:
+        raise _invalid(f"--format: unknown format {fmt[:40]!r} (known: {', '.join(FORMATS)})")
+    if as_json and fmt not in (None, "json"):
+        raise _invalid(f"--json is --format json; it cannot be given with --format {fmt}")
+    return "json" if as_json else fmt or "table"
+
+
+def _list_query(rt: "Runtime", *, status, terms, liable, merchant, creator, product, created_after, created_before,
+                due_before, overdue, sort):
+    """The ListQuery of `list`'s options, checked (exit 2 when one is not valid), and the options
+    as the next page's command repeats them (instants as resolved, with their offset)."""
+    from coopctl import trust
+    from coopctl.lifecycle import TERMS_OF, Party, Status, TermsState
+    from coopctl.policy import iso
+    from coopctl.store import LIST_SORTS, ListQuery
+
+    given: list[str] = []
+    known = [s.value for s in Status]
+    statuses = None
     for s in status or []:
         if s not in known:
-            raise InvalidInput(f"--status: unknown status {s!r} (known: {', '.join(sorted(known))})")
-    rt = runtime(ctx)
-    before = None if due_before is None else instant(due_before, rt, "--due-before")
-    orders = list_orders(rt.service, statuses=status, merchant=merchant, creator=creator, due_before=before, limit=limit)
-    if as_json:
-        emit_json([o.to_json(rt.tz) for o in orders])
+            raise _invalid(f"--status: unknown status {s[:40]!r} (known: {', '.join(sorted(known))})")
+        given += ["--status", s]
+    if status:
+        statuses = tuple(dict.fromkeys(status))
+    if terms is not None:
+        if terms not in {t.value for t in TermsState}:
+            raise _invalid(f"--terms: unknown terms state {terms[:40]!r} (known: {', '.join(t.value for t in TermsState)})")
+        of_terms = tuple(s.value for s in Status if TERMS_OF[s] == terms)
+        statuses = of_terms if statuses is None else tuple(s for s in statuses if s in of_terms)
+        given += ["--terms", terms]
+    if liable is not None:
+        if liable not in {p.value for p in Party}:
+            raise _invalid(f"--liable: must be merchant or creator, got {liable[:40]!r}")
+        given += ["--liable", liable]
+    ids = {}
+    for option, value in (("--merchant", merchant), ("--creator", creator), ("--product", product)):
+        if value is not None:
+            if value != "*":
+                trust.check_id(value[:-1] if value.endswith("*") else value, option.lstrip("-"))
+            ids[option] = value
+            given += [option, value]
+    instants = {}
+    for option, value in (("--created-after", created_after), ("--created-before", created_before), ("--due-before", due_before)):
+        if value is not None:
+            instants[option] = instant(value, rt, option)
+            given += [option, iso(instants[option], rt.tz)]
+    if overdue:
+        given.append("--overdue")
+    if sort is None:
+        key, descending = ("deadline" if due_before is not None or overdue else
+                           "created" if created_after is not None or created_before is not None else "id"), False
     else:
-        from coopctl import render
+        key, descending = sort.removeprefix("-"), sort.startswith("-")
+        if key not in LIST_SORTS:
+            raise _invalid(f"--sort: unknown sort key {sort[:40]!r} (known: {', '.join(LIST_SORTS)}, each with - for descending)")
+        given += ["--sort", sort]
+    query = ListQuery(
+        statuses=statuses, merchant=ids.get("--merchant"), creator=ids.get("--creator"), product=ids.get("--product"),
+        liable=liable, created_after=instants.get("--created-after"), created_before=instants.get("--created-before"),
+        due_before=instants.get("--due-before"), overdue_at=rt.now if overdue else None, sort=key, descending=descending,
+    )
+    return query, given
 
-        render.orders_table(orders, rt.tz)
+
+def _list_footer(ctx: typer.Context, rt: "Runtime", page, given: list[str], fmt: str) -> str | None:
+    """How many of how many were shown and the exact command of the next page (None for a machine
+    format that printed every match)."""
+    import shlex
+
+    if fmt != "table" and page.next_cursor is None:
+        return None
+    total = f"more than {page.total:,}" if page.more_than else f"{page.total:,}"
+    line = f"{len(page.orders):,} of {total} order{'' if total == '1' else 's'}"
+    if fmt == "table":
+        line += f"; times in {getattr(rt.tz, 'key', rt.tz)}"
+    if page.next_cursor is None:
+        return line
+    g: Globals = ctx.find_root().obj or Globals(None, None, None)
+    words = ["coopctl"]
+    for option, value in (("--db", g.db), ("--config", g.config)):
+        if value and value != os.environ.get(f"COOPCTL_{option[2:].upper()}"):
+            words += [option, value]
+    words += ["list", *given]
+    limit = ctx.params.get("limit")
+    if limit is not None:
+        words += ["--limit", str(limit)]
+    if fmt != "table":
+        words += ["--format", fmt]
+    if ctx.params.get("wide"):
+        words.append("--wide")
+    words += ["--after", page.next_cursor]
+    return f"{line}; next page: {shlex.join(words)}"
+
+
+def _print_orders(orders, *, fmt: str, tz, wide: bool, footer: str | None = None) -> None:
+    """The one place `list` prints: the lead switches it to `render.print_records(orders, fmt=fmt,
+    table=render.ORDER_TABLE, tz=tz, wide=wide, footer=footer)` at merge. Until then: the table
+    (footer as its last line on a terminal, on stderr when piped) and JSON of today's render."""
+    from coopctl import render
+    from coopctl.trust import shown
+
+    piped = not sys.stdout.isatty()
+    if fmt == "table":
+        render.orders_table(list(orders), tz, footer="" if piped and footer else footer)
+    elif fmt == "json":
+        emit_json([o.to_json(tz) for o in orders])
+    else:
+        import csv
+        import json
+
+        writer = csv.writer(sys.stdout, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+        for number, order in enumerate(orders):
+            record = order.to_json(tz)
+            if fmt == "jsonl":
+                sys.stdout.write(render.json_text(record, indent=None) + "\n")
+                continue
+            if number == 0:
+                writer.writerow(record)
+            writer.writerow([
+                shown(";".join(map(str, v)) if isinstance(v, list) else json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else "" if v is None else str(v))
+                for v in record.values()
+            ])
+    if footer and (piped or fmt != "table"):
+        sys.stdout.flush()
+        sys.stderr.write(shown(footer) + "\n")
 
 
 @command()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Index, Text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2  # 2: tick_runs (coopctl/migrations.py upgrades older databases in place)
+SCHEMA_VERSION = 3  # 2: tick_runs; 3: the indexes of `list` and order_products (coopctl/migrations.py upgrades older databases in place)
 APPLICATION = "coopctl"
 
 
@@ -31,6 +31,11 @@ class OrderRow(SQLModel, table=True):
         Index("ix_orders_merchant", "merchant"),
         Index("ix_orders_creator", "creator"),
         Index("ix_orders_status", "status"),
+        # schema 3: what `list` sorts and filters by (SPEC section 4, "Lists"): each filter an index
+        Index("ix_orders_created", "created_at"),
+        Index("ix_orders_liable", "liable_party"),
+        Index("ix_orders_status_deadline", "status", "deadline"),
+        Index("ix_orders_status_created", "status", "created_at"),
         Index("ux_orders_idempotency_key", "idempotency_key", unique=True),
     )
 
@@ -61,6 +66,16 @@ class OrderRow(SQLModel, table=True):
     last_event_at: int = Field(sa_type=BigInteger)
     reminders_sent: str = Field(default="[]", sa_type=Text)  # JSON array of reminder keys
     idempotency_key: str | None = Field(default=None, max_length=256)
+
+
+class OrderProduct(SQLModel, table=True):
+    """One row per (product, order) (schema 3), so that `list --product` is an index search: the
+    products of an order are written with it (create, import, bulk loading) and never change."""
+
+    __tablename__ = "order_products"
+
+    product: str = Field(primary_key=True, max_length=128)
+    order_id: int = Field(primary_key=True, foreign_key="orders.id")
 
 
 class EventRow(SQLModel, table=True):
@@ -114,3 +129,4 @@ EVENTS = EventRow.__table__
 NOTIFICATIONS = NotificationRow.__table__
 META = Meta.__table__
 TICK_RUNS = TickRun.__table__
+ORDER_PRODUCTS = OrderProduct.__table__

@@ -329,7 +329,9 @@ def history_table(order: Order, events: list[Event], tz: tzinfo) -> None:
     _console().print(table)
 
 
-def orders_table(orders: list[Order], tz: tzinfo, title: str | None = None) -> None:
+def orders_table(orders: list[Order], tz: tzinfo, title: str | None = None, footer: str | None = None) -> None:
+    """The orders as a table, then a last line: `footer` when given ("" for none: `list` piped
+    says it on stderr), else the count and the time zone."""
     from rich import box
 
     table = _table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
@@ -345,7 +347,10 @@ def orders_table(orders: list[Order], tz: tzinfo, title: str | None = None) -> N
         )
     console = _console()
     console.print(table)
-    console.print(f"{len(orders)} order{'s' if len(orders) != 1 else ''}; times in {_tz_name(tz)}")
+    if footer is None:
+        console.print(f"{len(orders)} order{'s' if len(orders) != 1 else ''}; times in {_tz_name(tz)}")
+    elif footer:
+        console.print(shown(footer))
 
 
 # --------------------------------------------------------------------------- notifications

@@ -17,7 +17,7 @@ from coopctl.config import Settings
 from coopctl.errors import KeyTaken, NotFound, Refused, ReportFailed
 from coopctl.lifecycle import Action, Event, Order, Outcome, Party, make_terms
 from coopctl.policy import SECOND
-from coopctl.store import FULL_ORDER_COLUMNS, Store, Tx
+from coopctl.store import FULL_ORDER_COLUMNS, ListQuery, Store, Tx
 
 if TYPE_CHECKING:
     from coopctl.doctor import CheckedOrder
@@ -369,6 +369,93 @@ def list_orders(
     svc.store.require()
     with svc.store.read() as tx:
         return tx.list_orders(statuses=statuses, merchant=merchant, creator=creator, due_before=due_before, limit=limit)
+
+
+# ----------------------------------------------------------------------------- list: pages and cursors
+
+COUNT_CAP = 10_000  # `list` counts the matches up to here, through the page's indexes; above: "more than"
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of `list`: the orders, how many match (`total`, exact unless `more_than`), and the
+    cursor of the next page (None when this one is the last)."""
+
+    orders: list[Order]
+    total: int
+    more_than: bool
+    next_cursor: str | None
+
+
+def encode_cursor(query: ListQuery, key: tuple) -> str:
+    """The opaque cursor of the page after `key` (sort value, id): base64url of the sort, the
+    value and the id, so that a cursor is used only with the sort it was made for."""
+    import base64
+    import json
+
+    sort = ("-" if query.descending else "") + query.sort
+    raw = json.dumps([sort, key[0], key[1]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(query: ListQuery, text: str) -> tuple:
+    """The key a cursor of `encode_cursor` holds, checked against the query's sort (InvalidInput:
+    exit 2, when it is not such a cursor)."""
+    import base64
+    import binascii
+    import json
+
+    from coopctl.errors import InvalidInput
+    from coopctl.trust import MAX_ORDER_ID
+
+    sort = ("-" if query.descending else "") + query.sort
+    bad = InvalidInput(
+        "--after: not a cursor of `coopctl list` (give the one its last page printed, with the same --sort)"
+    )
+    if not isinstance(text, str) or not 1 <= len(text) <= 200 or not text.isascii():
+        raise bad
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode())
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        raise bad from None
+    if not (isinstance(decoded, list) and len(decoded) == 3 and isinstance(decoded[0], str)):
+        raise bad
+    made_for, value, order_id = decoded
+    if made_for != sort:
+        raise InvalidInput(f"--after: this cursor is for --sort {made_for[:20]!r}, not {sort!r}; give the same --sort")
+    if type(order_id) is not int or not 1 <= order_id <= MAX_ORDER_ID:
+        raise bad
+    if query.sort == "id":
+        if value != order_id:
+            raise bad
+    elif value is None:
+        if query.sort != "deadline":
+            raise bad
+    elif type(value) is not int or not -(2**62) <= value <= 2**62:
+        raise bad
+    return (value, order_id)
+
+
+def list_page(svc: Service, query: ListQuery, *, after: str | None, limit: int, count: bool = True) -> Page:
+    """One page of `list`: at most `limit` orders after the cursor `after`, and the count of every
+    match (up to COUNT_CAP) in the same read transaction."""
+    key = None if after is None else decode_cursor(query, after)
+    svc.store.require()
+    with svc.store.read() as tx:
+        found = tx.list_page(query, after=key, limit=limit + 1)
+        total = tx.count_listed(query, cap=COUNT_CAP) if count else len(found)
+    shown_part, more = found[:limit], len(found) > limit
+    cursor = encode_cursor(query, shown_part[-1][1]) if more and shown_part else None
+    return Page([o for o, _ in shown_part], min(total, COUNT_CAP) if total > COUNT_CAP else total, total > COUNT_CAP, cursor)
+
+
+def walk_orders(svc: Service, query: ListQuery, *, after: str | None) -> Iterator[Order]:
+    """Every order `query` selects after the cursor `after`, streamed a page at a time in one read
+    transaction (memory flat in the number of orders)."""
+    key = None if after is None else decode_cursor(query, after)
+    svc.store.require()
+    with svc.store.read() as tx:
+        yield from tx.walk(query, after=key)
 
 
 def notifications(

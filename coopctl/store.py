@@ -18,6 +18,7 @@ through a URI built here, read-only or immutable when the file or its folder is 
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import os
 import sqlite3
@@ -25,19 +26,19 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote
 
-from sqlalchemy import Integer, bindparam, case, create_engine, event, func, insert, select, update
+from sqlalchemy import BigInteger, Integer, bindparam, case, create_engine, event, func, insert, literal_column, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from coopctl.errors import Busy, InvalidInput, KeyTaken, StorageError
 from coopctl.lifecycle import Event, Order, Outcome
-from coopctl.models import APPLICATION, EVENTS, META, NOTIFICATIONS, ORDERS, SCHEMA_VERSION, TICK_RUNS, SQLModel
+from coopctl.models import APPLICATION, EVENTS, META, NOTIFICATIONS, ORDER_PRODUCTS, ORDERS, SCHEMA_VERSION, TICK_RUNS, SQLModel
 from coopctl.policy import SECOND
 from coopctl.rows import (  # noqa: F401  (re-exported: the row layout belongs to storage)
     EVENT_COLUMNS,
@@ -730,6 +731,77 @@ def _ids_only(build):
     return lambda: build().with_only_columns(ORDERS.c.id)
 
 
+LIST_SORTS = ("id", "created", "deadline")
+_PREFIX_END = "\U0010ffff"  # after every character a stored id may hold: p* is p <= value < p + U+10FFFF
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """What `coopctl list` asks for (SPEC section 4, "Lists"): filters combined with AND, and the
+    order. A merchant, creator or product ending in `*` is a prefix. Instants are microseconds."""
+
+    statuses: tuple[str, ...] | None = None  # None: any status; (): none (a contradictory --status/--terms)
+    merchant: str | None = None
+    creator: str | None = None
+    product: str | None = None
+    liable: str | None = None
+    created_after: int | None = None
+    created_before: int | None = None
+    due_before: int | None = None
+    overdue_at: int | None = None  # --overdue: a deadline at or before this instant (now)
+    sort: str = "id"  # one of LIST_SORTS
+    descending: bool = False
+
+
+def _sort_column(sort: str):
+    return {"id": ORDERS.c.id, "created": ORDERS.c.created_at, "deadline": ORDERS.c.deadline}[sort]
+
+
+def _merge_key(query: ListQuery, key: tuple) -> tuple:
+    """The order of `list_page`'s merge: the sort value (none last), then the id; descending turns
+    both around but still puts the orders without a deadline last."""
+    value, order_id = key
+    if query.descending:
+        return (value is None, 0 if value is None else -value, -order_id)
+    return (value is None, 0 if value is None else value, order_id)
+
+
+def _matches(column, value: str):
+    """Equality, or for a value ending in `*` a prefix as a range an index serves (never LIKE,
+    which SQLite's case-insensitive LIKE cannot serve from an index), checked exactly as well
+    (a PostgreSQL collation other than C may order some characters otherwise)."""
+    if not value.endswith("*"):
+        return [column == value]
+    prefix = value[:-1]
+    if not prefix:
+        return []
+    return [column >= prefix, column < prefix + _PREFIX_END, func.substr(column, 1, len(prefix)) == prefix]
+
+
+def _list_conditions(query: ListQuery, status: str | None, *, counting: bool = False) -> list:
+    """The WHERE of a run of `list_page` (one status, or any) or of its count. An exact product is
+    a join that drives the page (`Tx._segment`); a prefix, or the count, asks order_products."""
+    conditions: list = [ORDERS.c.status == status] if status is not None else [ORDERS.c.status != ""]
+    if query.merchant is not None:
+        conditions += _matches(ORDERS.c.merchant, query.merchant)
+    if query.creator is not None:
+        conditions += _matches(ORDERS.c.creator, query.creator)
+    if query.product is not None and (query.product.endswith("*") or counting) and query.product != "*":
+        products = select(ORDER_PRODUCTS.c.order_id).where(*_matches(ORDER_PRODUCTS.c.product, query.product))
+        conditions.append(ORDERS.c.id.in_(products))
+    if query.liable is not None:
+        conditions.append(ORDERS.c.liable_party == query.liable)
+    if query.created_after is not None:
+        conditions.append(ORDERS.c.created_at > query.created_after)
+    if query.created_before is not None:
+        conditions.append(ORDERS.c.created_at < query.created_before)
+    if query.due_before is not None:
+        conditions.append(ORDERS.c.deadline < query.due_before)
+    if query.overdue_at is not None:
+        conditions.append(ORDERS.c.deadline <= query.overdue_at)
+    return conditions
+
+
 class Tx:
     """One transaction: the queries and writes a command needs."""
 
@@ -807,6 +879,7 @@ class Tx:
         """Write a newly created order into its reserved row, with its events and notifications."""
         values = order_values(outcome.order)
         self.conn.execute(update(ORDERS).where(ORDERS.c.id == outcome.order.id).values(values))
+        self._insert_products([outcome.order])
         self._append(outcome)
 
     def insert_orders(self, orders: list[Order]) -> None:
@@ -814,6 +887,14 @@ class Tx:
         if orders:
             columns = tuple(order_values(orders[0]))
             self._insert_rows("insert_orders", ORDERS, columns, [tuple(order_values(o).values()) for o in orders])
+            self._insert_products(orders)
+
+    def _insert_products(self, orders: list[Order]) -> None:
+        """order_products (schema 3): one row per distinct product of each new order, so that
+        `list --product` searches an index. Written where orders are inserted; never changed."""
+        rows = [(p, o.id) for o in orders for p in dict.fromkeys(o.terms.products)]
+        if rows:
+            self._insert_rows("insert_order_products", ORDER_PRODUCTS, ("product", "order_id"), rows)
 
     def insert_new(self, outcomes: list[Outcome]) -> None:
         """Bulk path for whole new orders decided by the rules (bulk loading, benchmarks)."""
@@ -989,20 +1070,85 @@ class Tx:
         due_before: int | None = None,
         limit: int | None = None,
     ) -> list[Order]:
-        query = _select_orders().where(ORDERS.c.status != "")
-        if statuses:
-            query = query.where(ORDERS.c.status.in_(statuses))
-        if merchant is not None:
-            query = query.where(ORDERS.c.merchant == merchant)
-        if creator is not None:
-            query = query.where(ORDERS.c.creator == creator)
-        if due_before is not None:
-            query = query.where(ORDERS.c.deadline < due_before).order_by(ORDERS.c.deadline, ORDERS.c.id)
-        else:
-            query = query.order_by(ORDERS.c.id)
+        """Orders by id (by deadline with `due_before`), every one unless `limit`: `list_page`'s
+        query walked page by page."""
+        query = ListQuery(
+            statuses=tuple(statuses) if statuses else None, merchant=merchant, creator=creator, due_before=due_before,
+            sort="deadline" if due_before is not None else "id",
+        )
         if limit is not None:
-            query = query.limit(limit)
-        return [order_from_row(r) for r in self.conn.execute(query)]
+            return [o for o, _ in self.list_page(query, after=None, limit=limit)]
+        return list(self.walk(query, after=None))
+
+    def list_page(self, query: "ListQuery", *, after: tuple | None, limit: int) -> list[tuple[Order, tuple]]:
+        """The first `limit` orders that `query` selects, in its order, after the key `after` (keyset
+        paging): each with its key (sort value, id), the cursor of the page that follows it.
+
+        Each run is one index search that stops after `limit` rows: several statuses (or a
+        `--terms`) are one search per status, merged here, so that no run sorts what it found; a
+        sort by deadline reads the orders with a deadline, then those without (they come last)."""
+        runs = [self._run(query, status, after, limit) for status in (query.statuses if query.statuses is not None else (None,))]
+        if len(runs) <= 1:
+            return runs[0] if runs else []
+        return list(islice(heapq.merge(*runs, key=lambda found: _merge_key(query, found[1])), limit))
+
+    def walk(self, query: "ListQuery", *, after: tuple | None, page: int = 1000) -> Iterator[Order]:
+        """Every order `query` selects after `after`, in its order, a page at a time (memory flat)."""
+        while True:
+            found = self.list_page(query, after=after, limit=page)
+            for order, _ in found:
+                yield order
+            if len(found) < page:
+                return
+            after = found[-1][1]
+
+    def count_listed(self, query: "ListQuery", *, cap: int) -> int:
+        """How many orders `query` selects, counting at most `cap + 1` of them (through the same
+        indexes as the page): a result above `cap` means "more than `cap`"."""
+        if query.statuses == ():
+            return 0
+        conditions = _list_conditions(query, None, counting=True)
+        if query.statuses:
+            conditions.append(ORDERS.c.status.in_(query.statuses))
+        inner = select(literal_column("1")).select_from(ORDERS).where(*conditions).limit(cap + 1)
+        return self.conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
+
+    def _run(self, query: "ListQuery", status: str | None, after: tuple | None, limit: int) -> list[tuple[Order, tuple]]:
+        conditions = _list_conditions(query, status)
+        if query.sort != "deadline":
+            return self._segment(query, conditions, _sort_column(query.sort), after, limit)
+        found: list[tuple[Order, tuple]] = []
+        if after is None or after[0] is not None:  # the orders with a deadline, in deadline order
+            found = self._segment(query, conditions + [ORDERS.c.deadline.is_not(None)], ORDERS.c.deadline, after, limit)
+        if len(found) < limit and query.due_before is None and query.overdue_at is None:  # then those without
+            rest_after = None if after is None or after[0] is not None else (None, after[1])
+            rest = self._segment(query, conditions + [ORDERS.c.deadline.is_(None)], None, rest_after, limit - len(found))
+            found.extend(rest)
+        return found
+
+    def _segment(self, query: "ListQuery", conditions: list, column, after: tuple | None, limit: int):
+        """One index search: `conditions`, ordered by (column, id) (id alone when column is None or
+        the id), after the key `after`, at most `limit` rows."""
+        desc = query.descending
+        key_column = ORDERS.c.deadline if query.sort == "deadline" else _sort_column(query.sort)
+        statement = select(*[ORDERS.c[name] for name in ORDER_COLUMNS], key_column.label("sort_key"))
+        order_id = ORDERS.c.id
+        if query.product is not None and not query.product.endswith("*"):
+            # drive from order_products (product, order_id): the product's orders in id order
+            order_id = ORDER_PRODUCTS.c.order_id
+            statement = statement.select_from(ORDER_PRODUCTS.join(ORDERS, ORDERS.c.id == ORDER_PRODUCTS.c.order_id))
+            conditions = conditions + [ORDER_PRODUCTS.c.product == query.product]
+        if column is None or column is ORDERS.c.id:
+            if after is not None:
+                conditions = conditions + [order_id < after[1] if desc else order_id > after[1]]
+            ordering = [order_id.desc() if desc else order_id]
+        else:
+            if after is not None:
+                pair, mark = tuple_(column, order_id), tuple_(bindparam(None, after[0], type_=BigInteger), bindparam(None, after[1], type_=BigInteger))
+                conditions = conditions + [pair < mark if desc else pair > mark]
+            ordering = [column.desc(), order_id.desc()] if desc else [column, order_id]
+        statement = statement.where(*conditions).order_by(*ordering).limit(limit)
+        return [(order_from_row(row[:-1]), (row[-1], row[0])) for row in self.conn.execute(statement)]
 
     def all_order_ids(self) -> list[int]:
         return list(self.conn.execute(select(ORDERS.c.id).where(ORDERS.c.status != "").order_by(ORDERS.c.id)).scalars())

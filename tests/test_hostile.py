@@ -545,7 +545,7 @@ def test_import_of_random_documents_and_mutated_exports_is_0_1_or_2_never_a_trac
         target.write_bytes(book.read_bytes())
         conn = sqlite3.connect(target)
         conn.execute("PRAGMA foreign_keys = OFF")
-        for table in ("notifications", "events", "orders"):
+        for table in ("notifications", "events", "order_products", "orders"):
             conn.execute(f"DELETE FROM {table} WHERE {'id' if table == 'orders' else 'order_id'} = 6")
         conn.commit()
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -29,13 +29,32 @@ def build_v1(path: Path, orders: int = 6) -> None:
     conn.executescript(V1_DDL.read_text())
     conn.execute("PRAGMA journal_mode=WAL")
     conn.close()
+    _insert_old(path, orders)
+
+
+def _insert_old(path: Path, orders: int) -> None:
+    """A few orders in different statuses through the storage layer, as a version 1 or 2 coopctl
+    wrote them: without order_products (schema 3), which those versions did not have."""
     store = Store(locate(str(path)))
     with store.write() as tx:  # write() itself never checks nor upgrades the schema
+        tx._insert_products = lambda orders: None
         tx.insert_new([
             scenario_outcome(i, BASE + i * 60_000_000, BASE + 5 * DAY, SCENARIOS[i % len(SCENARIOS)])
             for i in range(1, orders + 1)
         ])
     store.dispose()
+
+
+V2_DDL = Path(__file__).parent / "fixtures" / "schema_v2.sql"
+
+
+def build_v2(path: Path, orders: int = 6) -> None:
+    """A version-2 database as coopctl 0.2 left it: the frozen DDL, WAL, a few orders."""
+    conn = sqlite3.connect(path)
+    conn.executescript(V2_DDL.read_text())
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    _insert_old(path, orders)
 
 
 def schema(path: Path) -> dict[str, str]:
@@ -60,7 +79,7 @@ def test_the_frozen_v1_fixture_is_version_1(db_path):
     build_v1(db_path)
     assert meta(db_path)["schema_version"] == "1"
     assert "tick_runs" not in schema(db_path)
-    assert SCHEMA_VERSION == 2, "a new schema version needs a step in coopctl/migrations.py and a test here"
+    assert SCHEMA_VERSION == 3, "a new schema version needs a step in coopctl/migrations.py and a test here"
 
 
 @pytest.mark.parametrize(
@@ -84,9 +103,9 @@ def test_any_command_upgrades_a_version_1_database_in_place(run_coopctl, db_path
     assert "Traceback" not in result.stderr
     assert meta(db_path)["schema_version"] == str(SCHEMA_VERSION)
     after = read_rows(db_path)
-    assert "tick_runs" in after
+    assert "tick_runs" in after and "order_products" in after
     if args[0] not in ("tick", "accept"):  # every row of version 1 is still there, unchanged
-        assert {k: v for k, v in after.items() if k != "coopctl_meta"} == {
+        assert {k: v for k, v in after.items() if k not in ("coopctl_meta", "order_products")} == {
             **{k: v for k, v in before.items() if k != "coopctl_meta"}, "tick_runs": [],
         }
     verify_all(db_path)
@@ -125,7 +144,7 @@ def test_the_upgrade_is_atomic_a_failing_step_leaves_version_1(db_path, monkeypa
         ran.append("created tick_runs")
         raise StorageError("simulated failure in the middle of an upgrade step")
 
-    monkeypatch.setattr(migrations, "STEPS", (migrations.Step(1, "fails half way", half_then_fail),))
+    monkeypatch.setattr(migrations, "STEPS", (migrations.Step(1, "fails half way", half_then_fail), *migrations.STEPS[1:]))
     store = Store(locate(str(db_path)))
     with pytest.raises(StorageError, match="simulated failure"):
         store.require()
@@ -148,7 +167,7 @@ def test_a_failing_upgrade_is_one_line_and_exit_5_from_the_command_line(invoke, 
         conn.exec_driver_sql("CREATE TABLE tick_runs (id INTEGER PRIMARY KEY)")
         conn.exec_driver_sql("CREATE TABLE tick_runs (id INTEGER PRIMARY KEY)")  # fails: already exists
 
-    monkeypatch.setattr(migrations, "STEPS", (migrations.Step(1, "broken", broken),))
+    monkeypatch.setattr(migrations, "STEPS", (migrations.Step(1, "broken", broken), *migrations.STEPS[1:]))
     result = invoke("list")
     assert result.exit_code == 5
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: database problem")
@@ -203,3 +222,62 @@ def test_an_unreadable_schema_version_is_exit_5(run_coopctl, db_path):
 def test_upgrade_refuses_versions_it_has_no_steps_for(db_path):
     with pytest.raises(StorageError, match="schema version 0, which this coopctl .* cannot upgrade"):
         migrations.upgrade(None, 0)
+
+
+# --------------------------------------------------------------------------- 2 -> 3 (list)
+
+
+def test_the_frozen_v2_fixture_is_version_2(db_path):
+    build_v2(db_path)
+    assert meta(db_path)["schema_version"] == "2"
+    assert "order_products" not in schema(db_path) and "ix_orders_created" not in schema(db_path)
+
+
+@pytest.mark.parametrize("args", [["list", "--json"], ["show", "1"], ["init"]], ids=lambda a: a[0])
+def test_any_command_upgrades_a_version_2_database_and_fills_order_products(run_coopctl, db_path, args):
+    build_v2(db_path)
+    before = read_rows(db_path)
+    result = run_coopctl(*args)
+    assert result.returncode == 0, result.stderr
+    assert meta(db_path)["schema_version"] == str(SCHEMA_VERSION)
+    after = read_rows(db_path)
+    assert {k: v for k, v in after.items() if k not in ("coopctl_meta", "order_products")} == {
+        k: v for k, v in before.items() if k != "coopctl_meta"
+    }
+    products = sorted((p, oid) for oid, text in ((r[0], r[3]) for r in before["orders"]) for p in set(json.loads(text)))
+    assert sorted(after["order_products"]) == products and products
+    verify_all(db_path)
+
+
+def test_an_upgraded_version_2_database_has_exactly_the_schema_of_a_new_one(run_coopctl, tmp_path, db_path):
+    build_v2(db_path)
+    assert run_coopctl("list").returncode == 0
+    fresh = tmp_path / "fresh.db"
+    assert run_coopctl("init", env={"COOPCTL_DB": str(fresh)}).returncode == 0
+    assert schema(db_path) == schema(fresh)
+
+
+def test_list_by_product_finds_the_orders_of_an_upgraded_database(run_coopctl, db_path):
+    build_v2(db_path)
+    listed = json.loads(run_coopctl("list", "--json").stdout)
+    product = listed[0]["products"][0]
+    result = run_coopctl("list", "--product", product, "--json")
+    assert result.returncode == 0, result.stderr
+    assert [o["id"] for o in json.loads(result.stdout)] == [o["id"] for o in listed if product in o["products"]]
+
+
+def test_the_v3_upgrade_is_atomic_a_failing_list_step_leaves_version_2(db_path, monkeypatch):
+    build_v2(db_path)
+    before = read_rows(db_path)
+
+    def half_then_fail(conn):
+        migrations._V3_LIST_INDEXES[0].create(conn)
+        raise StorageError("simulated failure in the middle of the list step")
+
+    monkeypatch.setattr(migrations, "_v3_list", half_then_fail)
+    store = Store(locate(str(db_path)))
+    with pytest.raises(StorageError, match="simulated failure"):
+        store.require()
+    store.dispose()
+    assert meta(db_path)["schema_version"] == "2"
+    assert read_rows(db_path) == before and "ix_orders_created" not in schema(db_path)
