@@ -72,6 +72,14 @@ _V3_LIST_INDEXES = (  # frozen: the indexes of `list` as version 3 defines them 
     Index("ix_orders_status_deadline", _V3_ORDERS.c.status, _V3_ORDERS.c.deadline),
     Index("ix_orders_status_created", _V3_ORDERS.c.status, _V3_ORDERS.c.created_at),
 )
+_V3_NOTIFICATIONS = Table(  # frozen: only the columns the index of version 3 names (the table exists)
+    "notifications",
+    _V3,
+    Column("id", Integer, primary_key=True),
+    Column("sent_at", BigInteger),
+    Column("at", BigInteger, nullable=False),
+)
+_V3_BOARD_INDEX = Index("ix_notifications_pending_at", _V3_NOTIFICATIONS.c.sent_at, _V3_NOTIFICATIONS.c.at)
 _V3_ORDER_PRODUCTS = Table(  # frozen: order_products as version 3 defines it (models.OrderProduct)
     "order_products",
     _V3,
@@ -100,15 +108,21 @@ def _v3_list(conn: Connection) -> None:
         )
 
 
+def _v3_board(conn: Connection) -> None:
+    """`board`'s part of 2 -> 3: the oldest pending notification read from an index, in one probe."""
+    _V3_BOARD_INDEX.create(conn)
+
+
 def _to_v3(conn: Connection) -> None:
-    _v3_list(conn)  # the lead adds `_v3_seal(conn)` (engineer E) to this step at merge
+    _v3_list(conn)
+    _v3_board(conn)
 
 
 # --------------------------------------------------------------------------- the list
 
 STEPS: tuple[Step, ...] = (
     Step(1, "add tick_runs: one row per tick run, so that `doctor` can tell when cron last ran", _add_tick_runs),
-    Step(2, "add the indexes of `list` and order_products (every filter of `list` served by an index)", _to_v3),
+    Step(2, "add the indexes of `list` and `board`, and order_products (every filter of `list` served by an index)", _to_v3),
 )
 
 

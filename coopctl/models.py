@@ -97,7 +97,11 @@ class NotificationRow(SQLModel, table=True):
     """The outbox: written with the event that causes it; `sent_at` is set when dispatched."""
 
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_order", "order_id"), Index("ix_notifications_sent", "sent_at", "id"))
+    __table_args__ = (
+        Index("ix_notifications_order", "order_id"),
+        Index("ix_notifications_sent", "sent_at", "id"),
+        Index("ix_notifications_pending_at", "sent_at", "at"),  # schema 3: the board's oldest pending one, one probe
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     order_id: int = Field(foreign_key="orders.id")
