@@ -1017,11 +1017,16 @@ def main() -> None:
     annotations) before it parses anything; to run one command, one is enough. `coopctl --help`,
     a mistyped name and anything unusual get the whole app, as before."""
     _standard_streams()
+    out = sys.stdout
     try:
         only_command(sys.argv[1:])()
         status = 0
     except SystemExit as done:
         status = done.code
+        if status == 1 and sys.stdout is not out:  # click met EPIPE writing help (it wraps stdout, exits 1): the reader went away
+            sys.stdout = out
+            _discard_stdout()
+            status = 0
     except BrokenPipeError:  # help or usage text whose reader went away
         _discard_stdout()
         status = 0
