@@ -5,7 +5,9 @@
 Operations staff run commands all day and cron runs `coopctl tick` every minute, so every
 command must start about as fast as the libraries it needs, even on a large order book:
 
-- `coopctl --help` and `coopctl COMMAND --help` within 1.5x of `python -c "import typer"`;
+- `coopctl --help`, `coopctl COMMAND --help`, `--version` and shell completion (what the
+  shell function that `--install-completion` installs runs at each TAB: bash, zsh, fish) within
+  1.5x of `python -c "import typer"`;
 - `show`, `list --limit 50`, `list --due-before`, a `tick` with nothing due and one action
   within 1.25x of `python -c "import sqlmodel"`.
 
@@ -92,6 +94,16 @@ def facts(db: Path, runs: int) -> dict:
     }
 
 
+def completing(shell: str, words: str) -> dict[str, str]:
+    """The environment of one TAB: what Typer's completion script sets for `shell`."""
+    env = {"_COOPCTL_COMPLETE": f"complete_{shell}", "_TYPER_COMPLETE_FISH_ACTION": "get-args"}
+    if shell == "bash":
+        env.update(COMP_WORDS=words, COMP_CWORD=str(len(words.split()) - (0 if words.endswith(" ") else 1)))
+    else:
+        env["_TYPER_COMPLETE_ARGS"] = words
+    return env
+
+
 def run_timed(argv: list[str], env: dict, cwd: Path) -> tuple[float, float]:
     """(wall seconds, user + system CPU seconds) of one run of `argv` as its own process."""
     started = time.perf_counter()
@@ -108,8 +120,8 @@ def run_timed(argv: list[str], env: dict, cwd: Path) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
-def commands(python: str, coopctl: list[str], db: Path, work_db: Path, f: dict) -> dict[str, tuple[str, list]]:
-    """name -> (baseline, argv or a function of the round giving argv)."""
+def commands(python: str, coopctl: list[str], db: Path, work_db: Path, f: dict) -> dict[str, tuple]:
+    """name -> (baseline, argv or a function of the round giving argv[, more environment])."""
     show = str(f["show"])
 
     def accept(round_: int) -> list[str]:
@@ -122,6 +134,12 @@ def commands(python: str, coopctl: list[str], db: Path, work_db: Path, f: dict) 
         "--help": ("import typer", [*coopctl, "--help"]),
         "show --help": ("import typer", [*coopctl, "show", "--help"]),
         "tick --help": ("import typer", [*coopctl, "tick", "--help"]),
+        "--version": ("import typer", [*coopctl, "--version"]),
+        "complete bash: command": ("import typer", coopctl, completing("bash", "coopctl cancel-")),
+        "complete bash: options": ("import typer", coopctl, completing("bash", "coopctl accept 7 --")),
+        "complete bash: --status": ("import typer", coopctl, completing("bash", "coopctl list --db x.db --status c")),
+        "complete zsh: options": ("import typer", coopctl, completing("zsh", "coopctl create --")),
+        "complete fish: --form": ("import typer", coopctl, completing("fish", "coopctl create --form ")),
         "show ID": ("import sqlmodel", [*coopctl, "--db", str(db), "show", show]),
         "show ID --json": ("import sqlmodel", [*coopctl, "--db", str(db), "show", show, "--json"]),
         "list --limit 50": ("import sqlmodel", [*coopctl, "--db", str(db), "list", "--limit", "50"]),
@@ -169,17 +187,17 @@ def main() -> None:
         cpus: dict[str, list[float]] = {name: [] for name in table}
         argvs: dict[str, list[str]] = {}
         for round_ in range(args.runs):
-            for name, (_, argv) in table.items():
+            for name, (_, argv, *more) in table.items():
                 argv = argv(round_) if callable(argv) else argv
                 argvs.setdefault(name, argv)
-                wall, cpu = run_timed(argv, env, work)
+                wall, cpu = run_timed(argv, {**env, **(more[0] if more else {})}, work)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
             print(f"\rround {round_ + 1}/{args.runs}", end="", file=sys.stderr)
         print(file=sys.stderr)
     load = [round(x, 2) for x in os.getloadavg()]
     result = {"db": str(source), "orders": f["orders"], "runs": args.runs, "load_avg": load, "commands": {}}
-    for name, (baseline, _) in table.items():
+    for name, (baseline, *_) in table.items():
         wall_ms = statistics.median(walls[name]) * 1000
         cpu_ms = statistics.median(cpus[name]) * 1000
         entry = {"argv": [Path(argvs[name][0]).name, *argvs[name][1:]], "wall_ms": round(wall_ms, 1), "cpu_ms": round(cpu_ms, 1)}

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
-from typer.core import TyperGroup
+
+from coopctl.typer_fast import FastGroup
 
 if TYPE_CHECKING:  # pragma: no cover
     from coopctl.config import Settings
@@ -26,51 +27,62 @@ if TYPE_CHECKING:  # pragma: no cover
     from coopctl.service import Service
 
 
-class RootGroup(TyperGroup):
-    """The root command. Its options (--db, --config, --operator, --help) are text or a flag,
-    taken as given.
+# ----------------------------------------------------------------------------- choices
 
-    Typer coerces every option through a pydantic TypeAdapter that it builds the first time the
-    option is processed, even when it is absent; the root's options are processed before any
-    command, so `coopctl COMMAND --help` would import pydantic (about a third of a second on a
-    busy machine: twice Typer's own start-up) for nothing. They get a pass-through coercion
-    instead. With another Typer whose internals differ, nothing changes but the speed."""
+# The values an option takes, in one place: help lists them and the shell completes them
+# (`coopctl.typer_fast.tidy`) for every command with an option of that name, without anything
+# declared on the command. (command, option) overrides (None, option). A command keeps checking
+# what it is given (its own message, exit 2): these are what is offered, not a second parser.
+# tests/test_conventions.py checks them against the enums of the rules.
+STATUSES = (
+    "pending", "effective", "cancel_requested", "live", "delivered", "review_failed", "completed", "rejected",
+    "withdrawn", "expired", "cancelled", "cancelled_unilaterally", "closed_overdue", "disputed",
+)
+TERMS = ("not_yet_effective", "in_force", "fulfilled", "void")
+FORMS = ("live", "video")
+PARTIES = ("merchant", "creator")
+RULINGS = ("merchant", "creator", "none")
+SORT_KEYS = ("id", "-id", "created", "-created", "deadline", "-deadline")
+FORMATS = ("table", "json", "jsonl", "csv", "tsv")  # list, notifications, history (SPEC section 4)
+VIEW_FORMATS = ("table", "json")  # board, config
+CHOICES: dict[tuple[str | None, str], tuple[str, ...]] = {
+    (None, "--form"): FORMS,
+    (None, "--status"): STATUSES,
+    (None, "--terms"): TERMS,
+    (None, "--liable"): PARTIES,
+    (None, "--ruling"): RULINGS,
+    (None, "--sort"): SORT_KEYS,
+    (None, "--format"): FORMATS,
+    ("board", "--format"): VIEW_FORMATS,
+    ("config", "--format"): VIEW_FORMATS,
+}
+# What help calls the value of an option that names none (instead of Typer's `<str>`, `<int>`)
+METAVARS = {
+    "--db": "PATH|URL", "--config": "FILE", "--operator": "NAME", "--at": "TS", "--now": "TS", "--as-of": "TS",
+    "--latest-start": "TS", "--due-before": "TS", "--created-after": "TS", "--created-before": "TS",
+    "--merchant": "ID", "--creator": "ID", "--product": "ID", "--order": "ORDER", "--limit": "N", "--batch": "N",
+    "--commission": "PERCENT", "--ad-budget": "YUAN", "--amount": "YUAN", "--grace": "DURATION",
+    "--timeout": "DURATION", "--lease": "DURATION", "--interval": "DURATION", "--after": "CURSOR",
+    "--idempotency-key": "KEY", "--public-key": "FILE", "--policy": "FILE", "--out": "FILE", "--evidence-file": "FILE",
+    "--get": "SHA256", "--webhook": "URL", "--exec": "CMD", "--concurrency": "N",
+}
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        _taken_as_given(self.params)
 
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            _taken_as_given([option])
-        return option
+class RootGroup(FastGroup):
+    """The root command: its options (--db, --config, --operator) are accepted before or after the
+    command's name, and every command's help names its values and lists its choices (see
+    `coopctl.typer_fast`, the one module that relies on Typer's internals)."""
 
-
-def _taken_as_given(params) -> None:
-    try:
-        from typer._coercion import RuntimeParam
-    except ImportError:  # pragma: no cover - another Typer: pydantic does it
-        return
-
-    class AsGiven(RuntimeParam):
-        def _coerce_value(self, value, param, ctx):
-            return value
-
-    for param in params:
-        described = getattr(param, "type_descriptor", None)
-        if described is None or getattr(param, "_runtime_param", False) is not None or param.multiple:
-            continue
-        plain = described.annotation is str or (described.annotation is bool and getattr(param, "is_flag", False))
-        if plain and described.parameter_info.parser is None:
-            param._runtime_param = AsGiven(parameter_info=described.parameter_info, annotation=described.annotation)
+    global_options = frozenset({"--db", "--config", "--operator"})
+    choices = CHOICES
+    metavars = METAVARS
 
 
 app = typer.Typer(
     name="coopctl",
     cls=RootGroup,
     help="Administer cooperation orders between merchants and creators (精选联盟 合作订单管理).",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -79,11 +91,33 @@ app = typer.Typer(
 
 # ----------------------------------------------------------------------------- shared options
 
-DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="COOPCTL_DB", help="Database file or SQLAlchemy URL [default: ./coopctl.db].", show_default=False)]
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", envvar="COOPCTL_CONFIG", help="TOML configuration [default: ./coopctl.toml when present].", show_default=False)]
-OperatorOpt = Annotated[Optional[str], typer.Option("--operator", envvar="COOPCTL_OPERATOR", help="Who is typing; recorded on every event [default: login name].", show_default=False)]
+DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="COOPCTL_DB", metavar="PATH|URL", help="Database file or SQLAlchemy URL [default: ./coopctl.db]; before or after the command.", show_default=False)]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", envvar="COOPCTL_CONFIG", metavar="FILE", help="TOML configuration [default: ./coopctl.toml when present]; before or after the command.", show_default=False)]
+OperatorOpt = Annotated[Optional[str], typer.Option("--operator", envvar="COOPCTL_OPERATOR", metavar="NAME", help="Who is typing; recorded on every event [default: login name]; before or after the command.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-AtOpt = Annotated[Optional[str], typer.Option("--at", help="When it happens (ISO 8601; no offset = configured timezone) [default: now].", show_default=False)]
+AtOpt = Annotated[Optional[str], typer.Option("--at", metavar="TS", help="When it happens (ISO 8601, no offset = configured timezone; now, now+2d, now-90m) [default: now].", show_default=False)]
+
+
+def version() -> str:
+    """The installed package's version (its metadata), or the source tree's when not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("coopctl")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        from coopctl import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"coopctl {version()}\n")
+        raise typer.Exit(0)
+
+
+VersionOpt = Annotated[bool, typer.Option("--version", help="Print `coopctl VERSION` and exit.", is_eager=True, callback=_print_version)]
 
 
 def _number(what: str, *, low: int = 1, high: int = 2**63 - 1, order_id: bool = False) -> Callable[[str], int]:
@@ -105,10 +139,10 @@ def _number(what: str, *, low: int = 1, high: int = 2**63 - 1, order_id: bool = 
     return parse
 
 
-OrderArg = Annotated[int, typer.Argument(help="The order id.", parser=_number("order id", order_id=True), show_default=False)]
-MerchantOpt = Annotated[Optional[str], typer.Option("--merchant", help="The merchant acting (must be the order's merchant).", show_default=False)]
-CreatorOpt = Annotated[Optional[str], typer.Option("--creator", help="The creator acting (must be the order's creator).", show_default=False)]
-ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why, recorded on the event.", show_default=False)]
+OrderArg = Annotated[int, typer.Argument(metavar="ORDER", help="The order id.", parser=_number("order id", order_id=True), show_default=False)]
+MerchantOpt = Annotated[Optional[str], typer.Option("--merchant", metavar="ID", help="The merchant acting (must be the order's merchant).", show_default=False)]
+CreatorOpt = Annotated[Optional[str], typer.Option("--creator", metavar="ID", help="The creator acting (must be the order's creator).", show_default=False)]
+ReasonOpt = Annotated[Optional[str], typer.Option("--reason", metavar="TEXT", help="Why, recorded on the event.", show_default=False)]
 
 
 @dataclass(frozen=True)
@@ -119,7 +153,7 @@ class Globals:
 
 
 @app.callback()
-def root(ctx: typer.Context, db: DbOpt = None, config: ConfigOpt = None, operator: OperatorOpt = None) -> None:
+def root(ctx: typer.Context, db: DbOpt = None, config: ConfigOpt = None, operator: OperatorOpt = None, show_version: VersionOpt = False) -> None:
     """coopctl: the cooperation-order lifecycle from a terminal; cron runs `coopctl tick`."""
     ctx.obj = Globals(db, config, operator)
 
@@ -194,7 +228,7 @@ def guarded(command: Callable) -> Callable:
             _discard_stdout()
             raise _fail(exc.exit_code, str(exc)) from None
         except CoopError as exc:
-            raise _fail(exc.exit_code, str(exc)) from None
+            raise _fail(exc.exit_code, f"{exc}{_demo_hint(exc)}") from None
         except KeyboardInterrupt:
             raise _fail(130, "interrupted; the current transaction was rolled back") from None
         except BrokenPipeError:  # the reader went away (| head): the command only read
@@ -211,6 +245,26 @@ def guarded(command: Callable) -> Callable:
             raise _fail(1, f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); nothing was changed; please report it") from None
 
     return wrapper
+
+
+_opened: dict[str, object] = {}  # "path": the database file of this command (set by `runtime`)
+DEMO_DB = "coopctl-demo.db"
+
+
+def _demo_hint(exc: Exception) -> str:
+    """A database that is not there, when ./coopctl-demo.db is: say how to look at the demo's
+    (after `coopctl demo`, `coopctl list` reads ./coopctl.db)."""
+    from pathlib import Path
+
+    from coopctl.errors import StorageError
+
+    path = _opened.get("path")
+    if not isinstance(exc, StorageError) or not isinstance(path, Path) or path.exists():
+        return ""
+    demo = Path(DEMO_DB).absolute()
+    if path == demo or not demo.is_file():
+        return ""
+    return f"; the demo database is ./{DEMO_DB}: coopctl --db {DEMO_DB} list"
 
 
 def _discard_stdout() -> None:
@@ -282,7 +336,11 @@ def runtime(ctx: typer.Context, *, default_db: str | None = None, config_db: boo
     from coopctl.store import Store, locate
 
     g: Globals = ctx.find_root().obj or Globals(None, None, None)
-    explicit = g.config is not None and g.config != ""
+    if g.config == "":  # an empty COOPCTL_CONFIG is unset (click reads it so); an empty --config is a mistake
+        from coopctl.errors import InvalidInput
+
+        raise InvalidInput("--config is empty; give a TOML file, or leave the option out for ./coopctl.toml")
+    explicit = g.config is not None
     config_path = g.config if explicit else DEFAULT_CONFIG
     settings = load_settings(config_path, explicit=explicit)
     if g.db is not None:  # `--db ""` (say, an unset "$DB" in a script) is refused, not read as the default
@@ -295,6 +353,7 @@ def runtime(ctx: typer.Context, *, default_db: str | None = None, config_db: boo
         db, from_default = default_db or DEFAULT_DB, True
     operator = check_operator(g.operator if g.operator is not None else _login_name())
     store = Store(locate(db), busy_timeout=settings.busy_timeout)
+    _opened["path"] = store.location.path
     ctx.call_on_close(store.dispose)  # close the pooled connection: the last close checkpoints the WAL
     return Runtime(settings, Service(store, settings, operator), from_default)
 
@@ -999,15 +1058,17 @@ def doctor(
 
 @command()
 def demo(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Build a demonstration database from sample_data/, run tick, and show the orders.
+    """Build a demonstration database (every status), run tick, and show the orders.
 
-    Example: coopctl demo     # writes ./coopctl-demo.db
+    Its scripted orders ship with coopctl; it never touches a database it did not create.
+
+    Example: coopctl demo     # writes ./coopctl-demo.db; then: coopctl --db coopctl-demo.db list
     """
     from coopctl import render
     from coopctl.demo import run_demo
     from coopctl.errors import ReportFailed
 
-    rt = runtime(ctx, default_db="coopctl-demo.db", config_db=False)
+    rt = runtime(ctx, default_db=DEMO_DB, config_db=False)
     orders = run_demo(rt.service, now=instant(None, rt))
     where = rt.service.store.location.display
     try:  # the demo builds a database of its own, and keeps it: its report is said afterwards
@@ -1015,10 +1076,24 @@ def demo(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             emit_json([o.to_json(rt.tz) for o in orders])
         else:
             render.orders_table(orders, rt.tz, title=f"demo database {where}")
+            sys.stdout.write(_look_at_demo(ctx, where, orders))
         sys.stdout.flush()
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ReportFailed(reason, f"could not write the report ({reason}); the demo database {where} was built") from None
+
+
+def _look_at_demo(ctx: typer.Context, where: str, orders) -> str:
+    """How to look at the demo database: the commands to type next, with its --db."""
+    import shlex
+
+    from coopctl.trust import shown
+
+    given = ctx.find_root().obj.db
+    db = DEMO_DB if given is None else (where if "://" in given else given)  # a URL as displayed: no password
+    first = min((o.id for o in orders), default=1)
+    base = f"coopctl --db {shown(shlex.quote(db))}"
+    return f"\nLook at it: {base} list\n            {base} show {first}    (also: history, notifications)\n"
 
 
 # ----------------------------------------------------------------------------- export, replay, import
@@ -1226,11 +1301,16 @@ def main() -> None:
     annotations) before it parses anything; to run one command, one is enough. `coopctl --help`,
     a mistyped name and anything unusual get the whole app, as before."""
     _standard_streams()
+    out = sys.stdout
     try:
         only_command(sys.argv[1:])()
         status = 0
     except SystemExit as done:
         status = done.code
+        if status == 1 and sys.stdout is not out:  # click met EPIPE writing help (it wraps stdout, exits 1): the reader went away
+            sys.stdout = out
+            _discard_stdout()
+            status = 0
     except BrokenPipeError:  # help or usage text whose reader went away
         _discard_stdout()
         status = 0
@@ -1369,10 +1449,15 @@ def leave(status) -> None:
 
 
 def only_command(args: list[str]) -> typer.Typer:
-    """The app with only the command that `args` name (after the root's options); for the root's
-    help, the app with every command reduced to its name and help; otherwise the app."""
+    """The app with only the command that `args` name (global options may come before or after
+    the name); for the root's help, `--version` and the completion scripts, the app with every
+    command reduced to its name and help; otherwise the app. When the shell asks for completions
+    (`_COOPCTL_COMPLETE`), the words typed so far say which."""
+    completing = _completion_words()
+    if completing is not None:
+        args = completing
     name = _command_name(args)
-    if name is None and (not args or any(arg in ("-h", "--help") for arg in args)):
+    if name is None and (completing is not None or not args or any(arg in _LISTED for arg in args)):
         return _listing()
     chosen = [c for c in app.registered_commands if (c.name or c.callback.__name__.replace("_", "-")) == name]
     if len(chosen) != 1:
@@ -1380,6 +1465,39 @@ def only_command(args: list[str]) -> typer.Typer:
     narrow = copy.copy(app)
     narrow.registered_commands = chosen
     return narrow
+
+
+_LISTED = frozenset({"-h", "--help", "--version", "--show-completion", "--install-completion"})
+COMPLETE_VAR = "_COOPCTL_COMPLETE"  # Typer's completion protocol: set by the shell function it installs
+
+
+def _completion_words() -> list[str] | None:
+    """The complete words before the one being completed (the program's name left out), when
+    this run answers the shell's completion; None otherwise. Bash passes COMP_WORDS and
+    COMP_CWORD, zsh, fish and PowerShell _TYPER_COMPLETE_ARGS (as Typer's completion classes read them)."""
+    import shlex
+
+    instruction = os.environ.get(COMPLETE_VAR)
+    if not instruction:
+        return None
+    if not instruction.startswith("complete"):  # source_bash …: the script, no command needed
+        return []
+
+    def split(text: str) -> list[str]:
+        try:
+            return shlex.split(text)
+        except ValueError:  # an open quote in the word being typed
+            return text.split()
+
+    if instruction.endswith("bash"):
+        words = split(os.environ.get("COMP_WORDS", ""))
+        try:
+            return words[1 : int(os.environ.get("COMP_CWORD", "0"))]
+        except ValueError:
+            return []
+    typed = os.environ.get("_TYPER_COMPLETE_ARGS", "")
+    words = split(typed)[1:]
+    return words if typed.endswith(" ") else words[:-1]
 
 
 def _listing() -> typer.Typer:
@@ -1402,7 +1520,7 @@ def _stub(callback: Callable) -> Callable:
     return stub
 
 
-_ROOT_VALUES = {"--db", "--config", "--operator"}  # the root's options that take a value
+_ROOT_VALUES = RootGroup.global_options  # the root's options that take a value
 
 
 def _command_name(args: list[str]) -> str | None:

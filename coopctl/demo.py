@@ -1,4 +1,5 @@
-"""`coopctl demo`: play the scripted orders of sample_data/ into a fresh database, then tick."""
+"""`coopctl demo`: play the scripted orders shipped with the package (coopctl/data/demo_orders.toml)
+into a fresh database, then tick."""
 
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ _ACTIONS = {
 }
 
 
-def sample_dir() -> Path:
-    """sample_data/ of the source tree (the project is installed editable, as README.md says)."""
-    for candidate in (Path.cwd() / "sample_data", Path(__file__).resolve().parent.parent / "sample_data"):
-        if (candidate / SCRIPT_NAME).exists():
-            return candidate
-    raise StorageError(f"cannot find sample_data/{SCRIPT_NAME}; run the demo from the coopctl checkout")
+def script_text() -> str:
+    """The demo's script, read from the package (installed or a checkout alike: package data)."""
+    from importlib.resources import files
+
+    try:
+        return files("coopctl").joinpath("data", SCRIPT_NAME).read_text(encoding="utf-8")
+    except OSError as exc:  # a broken installation
+        raise StorageError(f"cannot read the demo script coopctl/data/{SCRIPT_NAME} ({exc.strerror or exc}); reinstall coopctl") from None
 
 
 def offset(text: str, now: int) -> int:
@@ -77,7 +80,7 @@ def _fresh(svc: Service) -> None:
 
 def run_demo(svc: Service, *, now: int) -> list[Order]:
     """Build the demo database; returns every order after the final tick."""
-    script = tomllib.loads((sample_dir() / SCRIPT_NAME).read_text(encoding="utf-8"))
+    script = tomllib.loads(script_text())
     # The script's timings assume the default windows, whatever the local configuration says.
     svc = replace(svc, settings=replace(svc.settings, policy=Policy(), reminders=ReminderOffsets()))
     _fresh(svc)

@@ -50,9 +50,10 @@ assert ended == [0], (ended, out.getvalue())
 """
 
 
-def loaded(args: list[str], *, run: str = VIA_MAIN, db: Path | None = None, cwd: Path | None = None) -> list[str]:
+def loaded(args: list[str], *, run: str = VIA_MAIN, db: Path | None = None, cwd: Path | None = None,
+           env: dict[str, str] | None = None) -> list[str]:
     code = PROBE.format(run=run, heavy=HEAVY)
-    env = base_env(db or Path("unused.db"))
+    env = {**base_env(db or Path("unused.db")), **(env or {})}
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -71,6 +72,23 @@ def test_importing_the_command_line_loads_nothing_heavy():
                                   ["export", "--help"], ["import", "--help"], ["create", "--help"]])
 def test_help_loads_nothing_heavy(args, tmp_path):
     assert loaded(args, cwd=tmp_path) == []
+
+
+@pytest.mark.parametrize("args", [["--version"], ["list", "--db", "x.db", "--help"], ["--show-completion"]])
+def test_version_and_help_after_global_options_load_nothing_heavy(args, tmp_path):
+    assert loaded(args, cwd=tmp_path) == []
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+@pytest.mark.parametrize("words", ["coopctl ", "coopctl --", "coopctl accept 7 --", "coopctl list --db x.db --status ", "coopctl create --form l"])
+def test_completion_loads_nothing_heavy(shell, words, tmp_path):
+    """Completion answers each key press: no pydantic (Typer's coercion), no rich (Typer's help rendering)."""
+    env = {"_COOPCTL_COMPLETE": f"complete_{shell}", "_TYPER_COMPLETE_FISH_ACTION": "get-args"}
+    if shell == "bash":
+        env.update(COMP_WORDS=words, COMP_CWORD=str(len(words.split()) - (0 if words.endswith(" ") else 1)))
+    else:
+        env["_TYPER_COMPLETE_ARGS"] = words
+    assert loaded([], cwd=tmp_path, env=env) == []
 
 
 @pytest.fixture(scope="module")
