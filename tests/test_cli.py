@@ -639,7 +639,8 @@ def test_list_shows_the_next_deadline_and_what_happens_then(invoke):
     create(invoke)
     create(invoke)
     ok(invoke("reject", 2, "--creator", C, "--reason", "档期已满", "--at", "2026-11-01T11:00:00+08:00"))
-    lines = ok(invoke("list")).splitlines()
+    listed = invoke("list")
+    lines = ok(listed).splitlines()
     header = next(line for line in lines if "next deadline" in line)
     assert header.split() == ["id", "merchant", "creator", "form", "commission", "status", "terms", "liable", "next", "deadline", "then"]
     first = next(line for line in lines if line.split()[:1] == ["1"])
@@ -647,7 +648,8 @@ def test_list_shows_the_next_deadline_and_what_happens_then(invoke):
                              "expires", "(not", "accepted", "in", "time)"]
     second = next(line for line in lines if line.split()[:1] == ["2"])
     assert second.split()[5:] == ["rejected", "void", "—", "—", "—"]
-    assert lines[-1] == "2 orders; times in Asia/Shanghai"
+    # piped, stdout holds only the table; how many were shown goes to stderr (SPEC section 4, "Lists")
+    assert listed.stderr.strip() == "2 of 2 orders; times in Asia/Shanghai"
 
 
 def test_list_filters(invoke):
