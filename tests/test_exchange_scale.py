@@ -179,10 +179,10 @@ def test_import_in_chunks_round_trips_through_the_bulk_path(book, tmp_path, smal
         assert len(verdicts) == 2500 and all(v.ok and v.steps == [] for v in verdicts)
         assert sum(seen) == 2 * 2500 and max(seen) == 97
         inserts = [(words[2], rows) for words, rows in statements if words[:2] == ["INSERT", "INTO"]]
-        assert {table for table, _ in inserts} == {"orders", "events", "notifications"}
+        assert {table for table, _ in inserts} == {"orders", "order_products", "events", "notifications"}
         # the bulk path: many rows per statement (SQLite: INSERT … VALUES (…), (…), …), never one per row
         with target.store.read() as tx:
-            stored = sum(tx.conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in ("orders", "events", "notifications"))
+            stored = sum(tx.conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in ("orders", "order_products", "events", "notifications"))
         assert sum(rows for _, rows in inserts) == stored
         assert len([1 for table, _ in inserts if table == "orders"]) == 26  # one per chunk of 97 orders
         assert len(inserts) < stored / 90
