@@ -83,6 +83,8 @@ DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="COOPCTL_DB", help=
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", envvar="COOPCTL_CONFIG", help="TOML configuration [default: ./coopctl.toml when present].", show_default=False)]
 OperatorOpt = Annotated[Optional[str], typer.Option("--operator", envvar="COOPCTL_OPERATOR", help="Who is typing; recorded on every event [default: login name].", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Output format: table, json, jsonl, csv or tsv [default: table; --json means json].", show_default=False)]
+WideOpt = Annotated[bool, typer.Option("--wide", help="Every column and whole text, whatever the width.")]
 AtOpt = Annotated[Optional[str], typer.Option("--at", help="When it happens (ISO 8601; no offset = configured timezone) [default: now].", show_default=False)]
 
 
@@ -341,6 +343,18 @@ def emit_json(value) -> None:
         import json
 
         sys.stdout.write(json.dumps(value, ensure_ascii=True, indent=2) + "\n")
+
+
+def output_format(fmt: str | None, as_json: bool) -> str:
+    """`--format F` (SPEC section 4), `--json` being `--format json`; both at once must agree."""
+    from coopctl.errors import InvalidInput
+
+    formats = ("table", "json", "jsonl", "csv", "tsv")
+    if fmt is not None and fmt not in formats:
+        raise InvalidInput(f"--format: unknown format {fmt!r} (known: {', '.join(formats)})")
+    if as_json and fmt not in (None, "json"):
+        raise InvalidInput(f"--json is --format json; it cannot be combined with --format {fmt}")
+    return "json" if as_json else fmt or "table"
 
 
 def _takes_unicode(stream) -> bool:
@@ -616,7 +630,7 @@ def tick(
 
 
 @command()
-def show(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
+def show(ctx: typer.Context, order: OrderArg, wide: WideOpt = False, as_json: JsonOpt = False) -> None:
     """Show an order's terms and the timeline of its events and deadlines.
 
     Example: coopctl show 12
@@ -632,7 +646,7 @@ def show(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
         else:
             from coopctl import render
 
-            render.order_detail(record, events, rt.tz)
+            render.order_detail(record, events, rt.tz, wide=wide, now=rt.now)
     refusal = checked.refusal()
     if refusal is not None:
         sys.stdout.flush()
@@ -640,7 +654,7 @@ def show(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
 
 
 @command()
-def history(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
+def history(ctx: typer.Context, order: OrderArg, fmt: FormatOpt = None, wide: WideOpt = False, as_json: JsonOpt = False) -> None:
     """List an order's events with their hashes.
 
     Example: coopctl history 12 --json
@@ -650,12 +664,13 @@ def history(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> No
     rt = runtime(ctx)
     checked = read_order(rt.service, order)  # the chain and the row, checked as they are read
     record, events = checked.shown, checked.printable_events()
-    if as_json:
-        emit_json([e.to_json(rt.tz) for e in events])
-    elif record is not None:
-        from coopctl import render
+    fmt = output_format(fmt, as_json)
+    from coopctl import render
 
-        render.history_table(record, events, rt.tz)
+    if fmt != "table":
+        render.print_records((e.to_json(rt.tz) for e in events), fmt=fmt, table=None, tz=rt.tz, wide=wide)
+    elif record is not None:
+        render.history_table(record, events, rt.tz, wide=wide)
     refusal = checked.refusal()
     if refusal is not None:
         sys.stdout.flush()
@@ -670,6 +685,8 @@ def list_(
     creator: Annotated[Optional[str], typer.Option("--creator", help="Only this creator's orders.", show_default=False)] = None,
     due_before: Annotated[Optional[str], typer.Option("--due-before", help="Only orders whose next deadline is before this instant, soonest first.", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many orders.", parser=_number("--limit"), show_default=False)] = None,
+    fmt: FormatOpt = None,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List orders with their next deadline and what happens then.
@@ -678,7 +695,7 @@ def list_(
     """
     from coopctl.errors import InvalidInput
     from coopctl.lifecycle import Status
-    from coopctl.service import list_orders
+    from coopctl.service import iter_orders
 
     known = {s.value for s in Status}
     for s in status or []:
@@ -686,13 +703,11 @@ def list_(
             raise InvalidInput(f"--status: unknown status {s!r} (known: {', '.join(sorted(known))})")
     rt = runtime(ctx)
     before = None if due_before is None else instant(due_before, rt, "--due-before")
-    orders = list_orders(rt.service, statuses=status, merchant=merchant, creator=creator, due_before=before, limit=limit)
-    if as_json:
-        emit_json([o.to_json(rt.tz) for o in orders])
-    else:
-        from coopctl import render
+    fmt = output_format(fmt, as_json)
+    from coopctl import render
 
-        render.orders_table(orders, rt.tz)
+    orders = iter_orders(rt.service, statuses=status, merchant=merchant, creator=creator, due_before=before, limit=limit)
+    render.orders_table(orders, rt.tz, wide=wide, fmt=fmt, now=rt.now)
 
 
 @command()
@@ -701,28 +716,29 @@ def notifications(
     order: Annotated[Optional[int], typer.Option("--order", help="Only this order's notifications.", parser=_number("--order", order_id=True), show_default=False)] = None,
     pending: Annotated[bool, typer.Option("--pending", help="Only those not yet marked sent.")] = False,
     mark_sent: Annotated[bool, typer.Option("--mark-sent", help="Mark the pending ones listed as sent (for the dispatcher).")] = False,
+    fmt: FormatOpt = None,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The notification outbox (in-app messages and SMS), oldest first.
 
     Example: coopctl notifications --pending --mark-sent --json   # hand them to the dispatcher
     """
+    from coopctl.service import iter_notifications
     from coopctl.service import notifications as outbox
 
+    fmt = output_format(fmt, as_json)
     rt = runtime(ctx)
-    sent_at = instant(None, rt) if mark_sent else None
     from coopctl import render
 
     def show(rows) -> None:
-        if as_json:
-            emit_json([render.notification_json(r, rt.tz) for r in rows])
-        else:
-            render.notifications_table(rows, rt.tz)
+        render.notifications_table(rows, rt.tz, wide=wide, fmt=fmt)
 
+    if not mark_sent:  # read only: the rows stream from the database
+        show(iter_notifications(rt.service, order_id=order, pending=pending))
+        return
     # --mark-sent: what is handed out is written and flushed before it is marked sent
-    rows = outbox(rt.service, order_id=order, pending=pending or mark_sent, mark_sent_at=sent_at, report=report(show))
-    if not mark_sent:
-        show(rows)
+    outbox(rt.service, order_id=order, pending=True, mark_sent_at=instant(None, rt), report=report(show))
 
 
 # ----------------------------------------------------------------------------- databases
@@ -804,7 +820,7 @@ def demo(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         if as_json:
             emit_json([o.to_json(rt.tz) for o in orders])
         else:
-            render.orders_table(orders, rt.tz, title=f"demo database {where}")
+            render.demo_view(orders, rt.tz, where)
         sys.stdout.flush()
     except OSError as exc:
         reason = exc.strerror or str(exc)

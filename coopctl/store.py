@@ -921,7 +921,8 @@ class Tx:
         return found
 
     def notification_rows(
-        self, order_ids: list[int] | None = None, *, pending: bool = False, limit: int | None = None, claim: bool = False
+        self, order_ids: list[int] | None = None, *, pending: bool = False, limit: int | None = None, claim: bool = False,
+        after: int | None = None,
     ):
         """Outbox rows by id. `claim` (to mark them sent): on PostgreSQL the rows are locked, skipping
         those another dispatcher holds, so that two `--mark-sent` at once never hand out the same one."""
@@ -932,6 +933,8 @@ class Tx:
             query = query.where(NOTIFICATIONS.c.order_id.in_(order_ids))
         if pending:
             query = query.where(NOTIFICATIONS.c.sent_at.is_(None))
+        if after is not None:  # keyset: the next chunk by id (a listing that streams)
+            query = query.where(NOTIFICATIONS.c.id > after)
         if limit is not None:
             query = query.limit(limit)
         return list(self.conn.execute(query))
