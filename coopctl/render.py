@@ -637,7 +637,7 @@ def demo_view(orders: list[Order], tz: tzinfo, where: str, *, wide: bool = False
     """`demo`: a view of parts: the orders, then the count and the zone."""
     with _parts() as part:
         part(lambda: orders_table(orders, tz, title=f"demo database {where}", wide=wide, footer=None))
-        part(lambda: _line(f"{len(orders)} order{'s' if len(orders) != 1 else ''} in {where}; times in {_tz_name(tz)}"))
+        part(lambda: _line(f"{len(orders)} order{'s' if len(orders) != 1 else ''}; times in {_tz_name(tz)}"))
 
 
 # --------------------------------------------------------------------------- notifications
