@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -103,22 +104,49 @@ def is_terminal(stream) -> bool:
 # --------------------------------------------------------------------------- fitting
 
 
+INSTANT_IN_TEXT = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:\d\d|Z)?")
+
+
 def shorten(text: str, width: int) -> str:
-    """`text` cut to `width` display cells, ending with `…` when cut."""
+    """`text` cut to `width` display cells, ending with `…` when cut; never inside an instant
+    that the text quotes (the cut moves before it)."""
     if cell_len(text) <= width:
         return text
     if width <= 0:
         return ""
     from rich.cells import get_character_cell_size
 
-    room, out = width - 1, []
+    room, cut = width - 1, 0
     for ch in text:
         size = get_character_cell_size(ch)
         if size > room:
             break
-        out.append(ch)
+        cut += 1
         room -= size
-    return "".join(out) + "…"
+    for match in INSTANT_IN_TEXT.finditer(text, max(cut - 40, 0)):
+        if match.start() < cut < match.end():
+            cut = match.start()
+            break
+    return text[:cut] + "…"
+
+
+def wrapped(line: str, width: int | None) -> list[str]:
+    """A one-line report fitted to the width: broken after `;` or `,` (continuations indented by
+    two spaces), a piece wider than the whole width folded. Unchanged when it fits."""
+    if width is None or cell_len(line) <= width:
+        return [line]
+    pieces = re.findall(r"[^;,]*[;,]?\s*", line)
+    lines, current = [], ""
+    for piece in (p for p in pieces if p):
+        candidate = current + piece
+        if current and cell_len(candidate.rstrip()) > width:
+            lines.append(current.rstrip())
+            current = "  " + piece
+        else:
+            current = candidate
+    if current.strip():
+        lines.append(current.rstrip())
+    return [part for text in lines for part in fold(text, width)]
 
 
 def fold(text: str, width: int) -> list[str]:
@@ -362,7 +390,7 @@ def write_delimited(records: Iterable[dict], stream, fmt: str) -> int:
     import io
 
     compact = _dumper(stream, None, (",", ":"))
-    safe = json_escaped if _unicode_ok(stream) else (lambda s: json.dumps(s)[1:-1] if not s.isascii() else json_escaped(s))
+    safe = csv_safe if _unicode_ok(stream) else (lambda s: csv_safe(s).encode("ascii", "backslashreplace").decode("ascii"))
     count, keys = 0, None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n") if fmt == "csv" else None
@@ -377,6 +405,14 @@ def write_delimited(records: Iterable[dict], stream, fmt: str) -> int:
         buffer.truncate()
         count += len(chunk)
     return count
+
+
+def csv_safe(text: str) -> str:
+    """A csv/tsv cell as it may reach a terminal: control and format characters as `\\uXXXX`
+    (as in JSON), except the tab and the newline (csv quotes them; tsv escapes them first)."""
+    if "\t" in text:
+        return "\t".join(json_escaped(part) for part in text.split("\t"))
+    return json_escaped(text)
 
 
 def _write_row(writer, buffer, cells: list[str], fmt: str) -> None:

@@ -216,8 +216,12 @@ def _tz_name(tz: tzinfo) -> str:
 def _say(*lines: str) -> None:
     """One-line reports (an action done, a tick, a file written) are plain text, on a terminal as
     when piped: there is nothing to draw, so rich is not even loaded for them. Each line is
-    escaped (an id or a kind read from the database is shown, never obeyed) and stays one line."""
-    sys.stdout.write("".join(f"{shown(line)}\n" for line in lines))
+    escaped (an id or a kind read from the database is shown, never obeyed) and stays one line
+    unless it is wider than the width (SPEC section 4): then it breaks after `;` or `,`."""
+    from coopctl.printer import output_width, wrapped
+
+    width = output_width(sys.stdout)
+    sys.stdout.write("".join(f"{part}\n" for line in lines for part in wrapped(shown(line), width)))
 
 
 def order_created(order: Order, tz: tzinfo, created: bool) -> None:
@@ -792,8 +796,8 @@ def what_if_report(results: list, tz: tzinfo, policy_source: str, *, wide: bool 
     compare = _spec(
         "what-if",
         _col("", "status", 0, lambda r, c: r[0]),
-        _col("as recorded", "status", 0, lambda r, c: r[1], style=_style_of_status),
-        _col(f"under {policy_source}", "status", 0, lambda r, c: r[2], style=_style_of_status),
+        _col("as recorded", "text", 0, lambda r, c: r[1], style=_style_of_status),
+        _col(f"under {policy_source}", "text", 0, lambda r, c: r[2], style=_style_of_status),
     )
 
     def cell(order, name):
