@@ -695,7 +695,7 @@ def list_(
     """
     from coopctl.errors import InvalidInput
     from coopctl.lifecycle import Status
-    from coopctl.service import iter_orders
+    from coopctl.service import iter_order_rows, list_orders
 
     known = {s.value for s in Status}
     for s in status or []:
@@ -706,7 +706,13 @@ def list_(
     fmt = output_format(fmt, as_json)
     from coopctl import render
 
-    orders = iter_orders(rt.service, statuses=status, merchant=merchant, creator=creator, due_before=before, limit=limit)
+    if fmt != "table" and not (status or merchant is not None or creator is not None or before is not None):
+        # the whole book in a machine format: streamed from the stored rows (engineer G's `list`
+        # streams every filter and page the same way)
+        rows = iter_order_rows(rt.service, limit=limit)
+        render.print_records(render.order_records(rows, rt.tz), fmt=fmt, table=render.ORDER_TABLE, tz=rt.tz, wide=wide)
+        return
+    orders = list_orders(rt.service, statuses=status, merchant=merchant, creator=creator, due_before=before, limit=limit)
     render.orders_table(orders, rt.tz, wide=wide, fmt=fmt, now=rt.now)
 
 
@@ -724,7 +730,7 @@ def notifications(
 
     Example: coopctl notifications --pending --mark-sent --json   # hand them to the dispatcher
     """
-    from coopctl.service import iter_notifications
+    from coopctl.service import iter_notification_rows
     from coopctl.service import notifications as outbox
 
     fmt = output_format(fmt, as_json)
@@ -735,7 +741,8 @@ def notifications(
         render.notifications_table(rows, rt.tz, wide=wide, fmt=fmt)
 
     if not mark_sent:  # read only: the rows stream from the database
-        show(iter_notifications(rt.service, order_id=order, pending=pending))
+        rows = iter_notification_rows(rt.service, order_id=order, pending=pending)
+        render.notification_list(render.notification_records(rows, rt.tz), rt.tz, wide=wide, fmt=fmt)
         return
     # --mark-sent: what is handed out is written and flushed before it is marked sent
     outbox(rt.service, order_id=order, pending=True, mark_sent_at=instant(None, rt), report=report(show))

@@ -271,9 +271,24 @@ def _shown_headers(layout: Layout, headers: list[str]) -> list[str]:
     return [headers[k] for k in layout.kept]
 
 
-def layout_for(spec: TableSpec, records: Iterable[Any], *, width: int | None, wide: bool, context=None):
-    """(layout, headers, rows) for the records: every cell escaped, the layout fitted."""
+def layout_for(spec: TableSpec, records: Iterable[Any], *, width: int | None, wide: bool, context=None, stream=None):
+    """(layout, headers, rows) for the records: every cell escaped, the layout fitted. On a
+    stream that cannot encode every character (PYTHONIOENCODING=ascii), cells are measured as
+    the stream will write them (`\\uXXXX` escapes), so that columns stay aligned."""
     columns, headers, rows = escaped_cells(spec, records, wide, context)
+    if stream is not None and not _unicode_ok(stream):
+        encoding = stream.encoding or "ascii"
+        errors = getattr(stream, "errors", None) or "backslashreplace"
+        try:
+            "\u5546".encode(encoding, errors)
+        except (LookupError, UnicodeError):
+            errors = "backslashreplace"
+
+        def written(text: str) -> str:
+            return text if text.isascii() else text.encode(encoding, errors).decode(encoding)
+
+        headers = [written(h) for h in headers]
+        rows = [[written(cell) for cell in row] for row in rows]
     return fit(columns, headers, rows, width, wide), headers, rows
 
 
@@ -311,9 +326,39 @@ def _unicode_ok(stream) -> bool:
 
 
 def _dumper(stream, indent: int | None, separators=None) -> Callable[[Any], str]:
+    """JSON text of one value, as `json_text` writes it (`ensure_ascii` on a stream that cannot
+    take UTF-8). One encoder for the whole listing: json.dumps with options builds a new one
+    per call, which costs as much as encoding a record."""
     if _unicode_ok(stream):
-        return lambda value: json_escaped(json.dumps(value, ensure_ascii=False, indent=indent, separators=separators))
-    return lambda value: json.dumps(value, ensure_ascii=True, indent=indent, separators=separators)
+        encode = json.JSONEncoder(ensure_ascii=False, indent=indent, separators=separators).encode
+        return lambda value: _escaped(encode(value))
+    return json.JSONEncoder(ensure_ascii=True, indent=indent, separators=separators).encode
+
+
+def _ascii_json(text: str) -> str:
+    """JSON text with every character beyond ASCII as a `\\uXXXX` escape (a surrogate pair
+    above U+FFFF): what `ensure_ascii=True` writes. Such characters stand only inside strings."""
+    if text.isascii():
+        return text
+    return "".join(ch if ch < "\x80" else _u_escape(ch) for ch in text)
+
+
+def _u_escape(ch: str) -> str:
+    point = ord(ch)
+    if point < 0x10000:
+        return f"\\u{point:04x}"
+    point -= 0x10000
+    return f"\\u{0xD800 + (point >> 10):04x}\\u{0xDC00 + (point & 0x3FF):04x}"
+
+
+def _escaped(text: str) -> str:
+    """`json_escaped`, with a C-speed first look: every character it escapes is one that
+    `str.isprintable` rejects (categories Cc, Cf, Cs, Zl, Zp), so printable text (the common
+    case, Chinese included) is returned at once. A newline (the indentation of `json`) is
+    looked past."""
+    if text.isprintable() or ("\n" in text and text.replace("\n", "").isprintable()):
+        return text
+    return json_escaped(text)
 
 
 def _chunks(records: Iterable[Any]) -> Iterable[list[Any]]:
@@ -338,7 +383,17 @@ def write_json(records: Iterable[dict], stream) -> int:
 
 
 def write_jsonl(records: Iterable[dict], stream) -> int:
+    """One compact JSON object per line. Records that can write their own JSON text
+    (`json_lines()`, e.g. render.order_records) are written from it, escaped the same way."""
     dump, count = _dumper(stream, None, (",", ":")), 0
+    lines = getattr(records, "json_lines", None)
+    if lines is not None:
+        ascii_only = not _unicode_ok(stream)
+        for chunk in _chunks(lines()):
+            text = "\n".join(chunk) + "\n"
+            stream.write(_ascii_json(text) if ascii_only else _escaped(text))
+            count += len(chunk)
+        return count
     for chunk in _chunks(records):
         stream.write("".join(dump(r) + "\n" for r in chunk))
         count += len(chunk)
@@ -410,9 +465,11 @@ def write_delimited(records: Iterable[dict], stream, fmt: str) -> int:
 def csv_safe(text: str) -> str:
     """A csv/tsv cell as it may reach a terminal: control and format characters as `\\uXXXX`
     (as in JSON), except the tab and the newline (csv quotes them; tsv escapes them first)."""
+    if text.isprintable():
+        return text
     if "\t" in text:
-        return "\t".join(json_escaped(part) for part in text.split("\t"))
-    return json_escaped(text)
+        return "\t".join(_escaped(part) for part in text.split("\t"))
+    return _escaped(text)
 
 
 def _write_row(writer, buffer, cells: list[str], fmt: str) -> None:

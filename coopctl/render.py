@@ -419,7 +419,8 @@ def print_table(spec, records, *, tz: tzinfo, wide: bool = False, title: str | N
 
     stream = sys.stdout if stream is None else stream
     context = context or Context(tz, now, wide)
-    layout, headers, rows = printer.layout_for(spec, records, width=printer.output_width(stream), wide=wide, context=context)
+    layout, headers, rows = printer.layout_for(spec, records, width=printer.output_width(stream), wide=wide, context=context,
+                                               stream=stream)
     if printer.is_terminal(stream):
         console = _console(stream=stream)
         console.print(printer.rich_table(layout, headers, rows, title=title, table_factory=_table))
@@ -660,7 +661,12 @@ def notification_json(row, tz: tzinfo) -> dict:
 
 
 def notifications_table(rows, tz: tzinfo, *, wide: bool = False, fmt: str = "table") -> int:
-    records = (notification_json(r, tz) for r in rows)
+    """Outbox rows (as `notification_rows` gives them) in `fmt`."""
+    return notification_list((notification_json(r, tz) for r in rows), tz, wide=wide, fmt=fmt)
+
+
+def notification_list(records, tz: tzinfo, *, wide: bool = False, fmt: str = "table") -> int:
+    """`notification_json` records (an iterator: the machine formats stream it) in `fmt`."""
     if fmt != "table":
         return print_records(records, fmt=fmt, table=NOTIFICATION_TABLE, tz=tz, wide=wide)
     records = list(records)
@@ -920,3 +926,149 @@ def doctor_report(report, tz: tzinfo, *, wide: bool = False) -> None:
     with _parts() as part:
         part(lambda: print_table(DOCTOR_TABLE, report.findings, tz=tz, wide=wide, title=f"doctor: {report.database}"))
         part(lambda: _line(f"{verdict}: {report.orders} orders checked at {when(report.now, tz)} ({_tz_name(tz)})", wide=wide))
+
+
+# --------------------------------------------------------------------------- listings from rows
+#
+# `list` and `notifications` in the machine formats print every record of a book of millions:
+# records are made from the stored rows directly (no Order objects), with instants written by
+# `_iso_writer`, at a few microseconds each. tests/test_tables.py checks that they equal
+# `Order.to_json(tz)` and `notification_json` field for field, in the same key order.
+
+LISTING_COLUMNS = None  # FULL_ORDER_COLUMNS of coopctl.store, in that order (set on first use)
+_YEAR_2000 = 946_684_800_000_000
+_YEAR_2100 = 4_102_444_800_000_000
+
+
+def _iso_writer(tz: tzinfo) -> Callable[[int | None], str | None]:
+    """`iso(instant, tz)` (None for None), fast for a zone whose offset is constant from 2000 to
+    2100 (Asia/Shanghai, UTC): the local wall time plus the fixed offset; `iso` itself otherwise."""
+    from datetime import timedelta
+
+    if _offset_varies(tz):
+        return lambda t: None if t is None else iso(t, tz)
+    offset = datetime(2020, 1, 1, tzinfo=tz).utcoffset()
+    suffix = datetime(2020, 1, 1, tzinfo=tz).isoformat()[19:]
+    shift = int(offset.total_seconds()) * 1_000_000
+    base = datetime(1970, 1, 1)
+
+    def write(t):
+        if t is None:
+            return None
+        if _YEAR_2000 <= t < _YEAR_2100:
+            return (base + timedelta(microseconds=t + shift)).isoformat() + suffix
+        return iso(t, tz)
+
+    return write
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_json(text: str) -> dict:
+    from coopctl.policy import Policy
+
+    return Policy.from_json(json.loads(text)).to_json()
+
+
+@functools.lru_cache(maxsize=256)
+def _reminders_json(text: str) -> dict:
+    from coopctl.policy import ReminderOffsets
+
+    return ReminderOffsets.from_json(json.loads(text)).to_json()
+
+
+@functools.lru_cache(maxsize=4096)
+def _products_json(text: str) -> tuple:
+    return tuple(json.loads(text))
+
+
+class order_records:
+    """`Order.to_json(tz)` of each stored row (FULL_ORDER_COLUMNS), made from the row itself: an
+    iterable of dicts, which also offers `json_lines()`, the same records as compact JSON text
+    written straight from the row (what `--format jsonl` prints, at twice the speed of encoding
+    each dict)."""
+
+    def __init__(self, rows, tz: tzinfo):
+        self.rows, self.tz = rows, tz
+
+    def __iter__(self):
+        from coopctl.lifecycle import TERMS_OF, TIMERS
+
+        write = _iso_writer(self.tz)
+        terms_of = {s.value: str(t) for s, t in TERMS_OF.items()}
+        label_of = {s.value: (TIMERS[s].label if s in TIMERS else None) for s in Status}
+        for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
+             status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
+             liable, deadline, _wake) in self.rows:
+            yield {
+                "id": oid, "merchant": merchant, "creator": creator, "products": list(_products_json(products)),
+                "form": form, "commission_pct": commission, "ad_budget": budget, "latest_start_at": write(latest),
+                "note": note, "status": status, "terms": terms_of[status], "liable_party": liable,
+                "created_at": write(created), "deadline": write(deadline), "at_deadline": label_of[status],
+                "cancel_requested_by": requested_by, "went_live_at": write(went_live), "delivered_at": write(delivered),
+                "delivery_mode": mode, "failed_reviews": failed, "policy": _policy_json(policy),
+                "reminders": _reminders_json(reminders), "idempotency_key": key, "last_event_at": write(last_at),
+            }
+
+    def json_lines(self):
+        """Each record as `json.dumps(record, ensure_ascii=False, separators=(",", ":"))` writes it
+        (not yet escaped for a terminal: the printer does that)."""
+        from json.encoder import encode_basestring as quoted
+
+        from coopctl.lifecycle import TERMS_OF, TIMERS
+
+        write = _iso_writer(self.tz)
+        terms_of = {s.value: quoted(str(t)) for s, t in TERMS_OF.items()}
+        label_of = {s.value: (quoted(TIMERS[s].label) if s in TIMERS else "null") for s in Status}
+        compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        cache: dict = {}
+
+        def known(value):  # the few values that repeat (statuses, forms, products, policies): encoded once
+            text = cache.get(value)
+            if text is None:
+                text = cache[value] = "null" if value is None else quoted(value)
+            return text
+
+        def when(t):
+            return "null" if t is None else quoted(write(t))
+
+        def texts(value):
+            return "null" if value is None else quoted(value)
+
+        for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
+             status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
+             liable, deadline, _wake) in self.rows:
+            yield (
+                f'{{"id":{oid},"merchant":{quoted(merchant)},"creator":{quoted(creator)},'
+                f'"products":{_products_text(products, compact)},"form":{known(form)},'
+                f'"commission_pct":{quoted(commission)},"ad_budget":{quoted(budget)},"latest_start_at":{when(latest)},'
+                f'"note":{texts(note)},"status":{known(status)},"terms":{terms_of[status]},"liable_party":{known(liable)},'
+                f'"created_at":{when(created)},"deadline":{when(deadline)},"at_deadline":{label_of[status]},'
+                f'"cancel_requested_by":{known(requested_by)},"went_live_at":{when(went_live)},'
+                f'"delivered_at":{when(delivered)},"delivery_mode":{known(mode)},"failed_reviews":{int(failed)},'
+                f'"policy":{_policy_text(policy, compact)},"reminders":{_reminders_text(reminders, compact)},'
+                f'"idempotency_key":{texts(key)},"last_event_at":{when(last_at)}}}'
+            )
+
+
+@functools.lru_cache(maxsize=4096)
+def _products_text(text: str, compact) -> str:
+    return compact(list(_products_json(text)))
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_text(text: str, compact) -> str:
+    return compact(_policy_json(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _reminders_text(text: str, compact) -> str:
+    return compact(_reminders_json(text))
+
+
+def notification_records(rows, tz: tzinfo):
+    """`notification_json` of each stored outbox row (id, order_id, recipient, channel, kind, at,
+    text, sent_at), made from the row itself."""
+    write = _iso_writer(tz)
+    for _id, order_id, recipient, channel, kind, at, text, sent_at in rows:
+        yield {"order": order_id, "recipient": recipient, "channel": channel, "kind": kind, "at": write(at),
+               "text": text, "sent_at": write(sent_at)}

@@ -367,53 +367,39 @@ def list_orders(
         return tx.list_orders(statuses=statuses, merchant=merchant, creator=creator, due_before=due_before, limit=limit)
 
 
-STREAM_CHUNK = 2000  # orders or notifications read per query when a listing streams
+STREAM_CHUNK = 2000  # rows read per query when a listing streams
 
 
-def iter_orders(svc: Service, *, statuses=None, merchant=None, creator=None, due_before=None, limit=None):
-    """`list_orders` as an iterator, for the machine formats (SPEC section 4: memory flat in the
-    number of orders): without filters, a keyset walk of the primary key in chunks inside one read
-    transaction; with filters, today's query (engineer G's `list` replaces this with keyset
-    paging for every filter)."""
+def iter_order_rows(svc: Service, *, limit: int | None = None):
+    """Every order's stored row (FULL_ORDER_COLUMNS) by id, read in chunks inside one read
+    transaction: memory flat in the number of orders (SPEC section 4, machine formats)."""
     svc.store.require()
-    if statuses or merchant is not None or creator is not None or due_before is not None:
-        return iter(list_orders(svc, statuses=statuses, merchant=merchant, creator=creator, due_before=due_before, limit=limit))
-    return _walk_orders(svc, limit)
+    return _walk(svc, lambda tx, after, n: tx.listing_rows(after, n), limit)
 
 
-def _walk_orders(svc: Service, limit: int | None):
-    left = limit
-    with svc.store.read() as tx:
-        after = 0
-        while left is None or left > 0:
-            chunk = tx.orders_after(after, STREAM_CHUNK if left is None else min(left, STREAM_CHUNK))
-            if not chunk:
-                return
-            yield from chunk
-            after = chunk[-1].id
-            if left is not None:
-                left -= len(chunk)
-
-
-def iter_notifications(svc: Service, *, order_id: int | None = None, pending: bool = False):
-    """Outbox rows oldest first, read in chunks by id (memory flat in their number); nothing written."""
+def iter_notification_rows(svc: Service, *, order_id: int | None = None, pending: bool = False, limit: int | None = None):
+    """Outbox rows oldest first, (id, order_id, recipient, channel, kind, at, text, sent_at), read
+    in chunks by id; nothing written."""
     svc.store.require()
     if order_id is not None:
         with svc.store.read() as tx:
             if tx.load(order_id) is None:
                 raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
-    return _walk_notifications(svc, order_id, pending)
+    return _walk(svc, lambda tx, after, n: tx.notification_listing_rows(after, n, order_id=order_id, pending=pending), limit)
 
 
-def _walk_notifications(svc: Service, order_id: int | None, pending: bool):
+def _walk(svc: Service, chunk_after, limit: int | None):
+    left = limit
     with svc.store.read() as tx:
         after = 0
-        while True:
-            rows = tx.notification_rows(None if order_id is None else [order_id], pending=pending, limit=STREAM_CHUNK, after=after)
+        while left is None or left > 0:
+            rows = chunk_after(tx, after, STREAM_CHUNK if left is None else min(left, STREAM_CHUNK))
             if not rows:
                 return
             yield from rows
-            after = rows[-1].id
+            after = rows[-1][0]
+            if left is not None:
+                left -= len(rows)
 
 
 def notifications(

@@ -921,8 +921,7 @@ class Tx:
         return found
 
     def notification_rows(
-        self, order_ids: list[int] | None = None, *, pending: bool = False, limit: int | None = None, claim: bool = False,
-        after: int | None = None,
+        self, order_ids: list[int] | None = None, *, pending: bool = False, limit: int | None = None, claim: bool = False
     ):
         """Outbox rows by id. `claim` (to mark them sent): on PostgreSQL the rows are locked, skipping
         those another dispatcher holds, so that two `--mark-sent` at once never hand out the same one."""
@@ -933,8 +932,6 @@ class Tx:
             query = query.where(NOTIFICATIONS.c.order_id.in_(order_ids))
         if pending:
             query = query.where(NOTIFICATIONS.c.sent_at.is_(None))
-        if after is not None:  # keyset: the next chunk by id (a listing that streams)
-            query = query.where(NOTIFICATIONS.c.id > after)
         if limit is not None:
             query = query.limit(limit)
         return list(self.conn.execute(query))
@@ -1090,6 +1087,28 @@ class Tx:
             .limit(limit)
         )
         return [tuple(r) for r in self.conn.execute(query)]
+
+    def listing_rows(self, after_id: int, limit: int) -> list[tuple]:
+        """The stored rows (FULL_ORDER_COLUMNS, the driver's plain tuples) of the next `limit`
+        orders after `after_id`, by id: `list` in a machine format streams the book in chunks."""
+        query = (
+            select(*[ORDERS.c[name] for name in FULL_ORDER_COLUMNS])
+            .where(ORDERS.c.id > after_id, ORDERS.c.status != "")
+            .order_by(ORDERS.c.id)
+            .limit(limit)
+        )
+        return _tuples(self.conn, "listing rows", self.conn.execute(query))
+
+    def notification_listing_rows(self, after_id: int, limit: int, *, order_id: int | None = None, pending: bool = False) -> list[tuple]:
+        """(id, order_id, recipient, channel, kind, at, text, sent_at) of the next `limit` outbox
+        rows after `after_id`, by id, as plain tuples: `notifications` streams in chunks."""
+        c = NOTIFICATIONS.c
+        query = select(c.id, c.order_id, c.recipient, c.channel, c.kind, c.at, c.text, c.sent_at).where(c.id > after_id)
+        if order_id is not None:
+            query = query.where(c.order_id == order_id)
+        if pending:
+            query = query.where(c.sent_at.is_(None))
+        return _tuples(self.conn, "notification rows", self.conn.execute(query.order_by(c.id).limit(limit)))
 
     def order_row(self, order_id: int) -> tuple | None:
         """One order's whole stored row (FULL_ORDER_COLUMNS, not decoded), or None."""
