@@ -722,6 +722,7 @@ def notifications(
     order: Annotated[Optional[int], typer.Option("--order", help="Only this order's notifications.", parser=_number("--order", order_id=True), show_default=False)] = None,
     pending: Annotated[bool, typer.Option("--pending", help="Only those not yet marked sent.")] = False,
     mark_sent: Annotated[bool, typer.Option("--mark-sent", help="Mark the pending ones listed as sent (for the dispatcher).")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many notifications (not with --mark-sent).", parser=_number("--limit"), show_default=False)] = None,
     fmt: FormatOpt = None,
     wide: WideOpt = False,
     as_json: JsonOpt = False,
@@ -741,9 +742,13 @@ def notifications(
         render.notifications_table(rows, rt.tz, wide=wide, fmt=fmt)
 
     if not mark_sent:  # read only: the rows stream from the database
-        rows = iter_notification_rows(rt.service, order_id=order, pending=pending)
+        rows = iter_notification_rows(rt.service, order_id=order, pending=pending, limit=limit)
         render.notification_list(render.notification_records(rows, rt.tz), rt.tz, wide=wide, fmt=fmt)
         return
+    if limit is not None:
+        from coopctl.errors import InvalidInput
+
+        raise InvalidInput("--limit: not with --mark-sent (every pending notification listed is marked sent)")
     # --mark-sent: what is handed out is written and flushed before it is marked sent
     outbox(rt.service, order_id=order, pending=True, mark_sent_at=instant(None, rt), report=report(show))
 

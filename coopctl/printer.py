@@ -391,7 +391,11 @@ def write_jsonl(records: Iterable[dict], stream) -> int:
         ascii_only = not _unicode_ok(stream)
         for chunk in _chunks(lines()):
             text = "\n".join(chunk) + "\n"
-            stream.write(_ascii_json(text) if ascii_only else _escaped(text))
+            if ascii_only:
+                text = _ascii_json(text)
+            elif not all(line.isprintable() for line in chunk):
+                text = json_escaped(text)
+            stream.write(text)
             count += len(chunk)
         return count
     for chunk in _chunks(records):

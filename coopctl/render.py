@@ -940,24 +940,39 @@ _YEAR_2000 = 946_684_800_000_000
 _YEAR_2100 = 4_102_444_800_000_000
 
 
-def _iso_writer(tz: tzinfo) -> Callable[[int | None], str | None]:
+def _iso_writer(tz: tzinfo, *, quoted: bool = False) -> Callable[[int | None], str | None]:
     """`iso(instant, tz)` (None for None), fast for a zone whose offset is constant from 2000 to
-    2100 (Asia/Shanghai, UTC): the local wall time plus the fixed offset; `iso` itself otherwise."""
+    2100 (Asia/Shanghai, UTC): the wall time's minute is written once (a bounded cache) and the
+    seconds added. `quoted`: as JSON (`"…"`, or `null`). `iso` itself for other zones and instants."""
     from datetime import timedelta
 
     if _offset_varies(tz):
+        if quoted:
+            return lambda t: "null" if t is None else f'"{iso(t, tz)}"'
         return lambda t: None if t is None else iso(t, tz)
     offset = datetime(2020, 1, 1, tzinfo=tz).utcoffset()
-    suffix = datetime(2020, 1, 1, tzinfo=tz).isoformat()[19:]
+    suffix = datetime(2020, 1, 1, tzinfo=tz).isoformat()[19:] + ('"' if quoted else "")
+    opening = '"' if quoted else ""
     shift = int(offset.total_seconds()) * 1_000_000
     base = datetime(1970, 1, 1)
+    heads: dict[int, str] = {}
+    none = "null" if quoted else None
 
     def write(t):
         if t is None:
-            return None
-        if _YEAR_2000 <= t < _YEAR_2100:
-            return (base + timedelta(microseconds=t + shift)).isoformat() + suffix
-        return iso(t, tz)
+            return none
+        if not _YEAR_2000 <= t < _YEAR_2100:
+            return f'"{iso(t, tz)}"' if quoted else iso(t, tz)
+        seconds, micros = divmod(t + shift, 1_000_000)
+        minute, second = divmod(seconds, 60)
+        head = heads.get(minute)
+        if head is None:
+            if len(heads) >= 100_000:
+                heads.clear()
+            head = heads[minute] = opening + (base + timedelta(minutes=minute)).isoformat()[:17]
+        if micros:
+            return f"{head}{second:02d}.{micros:06d}{suffix}"
+        return f"{head}{second:02d}{suffix}"
 
     return write
 
@@ -1016,20 +1031,18 @@ class order_records:
 
         from coopctl.lifecycle import TERMS_OF, TIMERS
 
-        write = _iso_writer(self.tz)
+        when = _iso_writer(self.tz, quoted=True)
         terms_of = {s.value: quoted(str(t)) for s, t in TERMS_OF.items()}
         label_of = {s.value: (quoted(TIMERS[s].label) if s in TIMERS else "null") for s in Status}
         compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         cache: dict = {}
 
-        def known(value):  # the few values that repeat (statuses, forms, products, policies): encoded once
-            text = cache.get(value)
-            if text is None:
+        def known(value):  # the few values that repeat (statuses, forms, parties): encoded once
+            try:
+                return cache[value]
+            except KeyError:
                 text = cache[value] = "null" if value is None else quoted(value)
-            return text
-
-        def when(t):
-            return "null" if t is None else quoted(write(t))
+                return text
 
         def texts(value):
             return "null" if value is None else quoted(value)

@@ -442,3 +442,76 @@ def test_machine_formats_stream_memory_flat_in_the_number_of_records(fmt):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < peaks[0] * 1.5 + 50_000, peaks  # ten times the records, not ten times the memory
+
+
+# --------------------------------------------------------------------------- listings from stored rows
+
+
+def test_records_made_from_stored_rows_equal_the_orders_own_json(book):
+    """`list` in a machine format writes records straight from the rows; they must be exactly
+    `Order.to_json(tz)` (values and key order), and `json_lines()` exactly their compact JSON."""
+    from zoneinfo import ZoneInfo
+
+    from coopctl.config import DEFAULT_CONFIG, load_settings
+    from coopctl.render import notification_json, notification_records, order_records
+    from coopctl.rows import order_from_row
+    from coopctl.service import Service, iter_notification_rows, iter_order_rows
+    from coopctl.store import Store, locate
+
+    settings = load_settings(DEFAULT_CONFIG, explicit=False)
+    service = Service(Store(locate(str(book["db"]))), settings, OPERATOR)
+    try:
+        rows = list(iter_order_rows(service))
+        encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        for tz in (settings.tz, ZoneInfo("UTC"), ZoneInfo("America/New_York")):
+            made = list(order_records(rows, tz))
+            assert made == [order_from_row(row[:24]).to_json(tz) for row in rows]
+            assert [list(m) for m in made] == [list(order_from_row(row[:24]).to_json(tz)) for row in rows]
+            assert list(order_records(rows, tz).json_lines()) == [encode(m) for m in made]
+            with service.store.read() as tx:
+                stored = tx.notification_rows()
+            assert list(notification_records(iter_notification_rows(service), tz)) == [notification_json(r, tz) for r in stored]
+    finally:
+        service.store.dispose()
+
+
+@pytest.mark.parametrize("zone", ["Asia/Shanghai", "UTC", "America/New_York", "Asia/Kolkata"])
+def test_fast_instants_are_written_as_iso_writes_them(zone):
+    import random
+    from zoneinfo import ZoneInfo
+
+    from coopctl.policy import iso
+    from coopctl.render import _iso_writer
+
+    tz, rng = ZoneInfo(zone), random.Random(7)
+    write = _iso_writer(tz)
+    instants = [rng.randrange(0, 253_402_300_799_000_000) for _ in range(3000)]
+    instants += [t - t % 1_000_000 for t in instants] + [0, 946_684_800_000_000, 4_102_444_800_000_000 - 1]
+    assert [write(t) for t in instants] == [iso(t, tz) for t in instants]
+    assert write(None) is None
+    quoted = _iso_writer(tz, quoted=True)
+    assert [quoted(t) for t in instants] == [json.dumps(iso(t, tz)) for t in instants] and quoted(None) == "null"
+
+
+def test_jsonl_on_a_stream_that_cannot_take_utf8_is_ascii_and_the_same_records(book):
+    from coopctl.printer import write_jsonl
+    from coopctl.render import order_records
+
+    class Ascii(io.StringIO):
+        encoding = "ascii"
+
+    from coopctl.config import DEFAULT_CONFIG, load_settings
+    from coopctl.service import Service, iter_order_rows
+    from coopctl.store import Store, locate
+
+    settings = load_settings(DEFAULT_CONFIG, explicit=False)
+    service = Service(Store(locate(str(book["db"]))), settings, OPERATOR)
+    try:
+        rows = list(iter_order_rows(service))
+        fast, plain = Ascii(), Ascii()
+        write_jsonl(order_records(rows, settings.tz), fast)
+        write_jsonl(iter(list(order_records(rows, settings.tz))), plain)
+    finally:
+        service.store.dispose()
+    assert fast.getvalue().isascii() and fast.getvalue() == plain.getvalue()
+    assert [json.loads(line)["merchant"] for line in fast.getvalue().splitlines()][:3] == ["商家A-美妆旗舰店", LONG_CHINESE_ID, HOSTILE[0]]
