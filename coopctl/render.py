@@ -1078,10 +1078,32 @@ def _reminders_text(text: str, compact) -> str:
     return compact(_reminders_json(text))
 
 
-def notification_records(rows, tz: tzinfo):
+class notification_records:
     """`notification_json` of each stored outbox row (id, order_id, recipient, channel, kind, at,
-    text, sent_at), made from the row itself."""
-    write = _iso_writer(tz)
-    for _id, order_id, recipient, channel, kind, at, text, sent_at in rows:
-        yield {"order": order_id, "recipient": recipient, "channel": channel, "kind": kind, "at": write(at),
-               "text": text, "sent_at": write(sent_at)}
+    text, sent_at), made from the row itself; `json_lines()` as for `order_records`."""
+
+    def __init__(self, rows, tz: tzinfo):
+        self.rows, self.tz = rows, tz
+
+    def __iter__(self):
+        write = _iso_writer(self.tz)
+        for _id, order_id, recipient, channel, kind, at, text, sent_at in self.rows:
+            yield {"order": order_id, "recipient": recipient, "channel": channel, "kind": kind, "at": write(at),
+                   "text": text, "sent_at": write(sent_at)}
+
+    def json_lines(self):
+        from json.encoder import encode_basestring as quoted
+
+        when = _iso_writer(self.tz, quoted=True)
+        cache: dict = {}
+
+        def known(value):  # channels and kinds: a handful of values, encoded once
+            try:
+                return cache[value]
+            except KeyError:
+                text = cache[value] = quoted(value)
+                return text
+
+        for _id, order_id, recipient, channel, kind, at, text, sent_at in self.rows:
+            yield (f'{{"order":{order_id},"recipient":{quoted(recipient)},"channel":{known(channel)},'
+                   f'"kind":{known(kind)},"at":{when(at)},"text":{quoted(text)},"sent_at":{when(sent_at)}}}')

@@ -470,7 +470,9 @@ def test_records_made_from_stored_rows_equal_the_orders_own_json(book):
             assert list(order_records(rows, tz).json_lines()) == [encode(m) for m in made]
             with service.store.read() as tx:
                 stored = tx.notification_rows()
-            assert list(notification_records(iter_notification_rows(service), tz)) == [notification_json(r, tz) for r in stored]
+            made = list(notification_records(iter_notification_rows(service), tz))
+            assert made == [notification_json(r, tz) for r in stored]
+            assert list(notification_records(iter_notification_rows(service), tz).json_lines()) == [encode(m) for m in made]
     finally:
         service.store.dispose()
 
