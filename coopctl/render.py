@@ -465,6 +465,19 @@ def _parts(stream=None):
         _title_piped[0] = saved
 
 
+def view(stream=None):
+    """For a view made of parts (`board`, `config`, `show`, `demo`): `with render.view() as part:
+    part(lambda: render.print_table(SPEC, rows, tz=tz, title="…")); part(lambda: render.line("…"))`
+    prints the parts with single blank lines between them (piped, each table's title on its own
+    line before its header)."""
+    return _parts(stream)
+
+
+def line(text: str, *, wide: bool = False, style: str = "", stream=None) -> None:
+    """One line of a view (a remark, a total): escaped, shortened with `…` to the width."""
+    _line(text, wide=wide, style=style, stream=stream)
+
+
 def _line(text: str, *, wide: bool = False, style: str = "", stream=None) -> None:
     from coopctl import printer
 
