@@ -118,6 +118,8 @@ def _print_version(value: bool) -> None:
 
 
 VersionOpt = Annotated[bool, typer.Option("--version", help="Print `coopctl VERSION` and exit.", is_eager=True, callback=_print_version)]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Output format: table, json, jsonl, csv or tsv [default: table; --json means json].", show_default=False)]
+WideOpt = Annotated[bool, typer.Option("--wide", help="Every column and whole text, whatever the width.")]
 
 
 def _number(what: str, *, low: int = 1, high: int = 2**63 - 1, order_id: bool = False) -> Callable[[str], int]:
@@ -400,6 +402,18 @@ def emit_json(value) -> None:
         import json
 
         sys.stdout.write(json.dumps(value, ensure_ascii=True, indent=2) + "\n")
+
+
+def output_format(fmt: str | None, as_json: bool) -> str:
+    """`--format F` (SPEC section 4), `--json` being `--format json`; both at once must agree."""
+    from coopctl.errors import InvalidInput
+
+    formats = ("table", "json", "jsonl", "csv", "tsv")
+    if fmt is not None and fmt not in formats:
+        raise InvalidInput(f"--format: unknown format {fmt!r} (known: {', '.join(formats)})")
+    if as_json and fmt not in (None, "json"):
+        raise InvalidInput(f"--json is --format json; it cannot be combined with --format {fmt}")
+    return "json" if as_json else fmt or "table"
 
 
 def _takes_unicode(stream) -> bool:
@@ -718,7 +732,7 @@ AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", help="Show the order 
 
 
 @command()
-def show(ctx: typer.Context, order: OrderArg, as_of: AsOfOpt = None, as_json: JsonOpt = False) -> None:
+def show(ctx: typer.Context, order: OrderArg, as_of: AsOfOpt = None, wide: WideOpt = False, as_json: JsonOpt = False) -> None:
     """Show an order's terms and the timeline of its events and deadlines; a deadline that passed
     is marked overdue. --as-of TS shows a projection: the order as a tick at TS would leave it.
 
@@ -740,7 +754,7 @@ def show(ctx: typer.Context, order: OrderArg, as_of: AsOfOpt = None, as_json: Js
                 from coopctl import render, render_views
 
                 render_views.projection_header(projected, rt.tz)
-                render.order_detail(projected.order, projected.events, rt.tz)
+                render.order_detail(projected.order, projected.events, rt.tz, wide=wide, now=rt.now)
         else:
             mark = views.overdue(record, rt.now, rt.tz)
             if as_json:
@@ -751,7 +765,7 @@ def show(ctx: typer.Context, order: OrderArg, as_of: AsOfOpt = None, as_json: Js
             else:
                 from coopctl import render, render_views
 
-                render.order_detail(record, events, rt.tz)
+                render.order_detail(record, events, rt.tz, wide=wide, now=rt.now)
                 render_views.overdue_line(mark, rt.tz)
     refusal = checked.refusal()
     if refusal is not None:
@@ -760,7 +774,7 @@ def show(ctx: typer.Context, order: OrderArg, as_of: AsOfOpt = None, as_json: Js
 
 
 @command()
-def history(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> None:
+def history(ctx: typer.Context, order: OrderArg, fmt: FormatOpt = None, wide: WideOpt = False, as_json: JsonOpt = False) -> None:
     """List an order's events with their hashes.
 
     Example: coopctl history 12 --json
@@ -770,12 +784,13 @@ def history(ctx: typer.Context, order: OrderArg, as_json: JsonOpt = False) -> No
     rt = runtime(ctx)
     checked = read_order(rt.service, order)  # the chain and the row, checked as they are read
     record, events = checked.shown, checked.printable_events()
-    if as_json:
-        emit_json([e.to_json(rt.tz) for e in events])
-    elif record is not None:
-        from coopctl import render
+    fmt = output_format(fmt, as_json)
+    from coopctl import render
 
-        render.history_table(record, events, rt.tz)
+    if fmt != "table":
+        render.print_records((e.to_json(rt.tz) for e in events), fmt=fmt, table=None, tz=rt.tz, wide=wide)
+    elif record is not None:
+        render.history_table(record, events, rt.tz, wide=wide)
     refusal = checked.refusal()
     if refusal is not None:
         sys.stdout.flush()
@@ -823,10 +838,10 @@ def list_(
         raise _invalid("--all and --limit cannot be given together: --all lists every order")
     size = None if every else limit if limit is not None else LIST_PAGE if fmt == "table" else None
     if size is None:
-        _print_orders(walk_orders(rt.service, query, after=after), fmt=fmt, tz=rt.tz, wide=wide)
+        _print_orders(walk_orders(rt.service, query, after=after), fmt=fmt, tz=rt.tz, wide=wide, now=rt.now)
         return
     page = list_page(rt.service, query, after=after, limit=size)
-    _print_orders(page.orders, fmt=fmt, tz=rt.tz, wide=wide, footer=_list_footer(ctx, rt, page, given, fmt))
+    _print_orders(page.orders, fmt=fmt, tz=rt.tz, wide=wide, footer=_list_footer(ctx, rt, page, given, fmt), now=rt.now)
 
 
 def _invalid(message: str):
@@ -931,35 +946,17 @@ def _list_footer(ctx: typer.Context, rt: "Runtime", page, given: list[str], fmt:
     return f"{line}; next page: {shlex.join(words)}"
 
 
-def _print_orders(orders, *, fmt: str, tz, wide: bool, footer: str | None = None) -> None:
-    """The one place `list` prints: the lead switches it to `render.print_records(orders, fmt=fmt,
-    table=render.ORDER_TABLE, tz=tz, wide=wide, footer=footer)` at merge. Until then: the table
-    (footer as its last line on a terminal, on stderr when piped) and JSON of today's render."""
+def _print_orders(orders, *, fmt: str, tz, wide: bool, footer: str | None = None, now: int | None = None) -> None:
+    """The one place `list` prints, through the one printer (`render.print_records`): the table's
+    footer is its last line on a terminal and goes to stderr when piped; a machine format that a
+    limit cut says so on stderr."""
     from coopctl import render
     from coopctl.trust import shown
 
-    piped = not sys.stdout.isatty()
-    if fmt == "table":
-        render.orders_table(list(orders), tz, footer="" if piped and footer else footer)
-    elif fmt == "json":
-        emit_json([o.to_json(tz) for o in orders])
-    else:
-        import csv
-        import json
-
-        writer = csv.writer(sys.stdout, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
-        for number, order in enumerate(orders):
-            record = order.to_json(tz)
-            if fmt == "jsonl":
-                sys.stdout.write(render.json_text(record, indent=None) + "\n")
-                continue
-            if number == 0:
-                writer.writerow(record)
-            writer.writerow([
-                shown(";".join(map(str, v)) if isinstance(v, list) else json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else "" if v is None else str(v))
-                for v in record.values()
-            ])
-    if footer and (piped or fmt != "table"):
+    records = (o.to_json(tz) for o in orders)
+    table_footer = footer if fmt == "table" else None
+    render.print_records(records, fmt=fmt, table=render.ORDER_TABLE, tz=tz, wide=wide, footer=table_footer, now=now)
+    if footer and fmt != "table":
         sys.stdout.flush()
         sys.stderr.write(shown(footer) + "\n")
 
@@ -970,28 +967,35 @@ def notifications(
     order: Annotated[Optional[int], typer.Option("--order", help="Only this order's notifications.", parser=_number("--order", order_id=True), show_default=False)] = None,
     pending: Annotated[bool, typer.Option("--pending", help="Only those not yet marked sent.")] = False,
     mark_sent: Annotated[bool, typer.Option("--mark-sent", help="Mark the pending ones listed as sent (for the dispatcher).")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many notifications (not with --mark-sent).", parser=_number("--limit"), show_default=False)] = None,
+    fmt: FormatOpt = None,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The notification outbox (in-app messages and SMS), oldest first.
 
     Example: coopctl notifications --pending --mark-sent --json   # hand them to the dispatcher
     """
+    from coopctl.service import iter_notification_rows
     from coopctl.service import notifications as outbox
 
+    fmt = output_format(fmt, as_json)
     rt = runtime(ctx)
-    sent_at = instant(None, rt) if mark_sent else None
     from coopctl import render
 
     def show(rows) -> None:
-        if as_json:
-            emit_json([render.notification_json(r, rt.tz) for r in rows])
-        else:
-            render.notifications_table(rows, rt.tz)
+        render.notifications_table(rows, rt.tz, wide=wide, fmt=fmt)
 
+    if not mark_sent:  # read only: the rows stream from the database
+        rows = iter_notification_rows(rt.service, order_id=order, pending=pending, limit=limit)
+        render.notification_list(render.notification_records(rows, rt.tz), rt.tz, wide=wide, fmt=fmt)
+        return
+    if limit is not None:
+        from coopctl.errors import InvalidInput
+
+        raise InvalidInput("--limit: not with --mark-sent (every pending notification listed is marked sent)")
     # --mark-sent: what is handed out is written and flushed before it is marked sent
-    rows = outbox(rt.service, order_id=order, pending=pending or mark_sent, mark_sent_at=sent_at, report=report(show))
-    if not mark_sent:
-        show(rows)
+    outbox(rt.service, order_id=order, pending=True, mark_sent_at=instant(None, rt), report=report(show))
 
 
 # ----------------------------------------------------------------------------- databases
@@ -1075,7 +1079,7 @@ def demo(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         if as_json:
             emit_json([o.to_json(rt.tz) for o in orders])
         else:
-            render.orders_table(orders, rt.tz, title=f"demo database {where}")
+            render.demo_view(orders, rt.tz, where)
             sys.stdout.write(_look_at_demo(ctx, where, orders))
         sys.stdout.flush()
     except OSError as exc:

@@ -50,12 +50,16 @@ STATUS_STYLE = {
 }
 
 
-def _console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    terminal = stream.isatty()
+def _console(stderr: bool = False, stream=None) -> Console:
+    """A safe console on stdout (or stderr, or `stream`): on a terminal as wide as the terminal or
+    COLUMNS (SPEC section 4); piped, as wide as COLUMNS, or without a practical limit (tables
+    fitted by the printer never wait on it)."""
+    from coopctl.printer import output_width
+
+    stream = stream if stream is not None else sys.stderr if stderr else sys.stdout
     console = _rich()[1](
         file=stream,
-        width=None if terminal else 200,
+        width=output_width(stream) or 100_000,
         no_color=bool(os.environ.get("NO_COLOR")) or None,
         highlight=False,
         markup=False,  # ids, notes and reasons are shown as typed: "[bold]M[/bold]" is not markup here
@@ -212,8 +216,12 @@ def _tz_name(tz: tzinfo) -> str:
 def _say(*lines: str) -> None:
     """One-line reports (an action done, a tick, a file written) are plain text, on a terminal as
     when piped: there is nothing to draw, so rich is not even loaded for them. Each line is
-    escaped (an id or a kind read from the database is shown, never obeyed) and stays one line."""
-    sys.stdout.write("".join(f"{shown(line)}\n" for line in lines))
+    escaped (an id or a kind read from the database is shown, never obeyed) and stays one line
+    unless it is wider than the width (SPEC section 4): then it breaks after `;` or `,`."""
+    from coopctl.printer import output_width, wrapped
+
+    width = output_width(sys.stdout)
+    sys.stdout.write("".join(f"{part}\n" for line in lines for part in wrapped(shown(line), width)))
 
 
 def order_created(order: Order, tz: tzinfo, created: bool) -> None:
@@ -232,43 +240,164 @@ def action_done(outcome: Outcome, tz: tzinfo) -> None:
     _say(*lines, line)
 
 
-def _terms_panel(order: Order, tz: tzinfo) -> Panel:
-    from rich.panel import Panel
+# --------------------------------------------------------------------------- the printer's tables
+#
+# Every table is a printer.TableSpec; `print_table` fits it to the width (SPEC section 4) and draws
+# it with rich on a terminal, as plain lines when piped. Views made of parts (`show`, `demo`,
+# `replay`, ...) print their parts with `_parts`: single blank lines between them.
 
-    grid = _grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    t = order.terms
-    rows = [
-        ("merchant", t.merchant),
-        ("creator", t.creator),
-        ("products", ", ".join(t.products)),
-        ("form", t.form),
-        ("commission", f"{t.commission_pct}%"),
-        ("ad budget", f"¥{t.ad_budget}"),
-        ("latest start", when(t.latest_start_at, tz)),
-        ("note", t.note or "—"),
-        ("status", _status(order.status)),
-        ("terms", str(order.terms_state)),
-        ("liable party", str(order.liable_party) if order.liable_party else "—"),
-        ("deadline", f"{when(order.deadline, tz)}  → {order.at_deadline}" if order.deadline else "—"),
-        ("failed reviews", str(order.failed_reviews)),
-        ("policy", ", ".join(f"{k}={v}" for k, v in order.policy.to_json().items())),
-    ]
-    if order.cancel_requested_by is not None:
-        rows.insert(11, ("cancel requested by", str(order.cancel_requested_by)))
-    if order.delivered_at is not None:
-        rows.insert(11, ("delivered", f"{when(order.delivered_at, tz)} ({order.delivery_mode})"))
-    if order.went_live_at is not None:
-        rows.insert(11, ("went live", when(order.went_live_at, tz)))
-    for label, value in rows:
-        grid.add_row(label, value)
-    return Panel(grid, title=f"order {order.id}", subtitle=f"times in {_tz_name(tz)}", expand=False)
+
+class Context:
+    """What a table's cells are made with: the display zone, the clock, and --wide."""
+
+    __slots__ = ("tz", "now", "wide")
+
+    def __init__(self, tz: tzinfo, now: int | None = None, wide: bool = False):
+        self.tz, self.now, self.wide = tz, _clock() if now is None else now, wide
+
+
+def _clock() -> int:
+    from coopctl.policy import to_instant
+
+    return to_instant(datetime.now(timezone.utc))
+
+
+def _instant_of(value, tz: tzinfo) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return parse_instant(value, tz)
+    except (InvalidValue, TypeError):
+        return None
+
+
+def relative(instant: int | None, now: int) -> str | None:
+    """A deadline as a person reads it beside the instant: `in 2d 3h`, `overdue 10d`, `in 45m`."""
+    if instant is None:
+        return None
+    delta = instant - now
+    if delta == 0:
+        return "due now"
+    span = _span(abs(delta))
+    return f"in {span}" if delta > 0 else f"overdue {span}"
+
+
+def _span(micros: int) -> str:
+    seconds = micros // 1_000_000
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes = rest // 60
+    for big, big_unit, small, small_unit in ((days, "d", hours, "h"), (hours, "h", minutes, "m")):
+        if big:
+            return f"{big}{big_unit} {small}{small_unit}" if small else f"{big}{big_unit}"
+    return f"{minutes}m" if minutes else "<1m"
+
+
+def _style_of_status(text: str) -> str:
+    try:
+        return STATUS_STYLE.get(Status(text), "")
+    except ValueError:
+        return ""
+
+
+def _col(name, kind, priority, get, justify="left", style=None):
+    from coopctl.printer import Column
+
+    return Column(name, kind, priority, get, justify, style)
+
+
+def _spec(name: str, *columns, wide_only=()):
+    from coopctl.printer import TableSpec
+
+    return TableSpec(tuple(columns), name, frozenset(wide_only))
+
+
+def _when_field(key):
+    return lambda r, c: when(_instant_of(r.get(key), c.tz), c.tz) if r.get(key) is not None else None
+
+
+def _order_table():
+    """`list` and `demo`: rows are `Order.to_json(tz)` dicts (what the machine formats print)."""
+    return _spec(
+        "orders",
+        _col("id", "id", 0, lambda r, c: r["id"], "right"),
+        _col("status", "status", 0, lambda r, c: r["status"], style=_style_of_status),
+        _col("deadline", "instant", 1, _when_field("deadline")),
+        _col("due", "instant", 2, lambda r, c: relative(_instant_of(r.get("deadline"), c.tz), c.now)),
+        _col("merchant", "id", 3, lambda r, c: r["merchant"]),
+        _col("then", "text", 4, lambda r, c: r.get("at_deadline")),
+        _col("creator", "id", 5, lambda r, c: r["creator"]),
+        _col("terms", "status", 6, lambda r, c: r.get("terms")),
+        _col("liable", "status", 7, lambda r, c: r.get("liable_party")),
+        _col("commission", "number", 8, lambda r, c: f"{r['commission_pct']}%", "right"),
+        _col("form", "status", 9, lambda r, c: r.get("form")),
+        _col("created", "instant", 10, _when_field("created_at")),
+        _col("products", "id", 11, lambda r, c: ", ".join(r.get("products") or ())),
+        _col("note", "text", 12, lambda r, c: r.get("note")),
+    )
+
+
+def _notification_table():
+    """`notifications`: rows are `notification_json` dicts."""
+    return _spec(
+        "notifications",
+        _col("order", "id", 0, lambda r, c: r["order"], "right"),
+        _col("at", "instant", 0, _when_field("at")),
+        _col("kind", "status", 1, lambda r, c: r["kind"]),
+        _col("recipient", "id", 2, lambda r, c: r["recipient"]),
+        _col("text", "text", 3, lambda r, c: r["text"]),
+        _col("sent", "instant", 4, lambda r, c: "pending" if r.get("sent_at") is None else when(_instant_of(r["sent_at"], c.tz), c.tz)),
+        _col("channel", "status", 5, lambda r, c: r["channel"]),
+    )
+
+
+def _history_table():
+    """`history`: rows are `Event.to_json(tz)` dicts."""
+    return _spec(
+        "history",
+        _col("seq", "number", 0, lambda r, c: r["seq"], "right"),
+        _col("at", "instant", 0, _when_field("at")),
+        _col("kind", "status", 0, lambda r, c: r["kind"]),
+        _col("actor", "id", 1, lambda r, c: r["actor"]),
+        _col("data", "text", 2, lambda r, c: _details_of(r["kind"], r.get("data"), c.tz)),
+        _col("operator", "id", 3, lambda r, c: r["operator"]),
+        _col("hash", "id", 4, lambda r, c: r["hash"] if c.wide else r["hash"][:16]),
+    )
+
+
+def _timeline_table():
+    """`show`, `replay` and what-if timelines: rows are (Event, state after or None) pairs, or a
+    dict for the line of the next deadline."""
+    def pick(event_value, next_value=None):
+        return lambda r, c: next_value(r, c) if isinstance(r, dict) else event_value(r, c)
+
+    return _spec(
+        "timeline",
+        _col("seq", "number", 0, pick(lambda r, c: r[0].seq, lambda r, c: ""), "right"),
+        _col("at", "instant", 0, pick(lambda r, c: when(r[0].at, c.tz), lambda r, c: when(r["at"], c.tz))),
+        _col("event", "status", 0, pick(lambda r, c: r[0].kind, lambda r, c: "next deadline")),
+        _col("state after", "status", 1, pick(lambda r, c: r[1].status if r[1] else "", lambda r, c: relative(r["at"], c.now)),
+             style=_style_of_status),
+        _col("actor", "id", 2, pick(lambda r, c: r[0].actor, lambda r, c: "system")),
+        _col("details", "text", 3, pick(lambda r, c: _details(r[0], c.tz), lambda r, c: f"then: {r['then']}")),
+        _col("deadline then", "instant", 4, pick(lambda r, c: (when(r[1].deadline, c.tz) if r[1].deadline else "—") if r[1] else "",
+                                                  lambda r, c: "")),
+        _col("operator", "id", 5, pick(lambda r, c: r[0].operator, lambda r, c: "")),
+    )
+
+
+ORDER_TABLE = _order_table()
+NOTIFICATION_TABLE = _notification_table()
+HISTORY_TABLE = _history_table()
+TIMELINE_TABLE = _timeline_table()
 
 
 def _details(e: Event, tz: tzinfo) -> str:
-    data = e.data
-    if e.kind == "created":
+    return _details_of(e.kind, e.data, tz)
+
+
+def _details_of(kind: str, data, tz: tzinfo) -> str:
+    if kind == "created":
         terms = data.get("terms", {}) if isinstance(data, dict) else {}
         latest = terms.get("latest_start_at", "")
         try:
@@ -276,81 +405,257 @@ def _details(e: Event, tz: tzinfo) -> str:
         except (InvalidValue, TypeError):
             pass
         return f"latest start {latest}, commission {terms.get('commission_pct', '?')}%"
+    if not isinstance(data, dict):
+        return "" if data is None else str(data)
     return ", ".join(f"{k}={v}" for k, v in data.items())
 
 
-def timeline_table(order: Order | None, events: list[Event], tz: tzinfo, states: list[Order] | None = None, title: str | None = None) -> Table:
-    from rich import box
+def print_table(spec, records, *, tz: tzinfo, wide: bool = False, title: str | None = None, now: int | None = None,
+                stream=None, context: Context | None = None) -> int:
+    """Fit and print one table (SPEC section 4). On a terminal: rich, with its title; piped: the
+    header first, one line per record, no rule, no trailing spaces (and no title: a list's first
+    line is its header; a view gives its parts' titles as lines of their own)."""
+    from coopctl import printer
+
+    stream = sys.stdout if stream is None else stream
+    context = context or Context(tz, now, wide)
+    layout, headers, rows = printer.layout_for(spec, records, width=printer.output_width(stream), wide=wide, context=context,
+                                               stream=stream)
+    if printer.is_terminal(stream):
+        console = _console(stream=stream)
+        console.print(printer.rich_table(layout, headers, rows, title=title, table_factory=_table))
+    else:
+        if title is not None and _title_piped[0]:
+            stream.write(_fit_line(title, stream, wide) + "\n")
+        stream.write("".join(line + "\n" for line in printer.plain_lines(layout, headers, rows)))
+    return len(rows)
+
+
+_title_piped = [False]  # set while a view prints its parts: a part's title is a line of its own
+
+
+def _fit_line(text: str, stream, wide: bool) -> str:
+    """A line of a view (a title, a remark): escaped, and shortened with `…` to the width when
+    there is one (free text)."""
+    from coopctl import printer
+
+    text = shown(text)
+    width = None if wide else printer.output_width(stream)
+    return text if width is None else printer.shorten(text, width)
+
+
+@contextmanager
+def _parts(stream=None):
+    """A view made of parts: yields `part(callable)`, which prints its part after a single blank
+    line (none before the first). Piped, each table's title is printed as its first line."""
+    stream = sys.stdout if stream is None else stream
+    first = [True]
+
+    def part(draw: Callable[[], None]) -> None:
+        if not first[0]:
+            stream.write("\n")
+        first[0] = False
+        draw()
+
+    saved = _title_piped[0]
+    _title_piped[0] = True
+    try:
+        yield part
+    finally:
+        _title_piped[0] = saved
+
+
+def view(stream=None):
+    """For a view made of parts (`board`, `config`, `show`, `demo`): `with render.view() as part:
+    part(lambda: render.print_table(SPEC, rows, tz=tz, title="…")); part(lambda: render.line("…"))`
+    prints the parts with single blank lines between them (piped, each table's title on its own
+    line before its header)."""
+    return _parts(stream)
+
+
+def line(text: str, *, wide: bool = False, style: str = "", stream=None) -> None:
+    """One line of a view (a remark, a total): escaped, shortened with `…` to the width."""
+    _line(text, wide=wide, style=style, stream=stream)
+
+
+def _line(text: str, *, wide: bool = False, style: str = "", stream=None) -> None:
+    from coopctl import printer
+
+    stream = sys.stdout if stream is None else stream
+    if printer.is_terminal(stream):
+        from rich.text import Text
+
+        width = None if wide else printer.output_width(stream)
+        shown_text = shown(text)
+        _console(stream=stream).print(Text(shown_text if width is None else printer.shorten(shown_text, width), style=style))
+    else:
+        stream.write(_fit_line(text, stream, wide).rstrip() + "\n")
+
+
+def _footer(text: str | None, stream) -> None:
+    """A list's footer: its last line on a terminal; on stderr when piped (stdout holds only the
+    header and the rows)."""
+    if text is None:
+        return
+    from coopctl import printer
+
+    if printer.is_terminal(stream):
+        _line(text, stream=stream)
+    else:
+        sys.stderr.write(shown(text) + "\n")
+        sys.stderr.flush()
+
+
+def print_records(records, *, fmt: str, table, tz: tzinfo, wide: bool, footer: str | None = None, stream=None,
+                  now: int | None = None, title: str | None = None) -> int:
+    """The one way a list is printed (SPEC section 4, "Formats"): `records` are JSON dicts (an
+    iterator: machine formats stream it in chunks, memory flat in its length); `table` the
+    TableSpec for `fmt == "table"` (whose cells are made from those dicts). `footer` (table
+    only) is the last line on a terminal, on stderr when piped. Returns how many were printed.
+    `stream` None is sys.stdout (read at call time); `now` None is the clock (relative times)."""
+    from coopctl import printer
+
+    stream = sys.stdout if stream is None else stream
+    if fmt == "json":
+        return printer.write_json(records, stream)
+    if fmt == "jsonl":
+        return printer.write_jsonl(records, stream)
+    if fmt in ("csv", "tsv"):
+        return printer.write_delimited(records, stream, fmt)
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}")
+    count = print_table(table, list(records), tz=tz, wide=wide, title=title, now=now, stream=stream)
+    _footer(footer, stream)
+    return count
+
+
+def _terms_fields(order: Order, tz: tzinfo, now: int) -> list[tuple[str, str, str, str]]:
+    """The show panel: (label, value, kind, style)."""
+    t = order.terms
+    deadline = "—"
+    if order.deadline is not None:
+        deadline = f"{when(order.deadline, tz)} ({relative(order.deadline, now)})"
+    rows = [
+        ("merchant", t.merchant, "id", ""),
+        ("creator", t.creator, "id", ""),
+        ("products", ", ".join(t.products), "id", ""),
+        ("form", t.form, "status", ""),
+        ("commission", f"{t.commission_pct}%", "number", ""),
+        ("ad budget", f"¥{t.ad_budget}", "number", ""),
+        ("latest start", when(t.latest_start_at, tz), "instant", ""),
+        ("note", t.note or "—", "text", ""),
+        ("status", str(order.status), "status", STATUS_STYLE.get(order.status, "")),
+        ("terms", str(order.terms_state), "status", ""),
+        ("liable party", str(order.liable_party) if order.liable_party else "—", "status", ""),
+        ("deadline", deadline, "instant", ""),
+        ("then", order.at_deadline or "—", "text", ""),
+        ("failed reviews", str(order.failed_reviews), "number", ""),
+        ("policy", ", ".join(f"{k}={v}" for k, v in order.policy.to_json().items()), "text", ""),
+    ]
+    if order.cancel_requested_by is not None:
+        rows.insert(11, ("cancel requested by", str(order.cancel_requested_by), "status", ""))
+    if order.delivered_at is not None:
+        rows.insert(11, ("delivered", f"{when(order.delivered_at, tz)} ({order.delivery_mode})", "instant", ""))
+    if order.went_live_at is not None:
+        rows.insert(11, ("went live", when(order.went_live_at, tz), "instant", ""))
+    return rows
+
+
+PANEL_FRAME = 4  # a panel's border and padding, left and right
+PANEL_GAP = 2  # between a label and its value
+
+
+def print_panel(title: str, fields: list[tuple[str, str, str, str]], *, subtitle: str | None = None, wide: bool = False,
+                stream=None) -> None:
+    """A record as labelled lines, fitted like a table: free text shortened, an id wider than the
+    room left folds, nothing else cut. On a terminal a rich panel; piped, `title` then
+    `label  value` lines."""
+    from coopctl import printer
+
+    stream = sys.stdout if stream is None else stream
+    terminal = printer.is_terminal(stream)
+    width = None if wide else printer.output_width(stream)
+    labels = [shown(label) for label, *_ in fields]
+    label_width = max(map(printer.cell_len, labels), default=0)
+    room = None if width is None else max(width - label_width - PANEL_GAP - (PANEL_FRAME if terminal else 0), 8)
+    values = []
+    for (label, value, kind, style) in fields:
+        text = shown(value)
+        if room is not None and kind == "text":
+            text = printer.shorten(text, room)
+        values.append((text, kind, style))
+    if not terminal:
+        heading = title if subtitle is None else f"{title} ({subtitle})"
+        stream.write(_fit_line(heading, stream, wide) + "\n")
+        for label, (text, kind, _style) in zip(labels, values):
+            lines = printer.fold(text, room) if room is not None and kind == "id" else [text]
+            for k, piece in enumerate(lines):
+                stream.write(((label if k == 0 else "").ljust(label_width) + " " * PANEL_GAP + piece).rstrip() + "\n")
+        return
+    from rich.panel import Panel
     from rich.text import Text
 
-    table = _table(title=title or "timeline", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("seq", justify="right")
-    table.add_column("at")
-    table.add_column("event")
-    table.add_column("actor")
-    table.add_column("operator")
-    table.add_column("state after")
-    table.add_column("deadline then")
-    table.add_column("details", overflow="fold")
-    for index, e in enumerate(events):
-        after = states[index] if states is not None and index < len(states) else None
-        table.add_row(
-            str(e.seq), when(e.at, tz), e.kind, e.actor, e.operator,
-            _status(after.status) if after else "",
-            when(after.deadline, tz) if after and after.deadline else "—" if after else "",
-            _details(e, tz),
-        )
+    grid = _grid(padding=(0, 0, 0, PANEL_GAP), pad_edge=False)
+    grid.add_column(style="bold", no_wrap=True, width=label_width)
+    value_width = max((printer.cell_len(text) for text, _, _ in values), default=1)
+    if room is not None:
+        value_width = min(value_width, room)
+    grid.add_column(no_wrap=False, overflow="fold", width=value_width + PANEL_GAP)  # rich counts the padding in
+    for label, (text, kind, style) in zip(labels, values):
+        grid.add_row(label, Text(text, style=style) if style else text)
+    _console(stream=stream).print(Panel(grid, title=title, subtitle=subtitle, expand=False, title_align="left"))
+
+
+def _timeline_rows(order: Order | None, events: list[Event], states: list[Order] | None) -> list:
+    rows: list = [(e, states[i] if states is not None and i < len(states) else None) for i, e in enumerate(events)]
     if order is not None and order.deadline is not None:
-        table.add_row("", when(order.deadline, tz), Text("next: " + (order.at_deadline or ""), style="italic"), "system", "", "", "", "")
-    return table
+        rows.append({"at": order.deadline, "then": order.at_deadline or ""})
+    return rows
 
 
-def order_detail(order: Order, events: list[Event], tz: tzinfo) -> None:
-    from rich.console import Group
+def timeline(order: Order | None, events: list[Event], tz: tzinfo, states: list[Order] | None = None, *,
+             title: str = "timeline", wide: bool = False, now: int | None = None) -> None:
+    print_table(TIMELINE_TABLE, _timeline_rows(order, events, states), tz=tz, wide=wide, title=title, now=now)
 
+
+def order_detail(order: Order, events: list[Event], tz: tzinfo, *, wide: bool = False, now: int | None = None) -> None:
+    """`show`: the panel of the order, then its timeline (a view of two parts)."""
     from coopctl.history import Divergence, rebuild
 
     try:
         states = [step.order for step in rebuild(order.id, events, strict=False)]  # stored: legacy ids stay readable
     except Divergence:
         states = None
-    console = _console()
-    console.print(Group(_terms_panel(order, tz), timeline_table(order, events, tz, states)))
+    now = _clock() if now is None else now
+    with _parts() as part:
+        part(lambda: print_panel(f"order {order.id}", _terms_fields(order, tz, now), subtitle=f"times in {_tz_name(tz)}", wide=wide))
+        part(lambda: timeline(order, events, tz, states, wide=wide, now=now))
 
 
-def history_table(order: Order, events: list[Event], tz: tzinfo) -> None:
-    from rich import box
-
-    table = _table(title=f"history of order {order.id}", box=box.SIMPLE_HEAD, title_justify="left")
-    for name in ("seq", "at", "kind", "actor", "operator", "data", "hash"):
-        table.add_column(name, overflow="fold")
-    for e in events:
-        table.add_row(str(e.seq), when(e.at, tz), e.kind, e.actor, e.operator, _details(e, tz), e.hash[:16])
-    _console().print(table)
+def history_table(order: Order, events: list[Event], tz: tzinfo, *, wide: bool = False, fmt: str = "table") -> int:
+    """`history`: a list (its first line is the header when piped; the title only on a terminal)."""
+    return print_records((e.to_json(tz) for e in events), fmt=fmt, table=HISTORY_TABLE, tz=tz, wide=wide,
+                         title=f"history of order {order.id}")
 
 
-def orders_table(orders: list[Order], tz: tzinfo, title: str | None = None, footer: str | None = None) -> None:
-    """The orders as a table, then a last line: `footer` when given ("" for none: `list` piped
-    says it on stderr), else the count and the time zone."""
-    from rich import box
+def orders_table(orders, tz: tzinfo, title: str | None = None, *, wide: bool = False, fmt: str = "table",
+                 now: int | None = None, footer: str | None = "") -> int:
+    """Orders (a list, or an iterator for the machine formats) through `print_records`; the
+    footer (table only; "" = the count and the zone) after them."""
+    records = (o.to_json(tz) for o in orders)
+    if fmt != "table":
+        return print_records(records, fmt=fmt, table=ORDER_TABLE, tz=tz, wide=wide)
+    records = list(records)
+    if footer == "":
+        footer = f"{len(records)} order{'s' if len(records) != 1 else ''}; times in {_tz_name(tz)}"
+    return print_records(records, fmt=fmt, table=ORDER_TABLE, tz=tz, wide=wide, footer=footer, title=title, now=now)
 
-    table = _table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for name, justify in (("id", "right"), ("merchant", "left"), ("creator", "left"), ("form", "left"),
-                          ("commission", "right"), ("status", "left"), ("terms", "left"), ("liable", "left"),
-                          ("next deadline", "left"), ("then", "left")):
-        table.add_column(name, justify=justify)
-    for o in orders:
-        table.add_row(
-            str(o.id), o.terms.merchant, o.terms.creator, o.terms.form, f"{o.terms.commission_pct}%",
-            _status(o.status), str(o.terms_state), str(o.liable_party or "—"),
-            when(o.deadline, tz), o.at_deadline or "—",
-        )
-    console = _console()
-    console.print(table)
-    if footer is None:
-        console.print(f"{len(orders)} order{'s' if len(orders) != 1 else ''}; times in {_tz_name(tz)}")
-    elif footer:
-        console.print(shown(footer))
+
+def demo_view(orders: list[Order], tz: tzinfo, where: str, *, wide: bool = False) -> None:
+    """`demo`: a view of parts: the orders, then the count and the zone."""
+    with _parts() as part:
+        part(lambda: orders_table(orders, tz, title=f"demo database {where}", wide=wide, footer=None))
+        part(lambda: _line(f"{len(orders)} order{'s' if len(orders) != 1 else ''}; times in {_tz_name(tz)}"))
 
 
 # --------------------------------------------------------------------------- notifications
@@ -364,21 +669,22 @@ def notification_json(row, tz: tzinfo) -> dict:
         "kind": row.kind,
         "at": iso(row.at, tz),
         "text": row.text,
+        "sent_at": None if row.sent_at is None else iso(row.sent_at, tz),
     }
 
 
-def notifications_table(rows, tz: tzinfo) -> None:
-    from rich import box
+def notifications_table(rows, tz: tzinfo, *, wide: bool = False, fmt: str = "table") -> int:
+    """Outbox rows (as `notification_rows` gives them) in `fmt`."""
+    return notification_list((notification_json(r, tz) for r in rows), tz, wide=wide, fmt=fmt)
 
-    table = _table(box=box.SIMPLE_HEAD)
-    for name in ("order", "at", "recipient", "channel", "kind", "sent", "text"):
-        table.add_column(name, overflow="fold")
-    for r in rows:
-        table.add_row(str(r.order_id), when(r.at, tz), r.recipient, r.channel, r.kind, when(r.sent_at, tz) if r.sent_at else "pending", r.text)
-    console = _console()
-    console.print(table)
-    console.print(f"{len(rows)} notification{'s' if len(rows) != 1 else ''}")
 
+def notification_list(records, tz: tzinfo, *, wide: bool = False, fmt: str = "table") -> int:
+    """`notification_json` records (an iterator: the machine formats stream it) in `fmt`."""
+    if fmt != "table":
+        return print_records(records, fmt=fmt, table=NOTIFICATION_TABLE, tz=tz, wide=wide)
+    records = list(records)
+    footer = f"{len(records)} notification{'s' if len(records) != 1 else ''}; times in {_tz_name(tz)}"
+    return print_records(records, fmt=fmt, table=NOTIFICATION_TABLE, tz=tz, wide=wide, footer=footer)
 
 # --------------------------------------------------------------------------- tick
 
@@ -464,110 +770,105 @@ def export_done(path: str, orders: int, events: int, notes: int) -> None:
     _say(f"exported {orders} order{'s' if orders != 1 else ''} ({events} events, {notes} notifications) to {path}")
 
 
-def _verdict_line(verdict, tz: tzinfo) -> Text:
-    from rich.text import Text
-
+def _verdict_text(verdict, tz: tzinfo) -> tuple[str, str]:
     end = verdict.rebuilt
     if verdict.ok:
-        line = Text(f"order {verdict.order_id}: ", style="bold")
-        line.append("reproduced", style="bold green")
-        line.append(f" — {len(verdict.exported.events)} events, ends ")
-        line.append_text(_status(end.status))
-        line.append(f" (terms {end.terms_state}), liable party: {end.liable_party or 'none'}")
+        line = (f"order {verdict.order_id}: reproduced — {len(verdict.exported.events)} events, ends {end.status}"
+                f" (terms {end.terms_state}), liable party: {end.liable_party or 'none'}")
         if end.deadline is not None:
-            line.append(f"; next deadline {when(end.deadline, tz)}: {end.at_deadline}")
-        return line
-    line = Text(f"order {verdict.order_id}: ", style="bold")
-    line.append(f"DIVERGES at event seq {verdict.divergence.seq}", style="bold red")
-    line.append(f": {verdict.divergence.why}")
-    return line
+            line += f"; next deadline {when(end.deadline, tz)}: {end.at_deadline}"
+        return line, "bold green"
+    return f"order {verdict.order_id}: DIVERGES at event seq {verdict.divergence.seq}: {verdict.divergence.why}", "bold red"
 
 
-def replay_report(verdicts: list, tz: tzinfo, source: str) -> None:
-    """Per order: the timeline rebuilt by the rules (state and deadline after each event), then the verdict."""
-    from rich.console import Group
-    from rich.text import Text
-
-    console = _console()
-    for verdict in verdicts:
-        steps = verdict.steps
-        states = [step.order for step in steps]
-        title = f"order {verdict.order_id} as replayed from {source}"
-        if not verdict.ok and len(states) < len(verdict.exported.events):
-            title += f" (not reproduced from seq {len(states) + 1})"
-        first = states[0] if states else None
-        parts = []
-        if first is not None:
-            t = first.terms
-            parts.append(Text(
-                f"order {verdict.order_id}: {t.merchant} → {t.creator}, {', '.join(t.products)} ({t.form}), "
-                f"commission {t.commission_pct}%, ad budget ¥{t.ad_budget}, latest start {when(t.latest_start_at, tz)}",
-                style="bold",
+def replay_report(verdicts: list, tz: tzinfo, source: str, *, wide: bool = False) -> None:
+    """Per order: its terms, the timeline rebuilt by the rules (state and deadline after each
+    event), then the verdict; parts separated by single blank lines."""
+    with _parts() as part:
+        for verdict in verdicts:
+            steps = verdict.steps
+            states = [step.order for step in steps]
+            title = f"order {verdict.order_id} as replayed from {source}"
+            if not verdict.ok and len(states) < len(verdict.exported.events):
+                title += f" (not reproduced from seq {len(states) + 1})"
+            first = states[0] if states else None
+            if first is not None:
+                t = first.terms
+                part(lambda t=t, first=first, verdict=verdict: print_panel(f"order {verdict.order_id}", [
+                    ("merchant", t.merchant, "id", ""), ("creator", t.creator, "id", ""),
+                    ("products", ", ".join(t.products), "id", ""), ("form", t.form, "status", ""),
+                    ("commission", f"{t.commission_pct}%", "number", ""), ("ad budget", f"¥{t.ad_budget}", "number", ""),
+                    ("latest start", when(t.latest_start_at, tz), "instant", ""),
+                    ("policy", ", ".join(f"{k}={v}" for k, v in first.policy.to_json().items()), "text", ""),
+                ], wide=wide))
+            part(lambda verdict=verdict, states=states, title=title: (
+                timeline(verdict.rebuilt if verdict.ok else None, verdict.exported.events, tz, states, title=title, wide=wide),
+                _line(*_verdict_text(verdict, tz)[:1], style=_verdict_text(verdict, tz)[1], wide=wide),
             ))
-            parts.append(Text(f"policy: {', '.join(f'{k}={v}' for k, v in first.policy.to_json().items())}"))
-        parts.append(timeline_table(verdict.rebuilt if verdict.ok else None, verdict.exported.events, tz, states, title=title))
-        parts.append(_verdict_line(verdict, tz))
-        console.print(Group(*parts))
-        console.print()
-    good = sum(1 for v in verdicts if v.ok)
-    console.print(f"{good} of {len(verdicts)} order{'s' if len(verdicts) != 1 else ''} reproduced; times in {_tz_name(tz)}")
+        good = sum(1 for v in verdicts if v.ok)
+        part(lambda: _line(f"{good} of {len(verdicts)} order{'s' if len(verdicts) != 1 else ''} reproduced; times in {_tz_name(tz)}", wide=wide))
 
 
-def what_if_report(results: list, tz: tzinfo, policy_source: str) -> None:
-    """Per order: both outcomes side by side, the recorded actions the other policy would refuse, and
-    the alternative timeline."""
-    from rich import box
-    from rich.console import Group
-    from rich.text import Text
+def what_if_report(results: list, tz: tzinfo, policy_source: str, *, wide: bool = False) -> None:
+    """Per order: both outcomes side by side, the policy windows that differ, the recorded
+    actions the other policy would refuse, and the alternative timeline."""
+    compare = _spec(
+        "what-if",
+        _col("", "status", 0, lambda r, c: r[0]),
+        _col("as recorded", "text", 0, lambda r, c: r[1], style=_style_of_status),
+        _col(f"under {policy_source}", "text", 0, lambda r, c: r[2], style=_style_of_status),
+    )
 
-    console = _console()
-    for r in results:
-        recorded, alternative = r.recorded, r.alternative
-        table = _table(title=f"order {r.order_id}: as recorded vs under {policy_source} (both at {when(r.until, tz)})",
-                      box=box.SIMPLE_HEAD, title_justify="left")
-        table.add_column("")
-        table.add_column("as recorded")
-        table.add_column(f"under {policy_source}")
+    def cell(order, name):
+        if order is None:
+            return "—"
+        if name == "status":
+            return str(order.status)
+        if name == "deadline":
+            return when(order.deadline, tz) if order.deadline is not None else "—"
+        if name == "then":
+            return order.at_deadline or "—"
+        value = {"terms": order.terms_state, "liable party": order.liable_party, "failed reviews": order.failed_reviews}[name]
+        return "—" if value is None else str(value)
 
-        def cell(order, name):
-            if order is None:
-                return "—"
-            if name == "status":
-                return _status(order.status)
-            if name == "deadline":
-                return f"{when(order.deadline, tz)} → {order.at_deadline}" if order.deadline is not None else "—"
-            value = {"terms": order.terms_state, "liable party": order.liable_party, "failed reviews": order.failed_reviews}[name]
-            return "—" if value is None else str(value)
+    with _parts() as part:
+        for r in results:
+            recorded, alternative = r.recorded, r.alternative
+            rows = [(name, cell(recorded, name), cell(alternative, name))
+                    for name in ("status", "terms", "liable party", "deadline", "then", "failed reviews")]
+            mine = r.verdict.steps[0].order.policy.to_json() if r.verdict.steps else {}
+            theirs = r.policy.to_json()
+            changed = [k for k in theirs if mine.get(k) != theirs[k]]
+            lines: list[tuple[str, str]] = [
+                ("policy: " + (", ".join(f"{k} {mine.get(k)} → {theirs[k]}" for k in changed) or "(same)"), ""),
+            ]
+            if not r.verdict.ok:
+                lines.append((f"note: the recorded history is not reproduced ({r.verdict.message})", "yellow"))
+            if r.problem:
+                lines.append((f"cannot replay under {policy_source}: {r.problem}", "red"))
+            for e, why in r.refused:
+                lines.append((f"seq {e.seq} {e.kind} by {e.actor} at {when(e.at, tz)} would have been refused: {why}", "yellow"))
+            difference = r.first_difference
+            if r.problem is None:
+                if difference is None:
+                    lines.append(("same outcome: the histories do not differ", "green"))
+                else:
+                    lines.append((f"first difference at seq {difference.seq}: {_difference_text(difference, tz)}", "bold"))
+            title = f"order {r.order_id}: as recorded vs under {policy_source} (both at {when(r.until, tz)})"
 
-        for name in ("status", "terms", "liable party", "deadline", "failed reviews"):
-            table.add_row(name, cell(recorded, name), cell(alternative, name))
-        mine = r.verdict.steps[0].order.policy.to_json() if r.verdict.steps else {}
-        theirs = r.policy.to_json()
-        changed = [k for k in theirs if mine.get(k) != theirs[k]]
-        table.add_row("policy", ", ".join(f"{k}={mine.get(k)}" for k in changed) or "(same)",
-                      ", ".join(f"{k}={theirs[k]}" for k in changed) or "(same)")
-        parts: list = [table]
-        if not r.verdict.ok:
-            parts.append(Text(f"note: the recorded history is not reproduced ({r.verdict.message})", style="yellow"))
-        if r.problem:
-            parts.append(Text(f"cannot replay under {policy_source}: {r.problem}", style="red"))
-        for e, why in r.refused:
-            parts.append(Text(f"seq {e.seq} {e.kind} by {e.actor} at {when(e.at, tz)} would have been refused: {why}", style="yellow"))
-        difference = r.first_difference
-        if r.problem is None:
-            if difference is None:
-                parts.append(Text("same outcome: the histories do not differ", style="green"))
-            else:
-                parts.append(Text(f"first difference at seq {difference.seq}: {_difference_text(difference, tz)}", style="bold"))
-        if r.steps:
-            states = [s.order for s in r.steps]
-            parts.append(timeline_table(alternative, [s.event for s in r.steps], tz, states,
-                                        title=f"order {r.order_id} under {policy_source}"))
-        console.print(Group(*parts))
-        console.print()
-    differ = sum(1 for r in results if r.first_difference is not None or r.problem)
-    console.print(f"{differ} of {len(results)} order{'s' if len(results) != 1 else ''} would have gone differently "
-                  f"under {policy_source}; times in {_tz_name(tz)}")
+            def draw(rows=rows, lines=lines, title=title):
+                print_table(compare, rows, tz=tz, wide=wide, title=title)
+                for text, style in lines:
+                    _line(text, style=style, wide=wide)
+
+            part(draw)
+            if r.steps:
+                states = [s.order for s in r.steps]
+                part(lambda r=r, states=states, alternative=alternative: timeline(
+                    alternative, [s.event for s in r.steps], tz, states, title=f"order {r.order_id} under {policy_source}", wide=wide))
+        differ = sum(1 for r in results if r.first_difference is not None or r.problem)
+        part(lambda: _line(f"{differ} of {len(results)} order{'s' if len(results) != 1 else ''} would have gone differently "
+                           f"under {policy_source}; times in {_tz_name(tz)}", wide=wide))
 
 
 def _difference_text(d, tz: tzinfo) -> str:
@@ -587,39 +888,235 @@ def _difference_text(d, tz: tzinfo) -> str:
 IMPORT_ROWS_SHOWN = 50  # a large import is summed up, not drawn row by row
 
 
-def import_done(verdicts: list, where: str, tz: tzinfo) -> None:
-    from rich import box
+def _import_table():
+    """`import`: rows are replay verdicts."""
+    return _spec(
+        "import",
+        _col("id", "id", 0, lambda v, c: v.rebuilt.id, "right"),
+        _col("status", "status", 0, lambda v, c: str(v.rebuilt.status), style=_style_of_status),
+        _col("next deadline", "instant", 1, lambda v, c: when(v.rebuilt.deadline, c.tz)),
+        _col("merchant", "id", 2, lambda v, c: v.rebuilt.terms.merchant),
+        _col("creator", "id", 3, lambda v, c: v.rebuilt.terms.creator),
+        _col("events", "number", 4, lambda v, c: len(v.exported.events), "right"),
+        _col("liable", "status", 5, lambda v, c: v.rebuilt.liable_party),
+    )
 
-    table = _table(title=f"imported into {where}", box=box.SIMPLE_HEAD, title_justify="left")
-    for name, justify in (("id", "right"), ("merchant", "left"), ("creator", "left"), ("events", "right"),
-                          ("status", "left"), ("liable", "left"), ("next deadline", "left")):
-        table.add_column(name, justify=justify)
-    for v in verdicts[:IMPORT_ROWS_SHOWN]:
-        o = v.rebuilt
-        table.add_row(str(o.id), o.terms.merchant, o.terms.creator, str(len(v.exported.events)), _status(o.status),
-                      str(o.liable_party or "—"), when(o.deadline, tz))
-    console = _console()
-    console.print(table)
-    if len(verdicts) > IMPORT_ROWS_SHOWN:
-        console.print(f"… and {len(verdicts) - IMPORT_ROWS_SHOWN} more (`coopctl list` shows them)")
-    console.print(f"{len(verdicts)} order{'s' if len(verdicts) != 1 else ''} imported; every history replayed; times in {_tz_name(tz)}")
+
+IMPORT_TABLE = _import_table()
+
+
+def import_done(verdicts: list, where: str, tz: tzinfo, *, wide: bool = False) -> None:
+    with _parts() as part:
+        part(lambda: print_table(IMPORT_TABLE, verdicts[:IMPORT_ROWS_SHOWN], tz=tz, wide=wide, title=f"imported into {where}"))
+        lines = []
+        if len(verdicts) > IMPORT_ROWS_SHOWN:
+            lines.append(f"… and {len(verdicts) - IMPORT_ROWS_SHOWN} more (`coopctl list` shows them)")
+        lines.append(f"{len(verdicts)} order{'s' if len(verdicts) != 1 else ''} imported; every history replayed; times in {_tz_name(tz)}")
+        part(lambda: [_line(text, wide=wide) for text in lines])
 
 
 # --------------------------------------------------------------------------- doctor
 
 
-def doctor_report(report, tz: tzinfo) -> None:
-    from rich import box
-    from rich.text import Text
+def _doctor_table():
+    """`doctor`: rows are findings."""
+    return _spec(
+        "doctor",
+        _col("check", "status", 0, lambda f, c: f.check),
+        _col("", "status", 0, lambda f, c: "ok" if f.ok else "PROBLEM",
+             style=lambda text: "green" if text == "ok" else "bold red"),
+        _col("finding", "text", 1, lambda f, c: f.message),
+        _col("what to do", "text", 2, lambda f, c: f.action or ""),
+    )
 
-    table = _table(title=f"doctor: {report.database}", box=box.SIMPLE_HEAD, title_justify="left")
-    for name in ("check", "", "finding", "what to do"):
-        table.add_column(name, overflow="fold")
-    for f in report.findings:
-        mark = Text("ok", style="green") if f.ok else Text("PROBLEM", style="bold red")
-        table.add_row(f.check, mark, f.message, f.action or "")
-    console = _console()
-    console.print(table)
+
+DOCTOR_TABLE = _doctor_table()
+
+
+def doctor_report(report, tz: tzinfo, *, wide: bool = False) -> None:
     problems = len(report.problems)
     verdict = "healthy" if not problems else f"{problems} problem{'s' if problems != 1 else ''}"
-    console.print(f"{verdict}: {report.orders} orders checked at {when(report.now, tz)} ({_tz_name(tz)})")
+    with _parts() as part:
+        part(lambda: print_table(DOCTOR_TABLE, report.findings, tz=tz, wide=wide, title=f"doctor: {report.database}"))
+        part(lambda: _line(f"{verdict}: {report.orders} orders checked at {when(report.now, tz)} ({_tz_name(tz)})", wide=wide))
+
+
+# --------------------------------------------------------------------------- listings from rows
+#
+# `list` and `notifications` in the machine formats print every record of a book of millions:
+# records are made from the stored rows directly (no Order objects), with instants written by
+# `_iso_writer`, at a few microseconds each. tests/test_tables.py checks that they equal
+# `Order.to_json(tz)` and `notification_json` field for field, in the same key order.
+
+LISTING_COLUMNS = None  # FULL_ORDER_COLUMNS of coopctl.store, in that order (set on first use)
+_YEAR_2000 = 946_684_800_000_000
+_YEAR_2100 = 4_102_444_800_000_000
+
+
+def _iso_writer(tz: tzinfo, *, quoted: bool = False) -> Callable[[int | None], str | None]:
+    """`iso(instant, tz)` (None for None), fast for a zone whose offset is constant from 2000 to
+    2100 (Asia/Shanghai, UTC): the wall time's minute is written once (a bounded cache) and the
+    seconds added. `quoted`: as JSON (`"…"`, or `null`). `iso` itself for other zones and instants."""
+    from datetime import timedelta
+
+    if _offset_varies(tz):
+        if quoted:
+            return lambda t: "null" if t is None else f'"{iso(t, tz)}"'
+        return lambda t: None if t is None else iso(t, tz)
+    offset = datetime(2020, 1, 1, tzinfo=tz).utcoffset()
+    suffix = datetime(2020, 1, 1, tzinfo=tz).isoformat()[19:] + ('"' if quoted else "")
+    opening = '"' if quoted else ""
+    shift = int(offset.total_seconds()) * 1_000_000
+    base = datetime(1970, 1, 1)
+    heads: dict[int, str] = {}
+    none = "null" if quoted else None
+
+    def write(t):
+        if t is None:
+            return none
+        if not _YEAR_2000 <= t < _YEAR_2100:
+            return f'"{iso(t, tz)}"' if quoted else iso(t, tz)
+        seconds, micros = divmod(t + shift, 1_000_000)
+        minute, second = divmod(seconds, 60)
+        head = heads.get(minute)
+        if head is None:
+            if len(heads) >= 100_000:
+                heads.clear()
+            head = heads[minute] = opening + (base + timedelta(minutes=minute)).isoformat()[:17]
+        if micros:
+            return f"{head}{second:02d}.{micros:06d}{suffix}"
+        return f"{head}{second:02d}{suffix}"
+
+    return write
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_json(text: str) -> dict:
+    from coopctl.policy import Policy
+
+    return Policy.from_json(json.loads(text)).to_json()
+
+
+@functools.lru_cache(maxsize=256)
+def _reminders_json(text: str) -> dict:
+    from coopctl.policy import ReminderOffsets
+
+    return ReminderOffsets.from_json(json.loads(text)).to_json()
+
+
+@functools.lru_cache(maxsize=4096)
+def _products_json(text: str) -> tuple:
+    return tuple(json.loads(text))
+
+
+class order_records:
+    """`Order.to_json(tz)` of each stored row (FULL_ORDER_COLUMNS), made from the row itself: an
+    iterable of dicts, which also offers `json_lines()`, the same records as compact JSON text
+    written straight from the row (what `--format jsonl` prints, at twice the speed of encoding
+    each dict)."""
+
+    def __init__(self, rows, tz: tzinfo):
+        self.rows, self.tz = rows, tz
+
+    def __iter__(self):
+        from coopctl.lifecycle import TERMS_OF, TIMERS
+
+        write = _iso_writer(self.tz)
+        terms_of = {s.value: str(t) for s, t in TERMS_OF.items()}
+        label_of = {s.value: (TIMERS[s].label if s in TIMERS else None) for s in Status}
+        for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
+             status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
+             liable, deadline, _wake) in self.rows:
+            yield {
+                "id": oid, "merchant": merchant, "creator": creator, "products": list(_products_json(products)),
+                "form": form, "commission_pct": commission, "ad_budget": budget, "latest_start_at": write(latest),
+                "note": note, "status": status, "terms": terms_of[status], "liable_party": liable,
+                "created_at": write(created), "deadline": write(deadline), "at_deadline": label_of[status],
+                "cancel_requested_by": requested_by, "went_live_at": write(went_live), "delivered_at": write(delivered),
+                "delivery_mode": mode, "failed_reviews": failed, "policy": _policy_json(policy),
+                "reminders": _reminders_json(reminders), "idempotency_key": key, "last_event_at": write(last_at),
+            }
+
+    def json_lines(self):
+        """Each record as `json.dumps(record, ensure_ascii=False, separators=(",", ":"))` writes it
+        (not yet escaped for a terminal: the printer does that)."""
+        from json.encoder import encode_basestring as quoted
+
+        from coopctl.lifecycle import TERMS_OF, TIMERS
+
+        when = _iso_writer(self.tz, quoted=True)
+        terms_of = {s.value: quoted(str(t)) for s, t in TERMS_OF.items()}
+        label_of = {s.value: (quoted(TIMERS[s].label) if s in TIMERS else "null") for s in Status}
+        compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        cache: dict = {}
+
+        def known(value):  # the few values that repeat (statuses, forms, parties): encoded once
+            try:
+                return cache[value]
+            except KeyError:
+                text = cache[value] = "null" if value is None else quoted(value)
+                return text
+
+        def texts(value):
+            return "null" if value is None else quoted(value)
+
+        for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
+             status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
+             liable, deadline, _wake) in self.rows:
+            yield (
+                f'{{"id":{oid},"merchant":{quoted(merchant)},"creator":{quoted(creator)},'
+                f'"products":{_products_text(products, compact)},"form":{known(form)},'
+                f'"commission_pct":{quoted(commission)},"ad_budget":{quoted(budget)},"latest_start_at":{when(latest)},'
+                f'"note":{texts(note)},"status":{known(status)},"terms":{terms_of[status]},"liable_party":{known(liable)},'
+                f'"created_at":{when(created)},"deadline":{when(deadline)},"at_deadline":{label_of[status]},'
+                f'"cancel_requested_by":{known(requested_by)},"went_live_at":{when(went_live)},'
+                f'"delivered_at":{when(delivered)},"delivery_mode":{known(mode)},"failed_reviews":{int(failed)},'
+                f'"policy":{_policy_text(policy, compact)},"reminders":{_reminders_text(reminders, compact)},'
+                f'"idempotency_key":{texts(key)},"last_event_at":{when(last_at)}}}'
+            )
+
+
+@functools.lru_cache(maxsize=4096)
+def _products_text(text: str, compact) -> str:
+    return compact(list(_products_json(text)))
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_text(text: str, compact) -> str:
+    return compact(_policy_json(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _reminders_text(text: str, compact) -> str:
+    return compact(_reminders_json(text))
+
+
+class notification_records:
+    """`notification_json` of each stored outbox row (id, order_id, recipient, channel, kind, at,
+    text, sent_at), made from the row itself; `json_lines()` as for `order_records`."""
+
+    def __init__(self, rows, tz: tzinfo):
+        self.rows, self.tz = rows, tz
+
+    def __iter__(self):
+        write = _iso_writer(self.tz)
+        for _id, order_id, recipient, channel, kind, at, text, sent_at in self.rows:
+            yield {"order": order_id, "recipient": recipient, "channel": channel, "kind": kind, "at": write(at),
+                   "text": text, "sent_at": write(sent_at)}
+
+    def json_lines(self):
+        from json.encoder import encode_basestring as quoted
+
+        when = _iso_writer(self.tz, quoted=True)
+        cache: dict = {}
+
+        def known(value):  # channels and kinds: a handful of values, encoded once
+            try:
+                return cache[value]
+            except KeyError:
+                text = cache[value] = quoted(value)
+                return text
+
+        for _id, order_id, recipient, channel, kind, at, text, sent_at in self.rows:
+            yield (f'{{"order":{order_id},"recipient":{quoted(recipient)},"channel":{known(channel)},'
+                   f'"kind":{known(kind)},"at":{when(at)},"text":{quoted(text)},"sent_at":{when(sent_at)}}}')

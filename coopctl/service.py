@@ -458,6 +458,41 @@ def walk_orders(svc: Service, query: ListQuery, *, after: str | None) -> Iterato
         yield from tx.walk(query, after=key)
 
 
+STREAM_CHUNK = 2000  # rows read per query when a listing streams
+
+
+def iter_order_rows(svc: Service, *, limit: int | None = None):
+    """Every order's stored row (FULL_ORDER_COLUMNS) by id, read in chunks inside one read
+    transaction: memory flat in the number of orders (SPEC section 4, machine formats)."""
+    svc.store.require()
+    return _walk(svc, lambda tx, after, n: tx.listing_rows(after, n), limit)
+
+
+def iter_notification_rows(svc: Service, *, order_id: int | None = None, pending: bool = False, limit: int | None = None):
+    """Outbox rows oldest first, (id, order_id, recipient, channel, kind, at, text, sent_at), read
+    in chunks by id; nothing written."""
+    svc.store.require()
+    if order_id is not None:
+        with svc.store.read() as tx:
+            if tx.load(order_id) is None:
+                raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
+    return _walk(svc, lambda tx, after, n: tx.notification_listing_rows(after, n, order_id=order_id, pending=pending), limit)
+
+
+def _walk(svc: Service, chunk_after, limit: int | None):
+    left = limit
+    with svc.store.read() as tx:
+        after = 0
+        while left is None or left > 0:
+            rows = chunk_after(tx, after, STREAM_CHUNK if left is None else min(left, STREAM_CHUNK))
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1][0]
+            if left is not None:
+                left -= len(rows)
+
+
 def notifications(
     svc: Service, *, order_id: int | None = None, pending: bool = False, mark_sent_at: int | None = None,
     report: Report | None = None,

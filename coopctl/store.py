@@ -1234,6 +1234,28 @@ class Tx:
         )
         return [tuple(r) for r in self.conn.execute(query)]
 
+    def listing_rows(self, after_id: int, limit: int) -> list[tuple]:
+        """The stored rows (FULL_ORDER_COLUMNS, the driver's plain tuples) of the next `limit`
+        orders after `after_id`, by id: `list` in a machine format streams the book in chunks."""
+        query = (
+            select(*[ORDERS.c[name] for name in FULL_ORDER_COLUMNS])
+            .where(ORDERS.c.id > after_id, ORDERS.c.status != "")
+            .order_by(ORDERS.c.id)
+            .limit(limit)
+        )
+        return _tuples(self.conn, "listing rows", self.conn.execute(query))
+
+    def notification_listing_rows(self, after_id: int, limit: int, *, order_id: int | None = None, pending: bool = False) -> list[tuple]:
+        """(id, order_id, recipient, channel, kind, at, text, sent_at) of the next `limit` outbox
+        rows after `after_id`, by id, as plain tuples: `notifications` streams in chunks."""
+        c = NOTIFICATIONS.c
+        query = select(c.id, c.order_id, c.recipient, c.channel, c.kind, c.at, c.text, c.sent_at).where(c.id > after_id)
+        if order_id is not None:
+            query = query.where(c.order_id == order_id)
+        if pending:
+            query = query.where(c.sent_at.is_(None))
+        return _tuples(self.conn, "notification rows", self.conn.execute(query.order_by(c.id).limit(limit)))
+
     def order_row(self, order_id: int) -> tuple | None:
         """One order's whole stored row (FULL_ORDER_COLUMNS, not decoded), or None."""
         query = select(*[ORDERS.c[name] for name in FULL_ORDER_COLUMNS]).where(ORDERS.c.id == order_id)

@@ -182,7 +182,7 @@ def test_show_and_history_print_the_terms_and_the_timeline(invoke):
                  "2026-11-20 20:00:00", "closed overdue, creator liable", "times in Asia/Shanghai"):
         assert text in shown, text
     history = ok(invoke("history", 1))
-    assert "history of order 1" in history
+    assert history.splitlines()[0].split() == ["seq", "at", "kind", "actor", "data", "operator", "hash"]  # piped: a list, header first
     hashes = [e["hash"][:16] for e in events_of(invoke)]
     assert all(h in history for h in hashes)
 
@@ -639,17 +639,17 @@ def test_list_shows_the_next_deadline_and_what_happens_then(invoke):
     create(invoke)
     create(invoke)
     ok(invoke("reject", 2, "--creator", C, "--reason", "档期已满", "--at", "2026-11-01T11:00:00+08:00"))
-    listed = invoke("list")
-    lines = ok(listed).splitlines()
-    header = next(line for line in lines if "next deadline" in line)
-    assert header.split() == ["id", "merchant", "creator", "form", "commission", "status", "terms", "liable", "next", "deadline", "then"]
-    first = next(line for line in lines if line.split()[:1] == ["1"])
-    assert first.split() == ["1", M, C, "live", "12.50%", "pending", "not_yet_effective", "—", "2026-11-04", "10:00:00",
-                             "expires", "(not", "accepted", "in", "time)"]
-    second = next(line for line in lines if line.split()[:1] == ["2"])
-    assert second.split()[5:] == ["rejected", "void", "—", "—", "—"]
-    # piped, stdout holds only the table; how many were shown goes to stderr (SPEC section 4, "Lists")
-    assert listed.stderr.strip() == "2 of 2 orders; times in Asia/Shanghai"
+    result = invoke("list", "--wide", env={"COLUMNS": None})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()  # piped: the header first, one line per order, the footer on stderr
+    assert lines[0].split() == ["id", "status", "deadline", "due", "merchant", "then", "creator", "terms", "liable",
+                                "commission", "form", "created", "products", "note"]
+    first = lines[1].split()
+    assert first[:5] == ["1", "pending", "2026-11-04", "10:00:00", first[4]] and first[4].startswith(("in", "overdue"))
+    assert "expires (not accepted in time)" in lines[1] and M in lines[1] and C in lines[1]
+    second = lines[2].split()
+    assert second[:4] == ["2", "rejected", "—", "—"] and "void" in second
+    assert len(lines) == 3 and result.stderr.strip().splitlines()[-1] == "2 orders; times in Asia/Shanghai"
 
 
 def test_list_filters(invoke):
@@ -675,7 +675,7 @@ def test_notifications_json_shape_and_the_created_pair(invoke):
     create(invoke)
     ok(invoke("accept", 1, "--creator", C, "--at", "2026-11-01T11:00:00+08:00"))
     rows = as_json(invoke("notifications", "--json"))
-    assert all(set(n) == {"order", "recipient", "channel", "kind", "at", "text"} for n in rows)
+    assert all(set(n) == {"order", "recipient", "channel", "kind", "at", "text", "sent_at"} for n in rows)
     assert [(n["order"], n["recipient"], n["channel"], n["kind"], n["at"]) for n in rows] == [
         (1, f"creator:{C}", "inbox", "created", T0),
         (1, f"creator:{C}", "sms", "created", T0),

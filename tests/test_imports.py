@@ -112,10 +112,16 @@ def test_a_json_command_never_loads_rich(args, book, tmp_path):
     assert "sqlmodel" in modules  # it does use the database
 
 
-def test_a_table_loads_rich(book, tmp_path):
+def test_a_table_loads_the_printer(book, tmp_path):
+    """The check above is not vacuous: a table goes through the printer (piped, as plain lines
+    measured by rich.cells: rich.table itself draws only on a terminal, see test_tables.py)."""
     db = tmp_path / "copy.db"
     db.write_bytes(book.read_bytes())
-    assert "rich.table" in loaded(["show", "7"], db=db, cwd=tmp_path)
+    code = PROBE.format(run=VIA_MAIN, heavy=HEAVY + ("coopctl.printer",))
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(["show", "7"])], capture_output=True, text=True,
+                          env=base_env(db), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "coopctl.printer" in json.loads(proc.stdout.splitlines()[-1])
 
 
 def test_main_builds_only_the_command_named_and_the_whole_app_otherwise():
