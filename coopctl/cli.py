@@ -1080,7 +1080,9 @@ def demo(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             emit_json([o.to_json(rt.tz) for o in orders])
         else:
             render.demo_view(orders, rt.tz, where)
-            sys.stdout.write(_look_at_demo(ctx, where, orders))
+            sys.stdout.write("\n")
+            for hint in _look_at_demo(ctx, where, orders).strip("\n").splitlines():
+                render.line(hint)  # a view's line: fitted to the width like the rest
         sys.stdout.flush()
     except OSError as exc:
         reason = exc.strerror or str(exc)
