@@ -776,7 +776,8 @@ def doctor(
     except InvalidValue as exc:
         raise InvalidInput(f"--grace: {exc}") from None
     rt = runtime(ctx)
-    report = examine(rt.service.store, instant(now, rt, "--now"), rt.tz, grace=grace_us, quick=quick)
+    report = examine(rt.service.store, instant(now, rt, "--now"), rt.tz, grace=grace_us, quick=quick,
+                     signing_key=bool(rt.settings.signing_key_path))
     if as_json:
         emit_json(report.to_json(rt.tz))
     else:
