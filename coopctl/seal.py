@@ -308,7 +308,9 @@ def _b64(text, length: int) -> bytes | None:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None
-    return raw if len(raw) == length else None
+    if len(raw) != length or base64.b64encode(raw).decode("ascii") != text:
+        return None  # one spelling per value: unused bits of the last character must be zero
+    return raw
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,12 @@ from dbtools import BASE, SCENARIOS, file_digest, scenario_outcome, verify_all
 V1_DDL = Path(__file__).parent / "fixtures" / "schema_v1.sql"
 
 
+def SEAL_ADDED(before: dict) -> dict:
+    """What version 3 adds to the rows of an older database: events.log_index (NULL: not sealed
+    yet) and the empty seal tables."""
+    return {"events": [row + (None,) for row in before["events"]], "seal_nodes": [], "seal_heads": []}
+
+
 def build_v1(path: Path, orders: int = 6) -> None:
     """A version-1 database as coopctl 0.1 left it: the frozen DDL, WAL, and a few orders in
     different statuses written through the storage layer (which has not changed for them)."""
@@ -60,7 +66,7 @@ def test_the_frozen_v1_fixture_is_version_1(db_path):
     build_v1(db_path)
     assert meta(db_path)["schema_version"] == "1"
     assert "tick_runs" not in schema(db_path)
-    assert SCHEMA_VERSION == 2, "a new schema version needs a step in coopctl/migrations.py and a test here"
+    assert SCHEMA_VERSION == 3, "a new schema version needs a step in coopctl/migrations.py and a test here"
 
 
 @pytest.mark.parametrize(
@@ -87,7 +93,7 @@ def test_any_command_upgrades_a_version_1_database_in_place(run_coopctl, db_path
     assert "tick_runs" in after
     if args[0] not in ("tick", "accept"):  # every row of version 1 is still there, unchanged
         assert {k: v for k, v in after.items() if k != "coopctl_meta"} == {
-            **{k: v for k, v in before.items() if k != "coopctl_meta"}, "tick_runs": [],
+            **{k: v for k, v in before.items() if k != "coopctl_meta"}, "tick_runs": [], **SEAL_ADDED(before),
         }
     verify_all(db_path)
 
@@ -125,7 +131,7 @@ def test_the_upgrade_is_atomic_a_failing_step_leaves_version_1(db_path, monkeypa
         ran.append("created tick_runs")
         raise StorageError("simulated failure in the middle of an upgrade step")
 
-    monkeypatch.setattr(migrations, "STEPS", (migrations.Step(1, "fails half way", half_then_fail),))
+    monkeypatch.setattr(migrations, "STEPS", (migrations.Step(1, "fails half way", half_then_fail), *migrations.STEPS[1:]))
     store = Store(locate(str(db_path)))
     with pytest.raises(StorageError, match="simulated failure"):
         store.require()
@@ -148,7 +154,7 @@ def test_a_failing_upgrade_is_one_line_and_exit_5_from_the_command_line(invoke, 
         conn.exec_driver_sql("CREATE TABLE tick_runs (id INTEGER PRIMARY KEY)")
         conn.exec_driver_sql("CREATE TABLE tick_runs (id INTEGER PRIMARY KEY)")  # fails: already exists
 
-    monkeypatch.setattr(migrations, "STEPS", (migrations.Step(1, "broken", broken),))
+    monkeypatch.setattr(migrations, "STEPS", (migrations.Step(1, "broken", broken), *migrations.STEPS[1:]))
     result = invoke("list")
     assert result.exit_code == 5
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: database problem")
@@ -203,3 +209,108 @@ def test_an_unreadable_schema_version_is_exit_5(run_coopctl, db_path):
 def test_upgrade_refuses_versions_it_has_no_steps_for(db_path):
     with pytest.raises(StorageError, match="schema version 0, which this coopctl .* cannot upgrade"):
         migrations.upgrade(None, 0)
+
+
+# --------------------------------------------------------------------------- 2 -> 3 (sealed histories)
+
+V2_DDL = Path(__file__).parent / "fixtures" / "schema_v2.sql"
+
+
+def build_v2(path: Path, orders: int = 6) -> None:
+    """A version-2 database as coopctl left it before sealed histories: the frozen DDL, WAL, and
+    a few orders written through the storage layer (its event columns are named, so the rows
+    written are those of version 2)."""
+    conn = sqlite3.connect(path)
+    conn.executescript(V2_DDL.read_text())
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    store = Store(locate(str(path)))
+    with store.write() as tx:
+        tx.insert_new([
+            scenario_outcome(i, BASE + i * 60_000_000, BASE + 5 * DAY, SCENARIOS[i % len(SCENARIOS)])
+            for i in range(1, orders + 1)
+        ])
+    store.dispose()
+
+
+def test_the_frozen_v2_fixture_is_version_2(db_path):
+    build_v2(db_path)
+    assert meta(db_path)["schema_version"] == "2"
+    assert "seal_heads" not in schema(db_path) and "log_index" not in schema(db_path)["events"]
+    assert "tick_runs" in schema(db_path)
+
+
+@pytest.mark.parametrize("args", [["list", "--json"], ["show", "1"], ["export", "1", "2"], ["seal", "--check"]], ids=lambda a: a[0] + "".join(a[1:2]))
+def test_any_command_upgrades_a_version_2_database_in_place_keeping_every_row(run_coopctl, db_path, args):
+    build_v2(db_path)
+    before = read_rows(db_path)
+    result = run_coopctl(*args)
+    assert result.returncode == 0, result.stderr
+    assert meta(db_path)["schema_version"] == str(SCHEMA_VERSION) == "3"
+    after = read_rows(db_path)
+    assert {k: v for k, v in after.items() if k != "coopctl_meta"} == {
+        **{k: v for k, v in before.items() if k != "coopctl_meta"}, **SEAL_ADDED(before),
+    }
+    verify_all(db_path)
+
+
+def test_a_version_2_database_upgraded_has_exactly_the_schema_of_a_new_one(run_coopctl, tmp_path, db_path):
+    build_v2(db_path)
+    assert run_coopctl("list").returncode == 0
+    fresh = tmp_path / "fresh.db"
+    assert run_coopctl("init", env={"COOPCTL_DB": str(fresh)}).returncode == 0
+    assert schema(db_path) == schema(fresh)
+
+
+def test_an_upgraded_version_2_database_seals_every_old_event(run_coopctl, tmp_path, db_path):
+    build_v2(db_path)
+    key = tmp_path / "seal.key"
+    assert run_coopctl("keygen", "--out", str(key)).returncode == 0
+    result = run_coopctl("seal", "--now", iso(BASE + 10 * DAY), "--json", env={"COOPCTL_SIGNING_KEY": str(key)})
+    assert result.returncode == 0, result.stderr
+    events = len(read_rows(db_path)["events"])
+    assert json.loads(result.stdout)["size"] == events
+    assert run_coopctl("seal", "--check").returncode == 0
+
+
+def test_a_failing_version_3_step_leaves_version_2_and_every_row(db_path, monkeypatch):
+    build_v2(db_path)
+    before = read_rows(db_path)
+
+    def half_then_fail(conn):
+        migrations._v3_seal(conn)  # the whole step is done...
+        raise StorageError("simulated failure after the sealed-histories step")
+
+    monkeypatch.setattr(migrations, "STEPS", (*migrations.STEPS[:1], migrations.Step(2, "fails", half_then_fail)))
+    store = Store(locate(str(db_path)))
+    with pytest.raises(StorageError, match="simulated failure"):
+        store.require()
+    store.dispose()
+    assert meta(db_path)["schema_version"] == "2"
+    assert read_rows(db_path) == before  # ...and rolled back: no log_index, no seal tables
+    assert "log_index" not in schema(db_path)["events"]
+
+
+@pytest.mark.postgres
+def test_a_version_2_postgresql_database_is_upgraded_in_place(invoke, pg_url):
+    """PostgreSQL: a version-2 database (a new one with version 3's additions taken away) is
+    upgraded by any command, keeping its rows, and then seals."""
+    import sqlalchemy
+
+    assert invoke("init", env={"COOPCTL_DB": pg_url}).exit_code == 0
+    assert invoke("create", "--merchant", "m-1", "--creator", "c-1", "--product", "p", "--form", "live",
+                  "--commission", "10", "--latest-start", "2026-12-20T10:00", "--at", "2026-12-01T10:00",
+                  env={"COOPCTL_DB": pg_url}).exit_code == 0
+    engine = sqlalchemy.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE seal_nodes")
+        conn.exec_driver_sql("DROP TABLE seal_heads")
+        conn.exec_driver_sql("ALTER TABLE events DROP COLUMN log_index")
+        conn.exec_driver_sql("UPDATE coopctl_meta SET value = '2' WHERE key = 'schema_version'")
+    result = invoke("list", "--json", env={"COOPCTL_DB": pg_url})
+    assert result.exit_code == 0, result.stderr
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT value FROM coopctl_meta WHERE key = 'schema_version'").scalar() == "3"
+        assert conn.exec_driver_sql("SELECT count(*) FROM events WHERE log_index IS NULL").scalar() == 1
+        assert conn.exec_driver_sql("SELECT count(*) FROM seal_heads").scalar() == 0
+    engine.dispose()
