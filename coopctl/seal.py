@@ -471,6 +471,8 @@ def seal(tx, private, now: int) -> SealResult:
 
     EVENTS, SEAL_NODES, SEAL_HEADS = _tables()
     conn = tx.conn
+    if conn.dialect.name == "postgresql":  # one seal at a time (SQLite's write transaction already is)
+        conn.exec_driver_sql("LOCK TABLE seal_heads IN SHARE ROW EXCLUSIVE MODE")
     last = latest_head(conn)
     size = last.size if last is not None else 0
     top = conn.execute(select(func.max(EVENTS.c.log_index))).scalar()

@@ -637,3 +637,19 @@ def test_random_histories_sealed_at_random_moments_verify_and_no_single_change_t
         assert isinstance(exc, InvalidInput), (name, exc)
         return
     assert outcome.failures, name
+
+
+def test_seals_running_at_once_never_number_an_event_twice(book, tmp_path):
+    env = {**base_env(Path(book.db)), "COOPCTL_SIGNING_KEY": str(book.key)}
+    if "://" in book.db:
+        env["COOPCTL_DB"] = book.db
+    procs = [subprocess.Popen([coopctl_executable(), "seal", "--now", "2026-12-01T15:00", "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path) for _ in range(3)]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    assert all(code in (0, 4) for code, _, _ in results), results
+    heads = [json.loads(out) for code, out, _ in results if code == 0]
+    assert heads and all(h["size"] == 8 for h in heads)
+    assert book("seal", "--check").exit_code == 0
