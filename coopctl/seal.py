@@ -741,8 +741,23 @@ def verify_export(export, public_key: bytes) -> Verification:
         elif not verify_inclusion(sealed.log_index, head.size, leaf_hash(_event_bytes(events[sealed.seq - 1].hash)), list(sealed.proof), root):
             problem = (f"seq {sealed.seq}: not under the signed tree head (an event up to seq {sealed.seq} was altered, "
                        "or the proof is another order's)")
+        if problem is None:
+            problem = _fields_problem(order)
         results.append(OrderSeal(order.id, last_seq, None if problem else sealed.seq, problem))
     return Verification(head, head_problem, results)
+
+
+def _fields_problem(order) -> str | None:
+    """The order's own fields (terms, status, …) are not sealed themselves: they must be what its
+    sealed events make. Rebuilt through the rules in memory (no database), as replay does."""
+    from coopctl.exchange import _compared, _rebuild
+
+    verdict = _rebuild(order)
+    if verdict.ok:
+        verdict = _compared(verdict, verdict.rebuilt)
+    if verdict.ok:
+        return None
+    return f"seq {verdict.divergence.seq}: {verdict.divergence.why} (the order's fields are not what its events make)"
 
 
 def verify_lines(v: Verification) -> Iterable[str]:
