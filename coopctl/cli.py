@@ -1004,8 +1004,8 @@ def seal(
             emit_json(result.to_json())
         else:
             h = result.head
-            what = f"{result.added} new events" if result.added else "nothing new: the last tree head"
-            sys.stdout.write(shown(f"sealed {h.size} events ({what}): root {h.root}, sealed_at {h.to_json()['sealed_at']}, public key {h.public_key}") + "\n")
+            what = f"{result.added} new" if result.added else "nothing new: the last tree head"
+            sys.stdout.write(shown(f"sealed {h.size} events ({what}) at {h.to_json()['sealed_at']}: root {h.root}") + "\n")
 
     seal_log(rt.service, at, rt.settings.signing_key_path, report=done)
 

@@ -767,7 +767,8 @@ def verify_lines(v: Verification) -> Iterable[str]:
     elif v.head_problem:
         yield f"tree head: FAILS: {v.head_problem}"
     else:
-        yield f"tree head: size {v.head.size}, root {v.head.root}, sealed {iso(v.head.sealed_at)}: signed by this key"
+        yield f"tree head: {v.head.size} events sealed at {iso(v.head.sealed_at)}, signed by this key"
+        yield f"  root {v.head.root}"
     for o in v.orders:
         yield o.line()
 

@@ -341,7 +341,8 @@ def test_an_untouched_export_verifies_with_only_the_public_key_in_a_process_with
     assert result.returncode == 0, result.stderr
     assert list(empty.iterdir()) == []  # no database was made or opened
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("tree head: size 6, root ") and lines[0].endswith("signed by this key")
+    assert lines[0] == "tree head: 6 events sealed at 2026-12-01T04:00:00+00:00, signed by this key"
+    assert lines[1].startswith("  root ") and len(lines[1]) == 7 + 64
     assert "order 2: sealed up to seq 2 (every event)" in lines
     assert "order 3: sealed up to seq 1; seq 2-3 not sealed yet" in lines
     inline = book("verify", str(tmp_path / "e.json"), "--public-key", book.public, "--json")
