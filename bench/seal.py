@@ -71,6 +71,8 @@ def run(source: Path, rounds: int, export_all: bool, say=print) -> dict:
     note(export_1_s=round(statistics.median(one), 3), import_sqlmodel_s=round(statistics.median(imports), 3),
          export_1_ratio=round(statistics.median(one) / statistics.median(imports), 3))
     tick = json.loads(timed([*cli, "tick", "--now", iso(NOW), "--json"], env)[3])
+    if unsealed_db is not None:  # the twin gets the same tick: both then hold the same orders and events
+        timed([*cli, "tick", "--now", iso(NOW), "--json"], {**env, "COOPCTL_DB": str(unsealed_db)})
     wall, rss, _, text = timed([*cli, "seal", "--now", iso(NOW + 60_000_000), "--json"], env)
     note(tick_applied=tick["applied"], seal_after_tick_s=round(wall, 2), seal_after_tick_rss_mb=round(rss, 1),
          size_after_tick=json.loads(text)["size"])
