@@ -27,7 +27,7 @@ DEFAULT_BUSY_TIMEOUT = 10 * SECOND
 # larger one into no wait at all: every lock would be exit 4 at once). One bound for both.
 MAX_BUSY_TIMEOUT = (2**31 - 1) * SECOND // 1000
 
-_SECTIONS = {"database": {"url", "busy_timeout"}, "policy": None, "reminders": None, "display": {"timezone"}}
+_SECTIONS = {"database": {"url", "busy_timeout"}, "policy": None, "reminders": None, "display": {"timezone"}, "evidence": {"signing_key"}}
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,13 @@ class Settings:
     policy: Policy = field(default_factory=Policy)
     reminders: ReminderOffsets = field(default_factory=ReminderOffsets)
     timezone: str = DEFAULT_TIMEZONE
+    signing_key: str | None = None  # [evidence] signing_key: a key file's path (SPEC section 6); never its content
+
+    @property
+    def signing_key_path(self) -> str | None:
+        """The signing key's file: COOPCTL_SIGNING_KEY wins over the configuration; empty = unset."""
+        env = os.environ.get("COOPCTL_SIGNING_KEY")
+        return env if env else self.signing_key
 
     @property
     def tz(self) -> ZoneInfo:
@@ -64,7 +71,12 @@ def load_settings(path: str | os.PathLike | None, *, explicit: bool) -> Settings
         raise InvalidInput(f"config file {str(file)!r} is not valid TOML: {exc}") from None
     except ValueError:  # an integer of thousands of digits: Python will not even read it
         raise InvalidInput(f"config file {str(file)!r} holds a number too large to read") from None
-    return parse_settings(data, source=str(file))
+    settings = parse_settings(data, source=str(file))
+    if settings.signing_key and not os.path.isabs(settings.signing_key):  # as database.url: beside the file
+        from dataclasses import replace
+
+        settings = replace(settings, signing_key=str(file.parent / settings.signing_key))
+    return settings
 
 
 def parse_settings(data: dict, *, source: str = "config") -> Settings:
@@ -102,6 +114,12 @@ def parse_settings(data: dict, *, source: str = "config") -> Settings:
     display = data.get("display", {})
     if "timezone" in display:
         settings["timezone"] = check_timezone(display["timezone"], f"{source}: 'display.timezone'")
+    evidence = data.get("evidence", {})
+    if "signing_key" in evidence:
+        key = evidence["signing_key"]
+        if not isinstance(key, str) or "\x00" in key:
+            raise InvalidInput(f"{source}: 'evidence.signing_key' must be the path of a key file (text)")
+        settings["signing_key"] = key or None
     return Settings(**settings)
 
 

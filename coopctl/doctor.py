@@ -110,7 +110,8 @@ class Report:
 
 
 def examine(
-    store: Store, now: int, tz: tzinfo, *, grace: int = DEFAULT_GRACE, chunk: int = CHUNK, quick: bool = False
+    store: Store, now: int, tz: tzinfo, *, grace: int = DEFAULT_GRACE, chunk: int = CHUNK, quick: bool = False,
+    signing_key: bool = False,
 ) -> Report:
     """Every check on `store`'s database, read-only; see the module's docstring. `quick` checks
     the hash chains of the orders only, without rebuilding them through the rules."""
@@ -128,6 +129,8 @@ def examine(
         report.findings.append(_overdue(store, now, tz, grace))
         if version >= 2:
             report.findings.append(_last_tick(store, tz))
+        if version >= 3:
+            report.findings.extend(_sealing(store, now, tz, grace, signing_key))
     except StorageError as exc:
         if not damaged:
             raise
@@ -183,7 +186,7 @@ def _integrity(store: Store, report: Report) -> Finding:
 
 
 # The schema version that added each table after the first: an older database lacks it by design.
-ADDED_IN = {"tick_runs": 2, "order_products": 3}
+ADDED_IN = {"tick_runs": 2, "order_products": 3, "seal_nodes": 3, "seal_heads": 3}
 
 
 def _shape(store: Store, version: int) -> list[Finding]:
@@ -202,7 +205,10 @@ def _shape(store: Store, version: int) -> list[Finding]:
                 missing.append(f"table {table.name}")
                 continue
             have = set(db[table.name].columns_dict)
-            missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+            missing += [
+                f"{table.name}.{c.name}" for c in table.columns
+                if c.name not in have and not (c.name == "log_index" and version < 3)
+            ]
         if "orders" in db.table_names() and "ix_orders_wake_at" not in {i.name for i in db["orders"].indexes}:
             missing.append("index ix_orders_wake_at (tick would read every order)")
         mode = _journal_mode(store, conn)
@@ -605,3 +611,39 @@ def _last_tick(store: Store, tz: tzinfo) -> Finding:
         f"the last tick finished at {_at(last.finished_at, tz)} (up to {_at(last.now, tz)}; "
         f"{last.applied} transitions, {last.reminders} reminders, by {last.operator})",
     )
+
+
+def _sealing(store: Store, now: int, tz: tzinfo, grace: int, signing_key: bool) -> list[Finding]:
+    """SPEC section 6. Once sealing is in use (a tree head exists, or a signing key is configured),
+    an event still unsealed whose instant is more than `grace` before now is a problem (cron runs
+    `seal` after `tick`); and every stored tree head must still be the root of its first `size`
+    events (`seal --check`: a history rewritten in the database fails it)."""
+    from coopctl.seal import check, latest_head, oldest_unsealed
+
+    with store.read() as tx:
+        head = latest_head(tx.conn)
+        oldest = oldest_unsealed(tx.conn)
+        checked = check(tx.conn) if head is not None else None
+    findings: list[Finding] = []
+    if head is None and not signing_key:
+        pass  # sealing not in use here: no finding, the report is what it was before sealed histories
+    elif oldest is not None and oldest[0] < now - grace:
+        findings.append(Finding(
+            "sealed", False,
+            f"events are not sealed: the oldest unsealed one (order {oldest[1]}, seq {oldest[2]}) is from {_at(oldest[0], tz)}"
+            + ("" if head is None else f"; the last seal was at {_at(head.sealed_at, tz)}"),
+            "run `coopctl seal` (and add it to cron after tick: tick && seal)", order=oldest[1], seq=oldest[2],
+        ))
+    elif head is None:
+        findings.append(Finding("sealed", True, "no tree head yet; every event is recent enough"))
+    else:
+        findings.append(Finding("sealed", True, f"the last seal covers {head.size} events, at {_at(head.sealed_at, tz)}"))
+    if checked is not None:
+        if checked.problem is None:
+            findings.append(Finding("seal_check", True, f"{checked.heads} tree heads match the {checked.size} sealed events"))
+        else:
+            findings.append(Finding(
+                "seal_check", False, checked.problem,
+                "a history was rewritten inside the database: restore it from a backup, and keep this copy for inspection",
+            ))
+    return findings

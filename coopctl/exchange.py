@@ -95,12 +95,14 @@ class ExportedOrder:
     events: list[Event]
     notifications: list[dict]  # rows for the outbox: order_id, recipient, channel, kind, at, text, sent_at
     reminders_sent: frozenset[str]
+    sealed: object | None = None  # seal.Sealed: the inclusion proof of its last sealed event (SPEC section 6)
 
 
 @dataclass(frozen=True)
 class ExportFile:
     exported_at: int
     orders: list[ExportedOrder]
+    seal: object | None = None  # seal.Head: the latest signed tree head when the file was written
 
 
 @dataclass(frozen=True)
@@ -258,8 +260,9 @@ def export_document(svc, order_ids: list[int] | None, *, exported_at: int, tz: t
     with svc.store.read() as tx:
         ids = _existing(tx, order_ids)
         _not_back_dated(tx, ids, exported_at, tz)
-        orders = [document for chunk in _order_chunks(tx, ids, tz) for document in chunk]
-    return {**_header(exported_at, tz), "orders": orders}
+        sealing = _sealing(tx)
+        orders = [document for chunk in _order_chunks(tx, ids, tz, sealing=sealing) for document in chunk]
+    return {**_header(exported_at, tz, sealing), "orders": orders}
 
 
 def write_export(
@@ -283,9 +286,10 @@ def write_export(
         _not_back_dated(tx, ids, exported_at, tz)
         if total_hint is not None:
             total_hint(tx.count_orders() if ids is None else len(ids))
-        header = _header(exported_at, tz)
+        sealing = _sealing(tx)
+        header = _header(exported_at, tz, sealing)
         summary = ExportSummary(header["exported_at"])
-        chunks = _order_chunks(tx, ids, tz, summary)
+        chunks = _order_chunks(tx, ids, tz, summary, sealing=sealing)
         if isinstance(out, (str, os.PathLike)):
             with atomic_file(out) as handle:
                 _write_document(handle, header, chunks, progress)
@@ -316,11 +320,23 @@ def _not_back_dated(tx, ids: list[int] | None, exported_at: int, tz: tzinfo) -> 
         )
 
 
-def _header(exported_at: int, tz: tzinfo) -> dict:
-    return {"format": FORMAT, "version": VERSION, "exported_at": iso(exported_at, tz)}
+def _header(exported_at: int, tz: tzinfo, sealing=None) -> dict:
+    header = {"format": FORMAT, "version": VERSION, "exported_at": iso(exported_at, tz)}
+    if sealing is not None:  # SPEC section 6: the latest tree head, before the orders it covers
+        header["seal"] = sealing.header()
+    return header
 
 
-def _order_chunks(tx, ids: list[int] | None, tz: tzinfo, summary: ExportSummary | None = None) -> Iterator[list[dict]]:
+def _sealing(tx):
+    """The export's seal part (coopctl/seal.py), or None before the first seal: an unsealed
+    database exports the same bytes as before sealing existed."""
+    from coopctl.seal import ExportSeal
+
+    sealing = ExportSeal(tx.conn)
+    return sealing if sealing.head is not None else None
+
+
+def _order_chunks(tx, ids: list[int] | None, tz: tzinfo, summary: ExportSummary | None = None, *, sealing=None) -> Iterator[list[dict]]:
     """The orders' documents, by id, EXPORT_CHUNK at a time: the orders by their key (a walk of the
     primary key for every order), their events and notifications by order_id IN (…)."""
     after, position = 0, 0
@@ -341,8 +357,18 @@ def _order_chunks(tx, ids: list[int] | None, tz: tzinfo, summary: ExportSummary 
             summary.ids.extend(chunk)
             summary.events += sum(len(e) for e in events.values())
             summary.notifications += sum(len(n) for n in notes.values())
-        yield [_order_document(order, events[order.id], notes[order.id], tz) for order in orders]
+        documents = [_order_document(order, events[order.id], notes[order.id], tz) for order in orders]
+        if sealing is not None:
+            for document, (order_id, sealed) in zip(documents, _sealed_by_order(sealing, chunk)):
+                if sealed is not None:
+                    document["sealed"] = sealed
+        yield documents
         after = chunk[-1]
+
+
+def _sealed_by_order(sealing, chunk: list[int]):
+    found = sealing.sealed_of(chunk)
+    return [(i, found.get(i)) for i in chunk]
 
 
 _NESTED = ('{\n  "orders": [', "\n  ]\n}")  # around the orders of a chunk dumped as the document nests them
@@ -594,6 +620,11 @@ def parse_document(raw: bytes | str | BinaryIO, *, source: str = "the file") -> 
     exported_at = _instant(document, "exported_at", source)
     if not isinstance(orders, list):
         raise InvalidInput(f"{source}: 'orders' must be an array, got {_kind(orders)}")
+    head = None
+    if "seal" in document:  # SPEC section 6: shape checked here, signature and proofs by `verify`
+        from coopctl.seal import head_from_json
+
+        head = head_from_json(document["seal"], source)
     parsed: list[ExportedOrder] = []
     seen: set[int] = set()
     latest: tuple[int, int] | None = None  # (instant, order id) of the file's last event
@@ -612,7 +643,7 @@ def parse_document(raw: bytes | str | BinaryIO, *, source: str = "the file") -> 
             f"{source}: 'exported_at' {iso(exported_at)} is before the last event of order {latest[1]} "
             f"({iso(latest[0])}); an export cannot be older than the history it holds"
         )
-    return ExportFile(exported_at, parsed)
+    return ExportFile(exported_at, parsed, head)
 
 
 def _json_document(raw: bytes | str | BinaryIO, source: str):
@@ -791,8 +822,13 @@ def _parse_order(item, where: str) -> ExportedOrder:
     if not isinstance(notes_raw, list):
         raise InvalidInput(f"{where}: 'notifications' must be an array, got {_kind(notes_raw)}")
     notes = [_parse_notification(order_id, n, f"{where}, notifications[{i}]") for i, n in enumerate(notes_raw)]
+    sealed = None
+    if "sealed" in item:  # SPEC section 6: shape checked here, the proof by `verify`
+        from coopctl.seal import sealed_from_json
+
+        sealed = sealed_from_json(item.pop("sealed"), where)
     del item["events"], item["notifications"]  # parsed above: the file's copies need not stay in memory
-    return ExportedOrder(order_id, item, events, notes, frozenset(sent))
+    return ExportedOrder(order_id, item, events, notes, frozenset(sent), sealed)
 
 
 def _parse_event(order_id: int, item, where: str) -> Event:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, update
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, update
 from sqlalchemy.engine import Connection
 
 from coopctl.errors import StorageError
@@ -113,16 +113,47 @@ def _v3_board(conn: Connection) -> None:
     _V3_BOARD_INDEX.create(conn, checkfirst=True)
 
 
+_V3_SEAL_NODES = Table(  # frozen: seal_nodes as version 3 defines it (models.SealNode)
+    "seal_nodes",
+    _V3,
+    Column("level", Integer, primary_key=True),
+    Column("idx", BigInteger, primary_key=True),
+    Column("hash", LargeBinary, nullable=False),
+)
+_V3_SEAL_HEADS = Table(  # frozen: seal_heads as version 3 defines it (models.SealHead)
+    "seal_heads",
+    _V3,
+    Column("id", Integer, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("root", String(64), nullable=False),
+    Column("sealed_at", BigInteger, nullable=False),
+    Column("public_key", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+
+def _v3_seal(conn: Connection) -> None:
+    """Sealed histories (SPEC section 6): events.log_index (NULL: not sealed yet; a unique index,
+    so that `seal` finds what is new without a pass over the log), the log's nodes and its signed
+    tree heads. ADD COLUMN appends the column after the last one, exactly where a new database
+    declares it, so an upgraded database has the schema of a new one."""
+    conn.exec_driver_sql("ALTER TABLE events ADD COLUMN log_index BIGINT")
+    Index("ux_events_log_index", Table("events", MetaData(), Column("log_index", BigInteger)).c.log_index, unique=True).create(conn)
+    _V3_SEAL_NODES.create(conn)
+    _V3_SEAL_HEADS.create(conn)
+
+
 def _to_v3(conn: Connection) -> None:
     _v3_list(conn)
     _v3_board(conn)
+    _v3_seal(conn)
 
 
 # --------------------------------------------------------------------------- the list
 
 STEPS: tuple[Step, ...] = (
     Step(1, "add tick_runs: one row per tick run, so that `doctor` can tell when cron last ran", _add_tick_runs),
-    Step(2, "add the indexes of `list` and `board`, and order_products (every filter of `list` served by an index)", _to_v3),
+    Step(2, "add the indexes of `list` and `board`, order_products, and sealed histories (events.log_index, seal_nodes, seal_heads)", _to_v3),
 )
 
 

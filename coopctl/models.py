@@ -6,10 +6,10 @@ lists and maps are canonical JSON text. Nothing here is SQLite-only, so PostgreS
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Index, Text
+from sqlalchemy import BigInteger, Index, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3  # 2: tick_runs; 3: the indexes of `list` and order_products (coopctl/migrations.py upgrades older databases in place)
+SCHEMA_VERSION = 3  # 2: tick_runs; 3: the indexes of `list` and `board`, order_products, sealed histories (coopctl/migrations.py upgrades older databases in place)
 APPLICATION = "coopctl"
 
 
@@ -82,6 +82,8 @@ class EventRow(SQLModel, table=True):
     """The hash-chained history of each order; (order_id, seq) can never be written twice."""
 
     __tablename__ = "events"
+    __table_args__ = (Index("ux_events_log_index", "log_index", unique=True),)
+
     order_id: int = Field(primary_key=True, foreign_key="orders.id")
     seq: int = Field(primary_key=True)
     kind: str = Field(max_length=32)
@@ -91,6 +93,9 @@ class EventRow(SQLModel, table=True):
     data: str = Field(sa_type=Text)  # canonical JSON
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+    # SPEC section 6: the event's position in the sealed log (coopctl/seal.py), NULL until a seal
+    # adds it. Unique (NULLs apart), so that the events not yet sealed are found by this index.
+    log_index: int | None = Field(default=None, sa_type=BigInteger)
 
 
 class NotificationRow(SQLModel, table=True):
@@ -128,9 +133,35 @@ class TickRun(SQLModel, table=True):
     operator: str = Field(max_length=256)
 
 
+class SealNode(SQLModel, table=True):
+    """The sealed log's complete subtrees (SPEC section 6, RFC 6962): the node at `level` >= 1 and
+    position `idx` is the hash of leaves idx * 2**level to (idx + 1) * 2**level - 1. Leaves (level 0)
+    are the events' own hashes (events.log_index), so they are not stored twice."""
+
+    __tablename__ = "seal_nodes"
+    level: int = Field(primary_key=True)
+    idx: int = Field(primary_key=True, sa_type=BigInteger)
+    hash: bytes = Field(sa_type=LargeBinary)
+
+
+class SealHead(SQLModel, table=True):
+    """One signed tree head per `seal` that added events: the first `size` leaves have this root."""
+
+    __tablename__ = "seal_heads"
+
+    id: int | None = Field(default=None, primary_key=True)
+    size: int = Field(sa_type=BigInteger)
+    root: str = Field(max_length=64)  # hex
+    sealed_at: int = Field(sa_type=BigInteger)
+    public_key: str = Field(max_length=64)  # base64 of the 32 raw bytes
+    signature: str = Field(max_length=128)  # base64 of the 64-byte Ed25519 signature
+
+
 ORDERS = OrderRow.__table__
 EVENTS = EventRow.__table__
 NOTIFICATIONS = NotificationRow.__table__
 META = Meta.__table__
 TICK_RUNS = TickRun.__table__
 ORDER_PRODUCTS = OrderProduct.__table__
+SEAL_NODES = SealNode.__table__
+SEAL_HEADS = SealHead.__table__

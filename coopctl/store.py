@@ -635,6 +635,11 @@ def _insert(table, columns: tuple[str, ...]):
     return lambda: insert(table).values({c: bindparam(c) for c in columns})
 
 
+# The columns an event is read from: every one but log_index (schema 3, coopctl/seal.py), so that
+# `doctor` still reads the events of an older database it does not upgrade.
+_EVENT_READ = tuple(c for c in EVENTS.c if c.name != "log_index")
+
+
 def event_from_row(row) -> Event:
     return Event(row.order_id, row.seq, row.kind, row.at, row.actor, row.operator, _event_data(row.data), row.prev_hash, row.hash)
 
@@ -987,7 +992,7 @@ class Tx:
     # ---------------------------------------------------------------- reading
 
     def events(self, order_id: int) -> list[Event]:
-        rows = self.conn.execute(select(EVENTS).where(EVENTS.c.order_id == order_id).order_by(EVENTS.c.seq))
+        rows = self.conn.execute(select(*_EVENT_READ).where(EVENTS.c.order_id == order_id).order_by(EVENTS.c.seq))
         return [event_from_row(r) for r in rows]
 
     def events_of(self, order_ids: list[int]) -> dict[int, list[Event]]:
@@ -995,7 +1000,7 @@ class Tx:
         for start in range(0, len(order_ids), 500):
             chunk = order_ids[start : start + 500]
             rows = self.conn.execute(
-                select(EVENTS).where(EVENTS.c.order_id.in_(chunk)).order_by(EVENTS.c.order_id, EVENTS.c.seq)
+                select(*_EVENT_READ).where(EVENTS.c.order_id.in_(chunk)).order_by(EVENTS.c.order_id, EVENTS.c.seq)
             )
             for r in rows:
                 found[r.order_id].append(event_from_row(r))

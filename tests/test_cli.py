@@ -509,7 +509,7 @@ def test_usage_errors_exit_2_without_a_traceback(invoke, command):
          "coopctl.toml: [policy] unknown key 'acept_window' (known: accept_window, auto_deliver_after, "
          "cancel_response_window, makeup_window, max_failed_reviews, review_window)"),
         ("[database]\ntimeout = 3\n", "coopctl.toml: unknown key 'database.timeout' (known: busy_timeout, url)"),
-        ('[polcy]\naccept_window = "1d"\n', "coopctl.toml: unknown section '[polcy]' (known: database, policy, reminders, display)"),
+        ('[polcy]\naccept_window = "1d"\n', "coopctl.toml: unknown section '[polcy]' (known: database, policy, reminders, display, evidence)"),
         ('[policy]\naccept_window = "3 days"\n',
          "coopctl.toml: [policy] 'accept_window': expected a duration such as '3d', '48h', '90m', '30s' or '1d12h', got '3 days'"),
         ('[display]\ntimezone = "Mars/Olympus"\n', "coopctl.toml: 'display.timezone': unknown time zone 'Mars/Olympus'"),

@@ -281,3 +281,14 @@ def test_the_v3_upgrade_is_atomic_a_failing_list_step_leaves_version_2(db_path, 
     store.dispose()
     assert meta(db_path)["schema_version"] == "2"
     assert read_rows(db_path) == before and "ix_orders_created" not in schema(db_path)
+
+
+def test_an_upgraded_version_2_database_seals_every_old_event(run_coopctl, tmp_path, db_path):
+    build_v2(db_path)
+    key = tmp_path / "seal.key"
+    assert run_coopctl("keygen", "--out", str(key)).returncode == 0
+    result = run_coopctl("seal", "--now", iso(BASE + 10 * DAY), "--json", env={"COOPCTL_SIGNING_KEY": str(key)})
+    assert result.returncode == 0, result.stderr
+    events = len(read_rows(db_path)["events"])
+    assert json.loads(result.stdout)["size"] == events
+    assert run_coopctl("seal", "--check", env={"COOPCTL_SIGNING_KEY": str(key)}).returncode == 0
