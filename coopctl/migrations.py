@@ -110,7 +110,7 @@ def _v3_list(conn: Connection) -> None:
 
 def _v3_board(conn: Connection) -> None:
     """`board`'s part of 2 -> 3: the oldest pending notification read from an index, in one probe."""
-    _V3_BOARD_INDEX.create(conn, checkfirst=True)
+    _V3_BOARD_INDEX.create(conn)
 
 
 _V3_SEAL_NODES = Table(  # frozen: seal_nodes as version 3 defines it (models.SealNode)

@@ -488,8 +488,12 @@ def test_a_version_2_database_on_postgresql_is_upgraded_with_order_products(invo
     try:
         with engine.begin() as conn:  # back to version 2: no order_products, none of list's indexes
             conn.execute(text("DROP TABLE order_products"))
-            for name in ("ix_orders_created", "ix_orders_liable", "ix_orders_status_deadline", "ix_orders_status_created"):
+            for name in ("ix_orders_created", "ix_orders_liable", "ix_orders_status_deadline", "ix_orders_status_created",
+                         "ix_notifications_pending_at"):
                 conn.execute(text(f"DROP INDEX {name}"))
+            conn.execute(text("DROP TABLE seal_nodes"))  # and none of the seal's tables and column
+            conn.execute(text("DROP TABLE seal_heads"))
+            conn.execute(text("ALTER TABLE events DROP COLUMN log_index"))
             conn.execute(text("UPDATE coopctl_meta SET value = '2' WHERE key = 'schema_version'"))
         result = invoke("list", "--product", "P2", "--json", env={"COOPCTL_DB": pg_url})
         assert result.exit_code == 0, result.stderr
