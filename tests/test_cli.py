@@ -649,7 +649,7 @@ def test_list_shows_the_next_deadline_and_what_happens_then(invoke):
     assert "expires (not accepted in time)" in lines[1] and M in lines[1] and C in lines[1]
     second = lines[2].split()
     assert second[:4] == ["2", "rejected", "—", "—"] and "void" in second
-    assert len(lines) == 3 and result.stderr.strip().splitlines()[-1] == "2 orders; times in Asia/Shanghai"
+    assert len(lines) == 3 and result.stderr.strip().splitlines()[-1] == "2 of 2 orders; times in Asia/Shanghai"
 
 
 def test_list_filters(invoke):
