@@ -1478,17 +1478,12 @@ def _standard_stderr() -> None:
 
 
 def _json_escape(error: UnicodeError) -> tuple[str, int]:
+    """The codec error handler of streams that cannot encode a character: JSON's `\\uXXXX`."""
+    from coopctl.trust import u_escape
+
     if not isinstance(error, UnicodeEncodeError):
         raise error
-    out = []
-    for char in error.object[error.start : error.end]:
-        code = ord(char)
-        if code > 0xFFFF:
-            code -= 0x10000
-            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
-        else:
-            out.append(f"\\u{code:04x}")
-    return "".join(out), error.end
+    return "".join(u_escape(char) for char in error.object[error.start : error.end]), error.end
 
 
 class _Closed(io.RawIOBase):

@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from coopctl.trust import json_escaped, shown
+from coopctl.trust import json_escaped, shown, u_escape
 
 ID, STATUS, INSTANT, NUMBER, TEXT = "id", "status", "instant", "number", "text"
 KINDS = (ID, STATUS, INSTANT, NUMBER, TEXT)
@@ -343,12 +343,7 @@ def _ascii_json(text: str) -> str:
     return "".join(ch if ch < "\x80" else _u_escape(ch) for ch in text)
 
 
-def _u_escape(ch: str) -> str:
-    point = ord(ch)
-    if point < 0x10000:
-        return f"\\u{point:04x}"
-    point -= 0x10000
-    return f"\\u{0xD800 + (point >> 10):04x}\\u{0xDC00 + (point & 0x3FF):04x}"
+_u_escape = u_escape  # the trust boundary's
 
 
 def _escaped(text: str) -> str:

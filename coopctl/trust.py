@@ -249,10 +249,12 @@ def json_escaped(text: str) -> str:
         return text  # the common case: nothing to look at
     if UNSAFE.search(text) is None:
         return text
-    return text.translate({ord(ch): _json_escape(ch) for ch in set(UNSAFE.findall(text))})
+    return text.translate({ord(ch): u_escape(ch) for ch in set(UNSAFE.findall(text))})
 
 
-def _json_escape(ch: str) -> str:
+def u_escape(ch: str) -> str:
+    """One character as JSON's `\\uXXXX` escape (a surrogate pair above U+FFFF), as
+    `ensure_ascii=True` writes it."""
     point = ord(ch)
     if point < 0x10000:
         return f"\\u{point:04x}"
