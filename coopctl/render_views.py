@@ -10,6 +10,7 @@ from datetime import tzinfo
 
 from coopctl import render
 from coopctl.lifecycle import TERMS_OF, Status
+from coopctl.policy import SECOND
 from coopctl.printer import Column, TableSpec
 from coopctl.render import _tz_name, when
 from coopctl.views import Board, OrderChange, Overdue, Projection, Setting, timer_kinds
@@ -40,7 +41,8 @@ def board_table(b: Board, tz: tzinfo) -> None:
     head = [
         ("now", when(b.now, tz)),
         ("orders", f"{b.orders:,}"),
-        ("last tick", "never" if last is None else f"for {when(last[0], tz)}, finished {when(last[1], tz)}, applied {last[2]:,}"),
+        # finished_at is the wall clock to the microsecond: shown to the second, as every instant a person reads
+        ("last tick", "never" if last is None else f"for {when(last[0], tz)}, finished {when(last[1] - last[1] % SECOND, tz)}, applied {last[2]:,}"),
         ("times in", _tz_name(tz)),
     ]
     statuses = [(status, str(TERMS_OF[Status(status)]), f"{n:,}") for status, n in b.by_status.items()]
