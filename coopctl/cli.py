@@ -408,9 +408,8 @@ def output_format(fmt: str | None, as_json: bool) -> str:
     """`--format F` (SPEC section 4), `--json` being `--format json`; both at once must agree."""
     from coopctl.errors import InvalidInput
 
-    formats = ("table", "json", "jsonl", "csv", "tsv")
-    if fmt is not None and fmt not in formats:
-        raise InvalidInput(f"--format: unknown format {fmt!r} (known: {', '.join(formats)})")
+    if fmt is not None and fmt not in FORMATS:
+        raise InvalidInput(f"--format: unknown format {fmt[:40]!r} (known: {', '.join(FORMATS)})")
     if as_json and fmt not in (None, "json"):
         raise InvalidInput(f"--json is --format json; it cannot be combined with --format {fmt}")
     return "json" if as_json else fmt or "table"
@@ -799,7 +798,6 @@ def history(ctx: typer.Context, order: OrderArg, fmt: FormatOpt = None, wide: Wi
 
 LIST_PAGE = 50  # rows of a `list` table unless --limit or --all (SPEC section 4, "Lists")
 MAX_LIMIT = 100_000  # --limit above this is refused (--all streams every order)
-FORMATS = ("table", "json", "jsonl", "csv", "tsv")
 
 
 @command("list")
@@ -833,7 +831,7 @@ def list_(
     query, given = _list_query(rt, status=status, terms=terms, liable=liable, merchant=merchant, creator=creator,
                                product=product, created_after=created_after, created_before=created_before,
                                due_before=due_before, overdue=overdue, sort=sort)
-    fmt = _list_format(fmt, as_json)
+    fmt = output_format(fmt, as_json)
     if every and limit is not None:
         raise _invalid("--all and --limit cannot be given together: --all lists every order")
     size = None if every else limit if limit is not None else LIST_PAGE if fmt == "table" else None
@@ -848,14 +846,6 @@ def _invalid(message: str):
     from coopctl.errors import InvalidInput
 
     return InvalidInput(message)
-
-
-def _list_format(fmt: str | None, as_json: bool) -> str:
-    if fmt is not None and fmt not in FORMATS:
-        raise _invalid(f"--format: unknown format {fmt[:40]!r} (known: {', '.join(FORMATS)})")
-    if as_json and fmt not in (None, "json"):
-        raise _invalid(f"--json is --format json; it cannot be given with --format {fmt}")
-    return "json" if as_json else fmt or "table"
 
 
 def _list_query(rt: "Runtime", *, status, terms, liable, merchant, creator, product, created_after, created_before,
