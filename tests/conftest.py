@@ -18,6 +18,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+# The width of every table is the test's own choice: pytest-xdist's workers (and some shells)
+# export COLUMNS=80 and LINES=24, which would otherwise reach every command the tests run.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 from pg import backend, pg_server, pg_url  # noqa: F401  the PostgreSQL fixtures: a throwaway server (tests/pg.py)
 
 OPERATOR = "ops-test"
