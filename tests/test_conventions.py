@@ -205,7 +205,7 @@ def test_a_new_option_with_a_known_name_gets_its_choices(monkeypatch):
     import typer
 
     from coopctl.typer_fast import tidy
-    from coopctl.cli import CHOICES, METAVARS
+    from coopctl.cli.base import CHOICES, METAVARS
 
     app = typer.Typer()
 
