@@ -186,7 +186,12 @@ def _integrity(store: Store, report: Report) -> Finding:
 
 
 # The schema version that added each table after the first: an older database lacks it by design.
-ADDED_IN = {"tick_runs": 2, "order_products": 3, "seal_nodes": 3, "seal_heads": 3}
+ADDED_IN = {
+    "tick_runs": 2, "order_products": 3, "seal_nodes": 3, "seal_heads": 3, "events.log_index": 3,
+    # schema 4, issue 12: disputes and extensions
+    "orders.extensions": 4, "orders.extension_requested_by": 4, "orders.proposed_latest_start_at": 4,
+    "orders.disputed_by": 4, "orders.appeals": 4, "orders.ruling": 4, "orders.dispute_liable": 4,
+}
 
 
 def _shape(store: Store, version: int) -> list[Finding]:
@@ -207,7 +212,7 @@ def _shape(store: Store, version: int) -> list[Finding]:
             have = set(db[table.name].columns_dict)
             missing += [
                 f"{table.name}.{c.name}" for c in table.columns
-                if c.name not in have and not (c.name == "log_index" and version < 3)
+                if c.name not in have and version >= ADDED_IN.get(f"{table.name}.{c.name}", 1)
             ]
         if "orders" in db.table_names() and "ix_orders_wake_at" not in {i.name for i in db["orders"].indexes}:
             missing.append("index ix_orders_wake_at (tick would read every order)")
@@ -361,7 +366,10 @@ _ROW_ACTION = (
 )
 FIRST_INSTANT = 0  # 1970-01-01T00:00:00Z
 LAST_INSTANT = to_instant(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc))
-_INSTANT_COLUMNS = ("latest_start_at", "created_at", "status_since", "went_live_at", "delivered_at", "last_event_at", "deadline", "wake_at")
+_INSTANT_COLUMNS = (
+    "latest_start_at", "created_at", "status_since", "went_live_at", "delivered_at", "last_event_at", "deadline", "wake_at",
+    "proposed_latest_start_at",
+)
 _COLUMN = {name: index for index, name in enumerate(FULL_ORDER_COLUMNS)}
 
 
@@ -471,6 +479,13 @@ _FIELDS = (
     ("last_hash", lambda o: o.last_hash),
     ("last_event_at", lambda o: o.last_event_at),
     ("idempotency_key", lambda o: o.idempotency_key),
+    ("extensions", lambda o: o.extensions),
+    ("extension_requested_by", lambda o: o.extension_requested_by),
+    ("proposed_latest_start_at", lambda o: o.proposed_latest_start_at),
+    ("disputed_by", lambda o: o.disputed_by),
+    ("appeals", lambda o: o.appeals),
+    ("ruling", lambda o: o.ruling),
+    ("dispute_liable", lambda o: o.dispute_liable),
 )
 _INSTANT_FIELDS = frozenset(_INSTANT_COLUMNS)
 
@@ -521,7 +536,7 @@ def _possible_reminders(steps: list[history.Step]) -> set[str]:
     for step in steps:
         order = step.order
         for reminder in lifecycle.REMINDERS:
-            if order.status in reminder.statuses and reminder.offset(order) > 0:
+            if order.status in reminder.statuses and (reminder.overdue or reminder.offset(order) > 0):
                 keys.add(f"{reminder.name}@{reminder.deadline(order)}")
     return keys
 

@@ -66,10 +66,14 @@ REQUIRED_FIELDS = (
     "note", "status", "terms", "liable_party", "created_at", "deadline", "cancel_requested_by",
     "went_live_at", "delivered_at", "delivery_mode", "failed_reviews", "policy",
 )
-_INSTANTS = {"latest_start_at", "created_at", "deadline", "went_live_at", "delivered_at", "last_event_at"}
+_INSTANTS = {"latest_start_at", "created_at", "deadline", "went_live_at", "delivered_at", "last_event_at", "proposed_latest_start_at"}
 _DECIMALS = {"commission_pct", "ad_budget"}
 _TEXT = {"merchant", "creator", "form", "status", "terms"}
-_TEXT_OR_NULL = {"note", "liable_party", "cancel_requested_by", "delivery_mode", "at_deadline", "idempotency_key"}
+_TEXT_OR_NULL = {
+    "note", "liable_party", "cancel_requested_by", "delivery_mode", "at_deadline", "idempotency_key",
+    "extension_requested_by", "disputed_by",
+}
+_RULING_KEYS = ("liable", "amount", "reason", "at", "final")
 _REMINDER_KEY = re.compile(r"[a-z_]{1,32}@-?\d{1,20}")
 _MAX_DIGITS = 40
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -749,6 +753,14 @@ def _normal(key: str, value):
         if not number.is_finite():
             raise InvalidValue(f"expected a decimal such as '12.5', got {value!r}")
         return number
+    if key == "ruling":
+        if not isinstance(value, dict):
+            return value
+        return {
+            **value,
+            "at": _normal("created_at", value.get("at")),
+            "amount": None if value.get("amount") is None else _normal("ad_budget", value["amount"]),
+        }
     if key == "policy":
         return _windows(Policy, value)
     if key == "reminders":
@@ -798,6 +810,11 @@ def _parse_order(item, where: str) -> ExportedOrder:
     for position, product in enumerate(products):
         _checked(check_id, product, where, f"products[{position}]")
     _integer(item, "failed_reviews", where, high=10_000)
+    for key in ("extensions", "appeals"):  # schema 4 (issue 12); an older export has neither
+        if key in item:
+            _integer(item, key, where, high=10_000)
+    if item.get("ruling") is not None:
+        _check_ruling(item["ruling"], where)
     if "reminders" in item and not isinstance(item["reminders"], dict):
         raise InvalidInput(f"{where}: 'reminders' must be an object, got {_kind(item['reminders'])}")
     if not isinstance(item["policy"], dict):
@@ -805,7 +822,7 @@ def _parse_order(item, where: str) -> ExportedOrder:
     for key in (*_INSTANTS, *_DECIMALS, "policy", "reminders"):
         if key not in item:
             continue
-        if item[key] is None and key not in {"deadline", "went_live_at", "delivered_at"}:
+        if item[key] is None and key not in {"deadline", "went_live_at", "delivered_at", "proposed_latest_start_at"}:
             raise InvalidInput(f"{where}: {key!r} must not be null")
         try:
             _normal(key, item[key])
@@ -931,6 +948,24 @@ def _check_actor(value: str, where: str, key: str, plain: tuple[str, ...]) -> No
         names = " or ".join([*(repr(p) for p in plain), "'merchant:ID'", "'creator:ID'"])
         raise InvalidInput(f"{where}: {key!r} {_quoted(value)} must be {names}")
     _checked(check_id, party_id, where, f"{key} {party}")
+
+
+def _check_ruling(value, where: str) -> None:
+    """An order's `ruling`: {"liable", "amount", "reason", "at", "final"}, each as the rules write it."""
+    if not isinstance(value, dict) or set(value) != set(_RULING_KEYS):
+        raise InvalidInput(f"{where}: 'ruling' must be null or an object with exactly {', '.join(_RULING_KEYS)}")
+    if value["liable"] not in (None, "merchant", "creator"):
+        raise InvalidInput(f"{where}: 'ruling.liable' must be 'merchant', 'creator' or null")
+    if not isinstance(value["reason"], str) or not isinstance(value["final"], bool):
+        raise InvalidInput(f"{where}: 'ruling.reason' must be text and 'ruling.final' true or false")
+    _checked(check_text, value["reason"], where, "ruling.reason")
+    for key, kind in (("at", "created_at"), ("amount", "ad_budget")):
+        if value[key] is None and key == "amount":
+            continue
+        try:
+            _normal(kind, value[key])
+        except (InvalidValue, TypeError):
+            raise InvalidInput(f"{where}: 'ruling.{key}' must be {'an instant' if key == 'at' else 'a decimal or null'}") from None
 
 
 def _check_data(value, where: str, path: str) -> None:

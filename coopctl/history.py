@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 
 from coopctl.errors import CoopError
 from coopctl.lifecycle import (
     ACTION_OF_KIND,
+    PLATFORM,
+    Action,
     GENESIS_HASH,
     SYSTEM,
     Event,
@@ -32,13 +34,12 @@ from coopctl.lifecycle import (
     Party,
     Terms,
     act,
-    actor_of,
     create,
     event_hash,
     fire_due,
     reminders_due,
 )
-from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, to_instant
+from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant, to_instant
 from coopctl.trust import check_id, check_operator, check_stored_id
 
 
@@ -112,19 +113,26 @@ def _created(order_id: int, e: Event, strict: bool) -> Outcome:
 
 
 def _party_step(order: Order, e: Event, strict: bool) -> Outcome:
+    """A party's (or the platform's) recorded action, taken again through `act` with the values
+    its event carries: the rules then check it was allowed and give the same event."""
     action = ACTION_OF_KIND.get(e.kind)
     party_text, _, party_id = e.actor.partition(":")
-    if action is None or party_text not in ("merchant", "creator"):
+    platform = e.actor == PLATFORM
+    if action is None or (party_text not in ("merchant", "creator") and not platform) or platform != (action is Action.ARBITRATE):
         raise Divergence(e.seq, f"{e.actor!r} cannot cause a {e.kind!r} event")
     data = e.data if isinstance(e.data, dict) else {}
     if e.kind == Kind.DELIVERED and data.get("mode") != "manual":
         raise Divergence(e.seq, "a delivery by a party must be manual")
     try:
+        proposal = None
+        if action is Action.EXTEND_REQUEST and isinstance(data.get("latest_start_at"), str):
+            proposal = parse_instant(data["latest_start_at"], timezone.utc)
         return act(
-            order, action, Party(party_text), party_id, e.at, e.operator,
-            reason=data.get("reason"), evidence=data.get("evidence"), strict=strict,
+            order, action, None if platform else Party(party_text), None if platform else party_id, e.at, e.operator,
+            reason=data.get("reason"), evidence=data.get("evidence"), proposal=proposal,
+            ruling=data.get("ruling"), amount=data.get("amount"), strict=strict,
         )
-    except CoopError as exc:
+    except (CoopError, InvalidValue) as exc:
         raise Divergence(e.seq, f"not allowed at {iso(e.at)}: {exc}") from None
 
 
@@ -345,7 +353,7 @@ def _reminder_key(step: Step, order: Order, found: Notification, position: int) 
     for key, remind_at, deadline, reminder in reminders_due(order):
         at = max(remind_at, order.last_event_at)
         text = reminder.text.format(id=order.id, deadline=iso(deadline))
-        expected = Notification(order.id, actor_of(reminder.recipient, order), reminder.channel, Kind.REMINDER.value, at, text)
+        expected = Notification(order.id, reminder.recipient_of(order), reminder.channel, Kind.REMINDER.value, at, text)
         if (expected.recipient, expected.channel) != (found.recipient, found.channel) or not same_text(text, found.text):
             closest = closest or expected
             continue
@@ -353,7 +361,10 @@ def _reminder_key(step: Step, order: Order, found: Notification, position: int) 
         if why is not None:
             raise NotificationDivergence(step.event.seq, position, found.kind, f"reminder {key!r} {after}: {why}")
         next_deadline = order.deadline
-        if not remind_at < deadline or (next_deadline is not None and not remind_at < next_deadline) or not at < deadline:
+        until = None if reminder.overdue else deadline  # an overdue reminder has no deadline to come before
+        if (until is not None and (not remind_at < until or not at < until)) or (
+            next_deadline is not None and not remind_at < next_deadline
+        ):
             raise NotificationDivergence(
                 step.event.seq, position, found.kind,
                 f"reminder {key!r} {after}: no tick can write it (its time {iso(remind_at)} is not before its deadline "

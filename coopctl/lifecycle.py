@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Callable
 
 from coopctl.errors import InvalidInput, Refused
-from coopctl.policy import MAX_DURATION, MAX_INSTANT, InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+from coopctl.policy import MAX_DURATION, MAX_INSTANT, InvalidValue, Policy, ReminderOffsets, format_duration, iso, parse_instant
 # The id and text rules live in the trust boundary; `lifecycle.check_id`, `check_text` and the
 # MAX_* lengths are the same objects, kept here for the code and tests that name them so.
 from coopctl.trust import MAX_ID_LENGTH, MAX_TEXT_LENGTH, check_id, check_stored_id, check_stored_text, check_text, shown  # noqa: F401
@@ -39,6 +39,7 @@ class Status(StrEnum):
     LIVE = "live"
     DELIVERED = "delivered"
     REVIEW_FAILED = "review_failed"
+    EXTENSION_REQUESTED = "extension_requested"
     COMPLETED = "completed"
     REJECTED = "rejected"
     WITHDRAWN = "withdrawn"
@@ -47,6 +48,8 @@ class Status(StrEnum):
     CANCELLED_UNILATERALLY = "cancelled_unilaterally"
     CLOSED_OVERDUE = "closed_overdue"
     DISPUTED = "disputed"
+    RULED = "ruled"
+    RESOLVED = "resolved"
 
 
 class TermsState(StrEnum):
@@ -54,6 +57,7 @@ class TermsState(StrEnum):
     IN_FORCE = "in_force"
     FULFILLED = "fulfilled"
     VOID = "void"
+    SETTLED = "settled"
 
 
 TERMS_OF: dict[Status, TermsState] = {
@@ -63,6 +67,7 @@ TERMS_OF: dict[Status, TermsState] = {
     Status.LIVE: TermsState.IN_FORCE,
     Status.DELIVERED: TermsState.IN_FORCE,
     Status.REVIEW_FAILED: TermsState.IN_FORCE,
+    Status.EXTENSION_REQUESTED: TermsState.IN_FORCE,
     Status.COMPLETED: TermsState.FULFILLED,
     Status.REJECTED: TermsState.VOID,
     Status.WITHDRAWN: TermsState.VOID,
@@ -71,6 +76,8 @@ TERMS_OF: dict[Status, TermsState] = {
     Status.CANCELLED_UNILATERALLY: TermsState.IN_FORCE,
     Status.CLOSED_OVERDUE: TermsState.IN_FORCE,
     Status.DISPUTED: TermsState.IN_FORCE,
+    Status.RULED: TermsState.SETTLED,
+    Status.RESOLVED: TermsState.SETTLED,
 }
 
 
@@ -92,10 +99,17 @@ class Action(StrEnum):
     CANCEL_REQUEST = "cancel-request"
     CANCEL_CONFIRM = "cancel-confirm"
     CANCEL_DECLINE = "cancel-decline"
+    CANCEL_WITHDRAW = "cancel-withdraw"
+    EXTEND_REQUEST = "extend-request"
+    EXTEND_CONFIRM = "extend-confirm"
+    EXTEND_DECLINE = "extend-decline"
     GO_LIVE = "go-live"
     DELIVER = "deliver"
     REVIEW_PASS = "review --pass"
     REVIEW_FAIL = "review --fail"
+    COMPLAIN = "complain"
+    ARBITRATE = "arbitrate"
+    APPEAL = "appeal"
 
 
 class Kind(StrEnum):
@@ -108,6 +122,10 @@ class Kind(StrEnum):
     CANCEL_REQUESTED = "cancel_requested"
     CANCEL_CONFIRMED = "cancel_confirmed"
     CANCEL_DECLINED = "cancel_declined"
+    CANCEL_WITHDRAWN = "cancel_withdrawn"
+    EXTENSION_REQUESTED = "extension_requested"
+    EXTENSION_CONFIRMED = "extension_confirmed"
+    EXTENSION_DECLINED = "extension_declined"
     WENT_LIVE = "went_live"
     DELIVERED = "delivered"
     REVIEW_PASSED = "review_passed"
@@ -117,10 +135,16 @@ class Kind(StrEnum):
     CANCELLED_UNILATERALLY = "cancelled_unilaterally"
     AUTO_ACCEPTED = "auto_accepted"
     ESCALATED = "escalated"
+    EXTENSION_LAPSED = "extension_lapsed"
+    COMPLAINT_FILED = "complaint_filed"
+    RULED = "ruled"
+    APPEALED = "appealed"
+    RULING_FINAL = "ruling_final"
     REMINDER = "reminder"
 
 
 SYSTEM = "system"
+PLATFORM = "platform"  # the actor of a ruling, and a recipient of dispute notifications
 
 
 # --------------------------------------------------------------------------- the records
@@ -173,6 +197,44 @@ class Terms:
 
 
 @dataclass(frozen=True, slots=True)
+class Ruling:
+    """The platform's latest ruling on an order: the party in breach (None for `none`), what it
+    owes the other (None without `--amount`), why, when, and whether it is final."""
+
+    liable: Party | None
+    amount: Decimal | None
+    reason: str
+    at: int
+    final: bool = False
+
+    def to_json(self, tz=None) -> dict:
+        return {
+            "liable": None if self.liable is None else self.liable._value_,
+            "amount": None if self.amount is None else str(self.amount),
+            "reason": self.reason,
+            "at": iso(self.at, tz) if tz else iso(self.at),
+            "final": self.final,
+        }
+
+    def stored(self) -> str:
+        """The order row's `ruling` column: canonical JSON, the instant in microseconds."""
+        return canonical_json({
+            "liable": None if self.liable is None else self.liable._value_,
+            "amount": None if self.amount is None else str(self.amount),
+            "reason": self.reason, "at": self.at, "final": self.final,
+        })
+
+    @classmethod
+    def from_stored(cls, text: str) -> "Ruling":
+        data = json.loads(text)
+        liable, amount = data["liable"], data["amount"]
+        return cls(
+            None if liable is None else Party(liable), None if amount is None else Decimal(amount),
+            data["reason"], data["at"], bool(data["final"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Order:
     id: int
     terms: Terms
@@ -191,6 +253,14 @@ class Order:
     last_event_at: int = 0
     reminders_sent: frozenset[str] = frozenset()
     idempotency_key: str | None = None
+    # issue 12: extensions by agreement, complaints, rulings and appeals
+    extensions: int = 0  # extensions confirmed
+    extension_requested_by: Party | None = None  # while a proposal waits
+    proposed_latest_start_at: int | None = None  # likewise
+    disputed_by: Party | None = None  # who complained or appealed last; None for a dispute the rules escalated
+    appeals: int = 0
+    ruling: Ruling | None = None  # the latest ruling
+    dispute_liable: Party | None = None  # the liable party the order had when its dispute opened
 
     @property
     def deadline(self) -> int | None:
@@ -203,10 +273,15 @@ class Order:
 
     @property
     def liable_party(self) -> Party | None:
-        if self.status is Status.CLOSED_OVERDUE:
+        status = self.status
+        if status is Status.CLOSED_OVERDUE:
             return Party.CREATOR
-        if self.status is Status.CANCELLED_UNILATERALLY:
+        if status is Status.CANCELLED_UNILATERALLY:
             return self.cancel_requested_by
+        if status is Status.DISPUTED:
+            return self.dispute_liable
+        if status is Status.RULED or status is Status.RESOLVED:
+            return None if self.ruling is None else self.ruling.liable
         return None
 
     @property
@@ -240,7 +315,17 @@ class Order:
             "reminders": self.reminders.to_json(),
             "idempotency_key": self.idempotency_key,
             "last_event_at": fmt(self.last_event_at),
+            "extensions": self.extensions,
+            "extension_requested_by": _party_text(self.extension_requested_by),
+            "proposed_latest_start_at": fmt(self.proposed_latest_start_at),
+            "disputed_by": _party_text(self.disputed_by),
+            "appeals": self.appeals,
+            "ruling": None if self.ruling is None else self.ruling.to_json(tz),
         }
+
+
+def _party_text(party: Party | None) -> str | None:
+    return None if party is None else party._value_
 
 
 def _generated(cls, name: str, params: str, lines: list[str]) -> Callable:
@@ -435,22 +520,57 @@ def _read_instant(value, what: str) -> int:
 # --------------------------------------------------------------------------- the tables
 
 
-def _own(party: Party) -> Callable[[Order, Party], str | None]:
-    def guard(order: Order, acting: Party) -> str | None:
+# A guard says why `acting` (a party, or None: the platform) may not take a transition, or None.
+
+
+def _own(party: Party) -> Callable[[Order, "Party | None"], str | None]:
+    def guard(order: Order, acting: Party | None) -> str | None:
         if acting is not party:
-            return f"only the order's {party} may do this, not its {acting}"
+            return f"only the order's {party} may do this, not {'the platform' if acting is None else 'its ' + acting}"
         return None
 
     return guard
 
 
-def _either(order: Order, acting: Party) -> str | None:
+def _either(order: Order, acting: Party | None) -> str | None:
+    if acting is None:
+        return "only the merchant or the creator may do this, not the platform"
     return None
 
 
-def _not_requester(order: Order, acting: Party) -> str | None:
+def _not_requester(order: Order, acting: Party | None) -> str | None:
+    if acting is None:
+        return "only the merchant or the creator may answer a cancellation request"
     if acting is order.cancel_requested_by:
         return f"the {acting} asked for this cancellation; only the {acting.other} may answer it"
+    return None
+
+
+def _requester(order: Order, acting: Party | None) -> str | None:
+    if acting is None or acting is not order.cancel_requested_by:
+        return f"only the {order.cancel_requested_by} asked for this cancellation, so only it may withdraw the request"
+    return None
+
+
+def _not_proposer(order: Order, acting: Party | None) -> str | None:
+    if acting is None:
+        return "only the merchant or the creator may answer a proposal to move the latest start"
+    if acting is order.extension_requested_by:
+        return f"the {acting} proposed this extension; only the {acting.other} may answer it"
+    return None
+
+
+def _not_liable(order: Order, acting: Party | None) -> str | None:
+    if acting is None:
+        return "only the merchant or the creator may complain"
+    if acting is order.liable_party:
+        return f"the {acting} is the liable party of this {order.status} order; only the {acting.other} may complain"
+    return None
+
+
+def _platform(order: Order, acting: Party | None) -> str | None:
+    if acting is not None:
+        return f"only the platform rules on a dispute (coopctl arbitrate), not the {acting}"
     return None
 
 
@@ -464,6 +584,93 @@ def _cancel_requested(order: Order, at: int, data: dict) -> dict:
 
 def _cancel_declined(order: Order, at: int, data: dict) -> dict:
     return {"cancel_requested_by": None}
+
+
+def _extension_requested(order: Order, at: int, data: dict) -> dict:
+    return {"extension_requested_by": Party(data["by"]), "proposed_latest_start_at": _read_instant(data["latest_start_at"], "latest_start_at")}
+
+
+_NO_PROPOSAL = {"extension_requested_by": None, "proposed_latest_start_at": None}
+
+
+def _extension_answered(order: Order, at: int, data: dict) -> dict:
+    return dict(_NO_PROPOSAL)
+
+
+def _extension_confirmed(order: Order, at: int, data: dict) -> dict:
+    return {
+        "terms": replace(order.terms, latest_start_at=order.proposed_latest_start_at),
+        "extensions": order.extensions + 1,
+        **_NO_PROPOSAL,
+    }
+
+
+def _complained(order: Order, at: int, data: dict) -> dict:
+    return {"disputed_by": Party(data["by"]), "dispute_liable": order.liable_party}
+
+
+def _ruled(order: Order, at: int, data: dict) -> dict:
+    final = order.appeals >= order.policy.max_appeals
+    liable = data["ruling"]
+    ruling = Ruling(
+        None if liable == "none" else Party(liable),
+        None if data.get("amount") is None else Decimal(data["amount"]),
+        data["reason"], at, final,
+    )
+    changes: dict = {"ruling": ruling}
+    if final:
+        changes["status"] = Status.RESOLVED
+    return changes
+
+
+def _appealed(order: Order, at: int, data: dict) -> dict:
+    return {
+        "appeals": order.appeals + 1,
+        "disputed_by": Party(data["by"]),
+        "dispute_liable": None if order.ruling is None else order.ruling.liable,
+    }
+
+
+# A check says why a transition the guard lets through is refused at this instant with this data.
+
+
+def _extension_allowed(order: Order, at: int, data: dict, tz: tzinfo = UTC) -> str | None:
+    policy = order.policy
+    if order.extensions >= policy.max_extensions:
+        return (
+            f"its latest start was already moved {order.extensions} time{'s' if order.extensions != 1 else ''} "
+            f"(max_extensions {policy.max_extensions}); no further extension is possible"
+        )
+    proposal = _read_instant(data["latest_start_at"], "latest_start_at")
+    current = order.terms.latest_start_at
+    if proposal <= current:
+        return f"the proposed latest start {iso(proposal, tz)} is not later than the current one, {iso(current, tz)}"
+    if proposal - current > policy.max_extension:
+        return (
+            f"the proposed latest start {iso(proposal, tz)} is more than max_extension "
+            f"({format_duration(policy.max_extension)}) after the current one, {iso(current, tz)}"
+        )
+    return None
+
+
+def _within_complaint_window(order: Order, at: int, data: dict, tz: tzinfo = UTC) -> str | None:
+    ends = order.status_since + order.policy.complaint_window
+    if at >= ends:
+        return (
+            f"too late to complain: it became {order.status} at {iso(order.status_since, tz)}, and complaint_window "
+            f"({format_duration(order.policy.complaint_window)}) ended at {iso(ends, tz)}"
+        )
+    return None
+
+
+def _appeal_left(order: Order, at: int, data: dict, tz: tzinfo = UTC) -> str | None:
+    if order.appeals >= order.policy.max_appeals:
+        return f"it was appealed {order.appeals} time(s) already (max_appeals {order.policy.max_appeals})"
+    return None
+
+
+def _nothing_to_check(order: Order, at: int, data: dict, tz: tzinfo = UTC) -> str | None:
+    return None
 
 
 def _went_live(order: Order, at: int, data: dict) -> dict:
@@ -492,11 +699,13 @@ class Transition:
 
     target: Status
     kind: Kind
-    guard: Callable[[Order, Party], str | None]
+    guard: Callable[[Order, "Party | None"], str | None]
     effect: Callable[[Order, int, dict], dict] = _no_change
+    check: Callable[[Order, int, dict, tzinfo], str | None] = _nothing_to_check
 
 
 _DELIVER = Transition(Status.DELIVERED, Kind.DELIVERED, _own(Party.CREATOR), _delivered)
+_COMPLAIN_NOT_LIABLE = Transition(Status.DISPUTED, Kind.COMPLAINT_FILED, _not_liable, _complained, _within_complaint_window)
 
 TRANSITIONS: dict[tuple[Status, Action], Transition] = {
     (Status.PENDING, Action.ACCEPT): Transition(Status.EFFECTIVE, Kind.ACCEPTED, _own(Party.CREATOR)),
@@ -517,6 +726,26 @@ TRANSITIONS: dict[tuple[Status, Action], Transition] = {
     (Status.DELIVERED, Action.REVIEW_FAIL): Transition(
         Status.REVIEW_FAILED, Kind.REVIEW_FAILED, _own(Party.MERCHANT), _review_failed
     ),
+    (Status.CANCEL_REQUESTED, Action.CANCEL_WITHDRAW): Transition(
+        Status.EFFECTIVE, Kind.CANCEL_WITHDRAWN, _requester, _cancel_declined
+    ),
+    (Status.EFFECTIVE, Action.EXTEND_REQUEST): Transition(
+        Status.EXTENSION_REQUESTED, Kind.EXTENSION_REQUESTED, _either, _extension_requested, _extension_allowed
+    ),
+    (Status.EXTENSION_REQUESTED, Action.EXTEND_CONFIRM): Transition(
+        Status.EFFECTIVE, Kind.EXTENSION_CONFIRMED, _not_proposer, _extension_confirmed
+    ),
+    (Status.EXTENSION_REQUESTED, Action.EXTEND_DECLINE): Transition(
+        Status.EFFECTIVE, Kind.EXTENSION_DECLINED, _not_proposer, _extension_answered
+    ),
+    (Status.CLOSED_OVERDUE, Action.COMPLAIN): _COMPLAIN_NOT_LIABLE,
+    (Status.CANCELLED_UNILATERALLY, Action.COMPLAIN): _COMPLAIN_NOT_LIABLE,
+    (Status.COMPLETED, Action.COMPLAIN): Transition(
+        Status.DISPUTED, Kind.COMPLAINT_FILED, _either, _complained, _within_complaint_window
+    ),
+    # `resolved` instead once max_appeals appeals were made (see _ruled)
+    (Status.DISPUTED, Action.ARBITRATE): Transition(Status.RULED, Kind.RULED, _platform, _ruled),
+    (Status.RULED, Action.APPEAL): Transition(Status.DISPUTED, Kind.APPEALED, _either, _appealed, _appeal_left),
 }
 
 
@@ -526,13 +755,25 @@ def _requester_liable(order: Order) -> dict:
 
 @dataclass(frozen=True, slots=True)
 class Timer:
-    """The deadline of one status and what fires there."""
+    """The deadline of one status and what fires there. `effect` gives the other fields that
+    change (as a transition's does). A timer with two outcomes names the one that wins when its
+    own deadline comes first, or at the same instant, as `first`; `due` is then the earlier of the
+    two deadlines (see `outcome`)."""
 
     due: Callable[[Order], int]
     target: Status
     kind: Kind
     label: str
     data: Callable[[Order], dict] = lambda order: {}
+    effect: Callable[[Order, int], dict] | None = None
+    first: "Timer | None" = None
+
+    def outcome(self, order: Order) -> "Timer":
+        """The timer that fires at this order's deadline: `first` when its deadline is the due one."""
+        first = self.first
+        if first is not None and first.due(order) <= self.due(order):
+            return first
+        return self
 
 
 TIMERS: dict[Status, Timer] = {
@@ -554,6 +795,7 @@ TIMERS: dict[Status, Timer] = {
         lambda o: o.status_since + o.policy.auto_deliver_after,
         Status.DELIVERED, Kind.DELIVERED, "delivered automatically",
         lambda o: {"mode": "auto"},
+        lambda o, at: _delivered(o, at, {"mode": "auto"}),
     ),
     Status.DELIVERED: Timer(
         lambda o: o.status_since + o.policy.review_window,
@@ -563,20 +805,44 @@ TIMERS: dict[Status, Timer] = {
         lambda o: o.status_since + o.policy.makeup_window,
         Status.DISPUTED, Kind.ESCALATED, "escalated to dispute (no make-up in time)",
     ),
+    # The response deadline, unless the latest start comes first or at the same instant.
+    Status.EXTENSION_REQUESTED: Timer(
+        lambda o: min(o.status_since + o.policy.extension_response_window, o.terms.latest_start_at),
+        Status.EFFECTIVE, Kind.EXTENSION_LAPSED, "extension lapses, effective again (closed overdue at the latest start)",
+        effect=lambda o, at: dict(_NO_PROPOSAL),
+        first=Timer(
+            lambda o: o.terms.latest_start_at,
+            Status.CLOSED_OVERDUE, Kind.CLOSED_OVERDUE, "closed overdue, creator liable",
+            lambda o: {"liable_party": "creator"},
+            lambda o, at: dict(_NO_PROPOSAL),
+        ),
+    ),
+    Status.RULED: Timer(
+        lambda o: o.status_since + o.policy.appeal_window,
+        Status.RESOLVED, Kind.RULING_FINAL, "the ruling becomes final",
+        effect=lambda o, at: {"ruling": replace(o.ruling, final=True)},
+    ),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Reminder:
-    """A reminder `tick` writes once, `offset` before a deadline, while the order is in `statuses`."""
+    """A reminder `tick` writes once, `offset` before a deadline, while the order is in `statuses`
+    and the deadline is still ahead. `overdue`: written at the deadline itself instead, and for as
+    long as the order stays in `statuses` (the platform's reminder of a dispute waiting for a
+    ruling: no deadline passes then). `recipient` None is the platform."""
 
     name: str
     statuses: frozenset[Status]
     deadline: Callable[[Order], int]
     offset: Callable[[Order], int]
-    recipient: Party
+    recipient: Party | None
     channel: str
     text: str
+    overdue: bool = False
+
+    def recipient_of(self, order: Order) -> str:
+        return PLATFORM if self.recipient is None else actor_of(self.recipient, order)
 
 
 REMINDERS: tuple[Reminder, ...] = (
@@ -586,7 +852,7 @@ REMINDERS: tuple[Reminder, ...] = (
         "please accept or reject cooperation order #{id} before {deadline}",
     ),
     Reminder(
-        "latest_start", frozenset({Status.PENDING, Status.EFFECTIVE, Status.CANCEL_REQUESTED}),
+        "latest_start", frozenset({Status.PENDING, Status.EFFECTIVE, Status.CANCEL_REQUESTED, Status.EXTENSION_REQUESTED}),
         lambda o: o.terms.latest_start_at,
         lambda o: o.reminders.before_latest_start, Party.CREATOR, "inbox",
         "cooperation order #{id} must go live by {deadline}",
@@ -595,6 +861,12 @@ REMINDERS: tuple[Reminder, ...] = (
         "review", frozenset({Status.DELIVERED}), TIMERS[Status.DELIVERED].due,
         lambda o: o.reminders.before_review_deadline, Party.MERCHANT, "inbox",
         "please review the delivery of cooperation order #{id} before {deadline}; it is accepted automatically then",
+    ),
+    Reminder(  # once per opening: the key names the instant the dispute's window ended
+        "arbitration", frozenset({Status.DISPUTED}), lambda o: o.status_since + o.policy.arbitration_window,
+        lambda o: 0, None, "inbox",
+        "cooperation order #{id} is waiting for a ruling: its arbitration window ended at {deadline}",
+        overdue=True,
     ),
 )
 
@@ -615,7 +887,22 @@ MESSAGES: dict[str, str] = {
     Kind.CANCELLED_UNILATERALLY: "cooperation order #{id} closed: the cancellation request went unanswered",
     Kind.AUTO_ACCEPTED: "the delivery of cooperation order #{id} was accepted automatically",
     Kind.ESCALATED: "cooperation order #{id} was escalated to platform arbitration",
+    Kind.CANCEL_WITHDRAWN: "{actor} withdrew the request to cancel cooperation order #{id}",
+    Kind.EXTENSION_REQUESTED: (
+        "{actor} proposes to move the latest start of cooperation order #{id} to {proposal}; please answer before {deadline}"
+    ),
+    Kind.EXTENSION_CONFIRMED: "{actor} agreed to move the latest start of cooperation order #{id} to {latest_start}",
+    Kind.EXTENSION_DECLINED: "{actor} declined to move the latest start of cooperation order #{id}",
+    Kind.EXTENSION_LAPSED: (
+        "the proposal to move the latest start of cooperation order #{id} went unanswered; it stays {latest_start}"
+    ),
+    Kind.COMPLAINT_FILED: "{actor} complained about cooperation order #{id}; it goes to platform arbitration: {reason}",
+    Kind.RULED: "the platform ruled on cooperation order #{id}: {ruling}; either party may appeal before {deadline}",
+    Kind.APPEALED: "{actor} appealed the ruling on cooperation order #{id}; it goes back to platform arbitration: {reason}",
+    Kind.RULING_FINAL: "the ruling on cooperation order #{id} is final: {ruling}",
 }
+FINAL_RULING_MESSAGE = "the platform ruled on cooperation order #{id}, finally: {ruling}"
+_TO_EVERYONE = frozenset({Kind.COMPLAINT_FILED, Kind.APPEALED, Kind.RULED})  # both parties and the platform
 
 
 # --------------------------------------------------------------------------- the rules
@@ -630,6 +917,8 @@ def _message(order: Order, kind: str, actor: str, data: dict, tz: tzinfo = UTC) 
     deadline = order.deadline if order.status in TIMERS else None
     if kind == Kind.REVIEW_FAILED and order.status is Status.DISPUTED:
         template = "{merchant} rejected the delivery of cooperation order #{id} again; it is escalated to platform arbitration"
+    elif kind == Kind.RULED and order.status is Status.RESOLVED:
+        template = FINAL_RULING_MESSAGE
     else:
         template = MESSAGES[kind]
     return template.format(
@@ -639,7 +928,20 @@ def _message(order: Order, kind: str, actor: str, data: dict, tz: tzinfo = UTC) 
         actor=actor,
         reason=data.get("reason", ""),
         deadline="-" if deadline is None or "{deadline}" not in template else iso(deadline, tz),
+        proposal="-" if order.proposed_latest_start_at is None else iso(order.proposed_latest_start_at, tz),
+        latest_start=iso(order.terms.latest_start_at, tz) if "{latest_start}" in template else "-",
+        ruling=ruling_words(order.ruling) if "{ruling}" in template else "-",
     )
+
+
+def ruling_words(ruling: "Ruling | None") -> str:
+    """A ruling in words, for messages and tables: 'the merchant is liable and owes 500.00 yuan'."""
+    if ruling is None:
+        return "-"
+    if ruling.liable is None:
+        return "no party is liable"
+    owes = "" if ruling.amount is None else f" and owes the {ruling.liable.other._value_} {ruling.amount} yuan"
+    return f"the {ruling.liable._value_} is liable{owes}"
 
 
 def _record(
@@ -660,6 +962,8 @@ def _record(
     text = _message(after, kind, actor, data, tz)
     if actor == SYSTEM:
         recipients = [actor_of(Party.MERCHANT, after), actor_of(Party.CREATOR, after)]
+    elif kind in _TO_EVERYONE:
+        recipients = [actor_of(Party.MERCHANT, after), actor_of(Party.CREATOR, after), PLATFORM]
     else:
         party = Party(actor.split(":", 1)[0])
         recipients = [actor_of(party.other, after)]
@@ -705,9 +1009,9 @@ def fire_due(order: Order, now: int, operator: str, tz: tzinfo = UTC) -> Outcome
         due = timer.due(current)
         if due > now:
             break
-        changes: dict = {}
-        if timer.kind is Kind.DELIVERED:
-            changes = _delivered(current, due, {"mode": "auto"})
+        if timer.first is not None:
+            timer = timer.outcome(current)
+        changes = {} if timer.effect is None else timer.effect(current, due)
         step = _record(current, timer.kind, due, SYSTEM, operator, timer.data(current), changes, timer.target, tz)
         current = step.order
         events += step.events
@@ -715,22 +1019,37 @@ def fire_due(order: Order, now: int, operator: str, tz: tzinfo = UTC) -> Outcome
     return Outcome(current, events, notes)
 
 
+RULINGS = ("merchant", "creator", "none")
+_NEEDS_REASON = {
+    Action.REVIEW_FAIL: "a failed review needs a reason (--reason TEXT)",
+    Action.COMPLAIN: "a complaint needs a reason (--reason TEXT)",
+    Action.APPEAL: "an appeal needs a reason (--reason TEXT)",
+    Action.ARBITRATE: "a ruling needs a reason (--reason TEXT)",
+}
+
+
 def act(
     order: Order,
     action: Action,
-    party: Party,
-    party_id: str,
+    party: Party | None,
+    party_id: str | None,
     at: int,
     operator: str,
     *,
     reason: str | None = None,
     evidence: str | None = None,
+    proposal: int | None = None,
+    ruling: str | None = None,
+    amount=None,
     tz: tzinfo = UTC,
     strict: bool = True,
 ) -> Outcome:
-    """A party acts at `at`: due deadlines fire first, then the action if the rules allow it.
-    `strict=False` checks the reason and evidence by the older rules (a stored history rebuilt)."""
-    if party_id != order.party_id(party):
+    """A party (or, `party` None, the platform: `arbitrate`) acts at `at`: due deadlines fire
+    first, then the action if the rules allow it. `proposal` is the latest start an
+    `extend-request` proposes; `ruling` ('merchant', 'creator' or 'none') and `amount` (yuan) are
+    an `arbitrate`'s. `strict=False` checks the reason and evidence by the older rules (a stored
+    history rebuilt)."""
+    if party is not None and party_id != order.party_id(party):
         raise Refused(f"{party} {party_id!r} is not the {party} of order {order.id} ({order.party_id(party)!r} is)")
     if at < order.last_event_at:
         raise Refused(
@@ -740,8 +1059,9 @@ def act(
     describe = check_text if strict else check_stored_text
     reason = describe(reason, "reason")
     evidence = describe(evidence, "evidence")
-    if action is Action.REVIEW_FAIL and not (reason or "").strip():
-        raise InvalidInput("a failed review needs a reason (--reason TEXT)")
+    if action in _NEEDS_REASON and not (reason or "").strip():
+        raise InvalidInput(_NEEDS_REASON[action])
+    extra = _checked_extra(action, proposal, ruling, amount)
     fired = fire_due(order, at, operator, tz)
     current = fired.order
     rule = TRANSITIONS.get((current.status, action))
@@ -750,9 +1070,13 @@ def act(
     problem = rule.guard(current, party)
     if problem:
         raise Refused(f"order {order.id}: {problem}")
-    data = _action_data(action, party, reason, evidence)
+    data = _action_data(action, party, reason, evidence, extra, current)
+    problem = rule.check(current, at, data, tz)
+    if problem:
+        raise Refused(f"order {order.id}: {problem}")
     changes = rule.effect(current, at, data)
-    step = _record(current, rule.kind, at, actor_of(party, current), operator, data, changes, rule.target, tz)
+    actor = PLATFORM if party is None else actor_of(party, current)
+    step = _record(current, rule.kind, at, actor, operator, data, changes, rule.target, tz)
     check_horizon(step.order, tz, action, at)
     return fired.then(step)
 
@@ -781,6 +1105,7 @@ def check_horizon(order: Order, tz: tzinfo = UTC, action: "Action | None" = None
         if timer is None:
             return
         due = timer.due(current)
+        timer = timer.outcome(current)
         if due > MAX_INSTANT:
             what = "creating it" if action is None else f"{action} at {iso(at, tz)}"
             raise InvalidInput(
@@ -791,15 +1116,47 @@ def check_horizon(order: Order, tz: tzinfo = UTC, action: "Action | None" = None
         current = evolve(current, {"status": timer.target, "status_since": due})
 
 
-def _action_data(action: Action, party: Party, reason: str | None, evidence: str | None) -> dict:
-    data: dict = {}
-    if action is Action.CANCEL_REQUEST:
+def _checked_extra(action: Action, proposal, ruling, amount) -> dict:
+    """The values only some actions take, checked as input (InvalidInput: exit 2)."""
+    if action is Action.EXTEND_REQUEST:
+        if isinstance(proposal, bool) or not isinstance(proposal, int):
+            raise InvalidInput("an extension proposal needs the latest start it proposes (--latest-start TS)")
+        return {"latest_start_at": iso(proposal)}
+    if action is Action.ARBITRATE:
+        if ruling not in RULINGS:
+            raise InvalidInput(f"--ruling must be merchant, creator or none, got {shown(str(ruling))!r}")
+        extra = {"ruling": ruling}
+        if amount is not None:
+            if ruling == "none":
+                raise InvalidInput("a ruling of none names no party in breach, so it cannot carry an --amount")
+            extra["amount"] = str(check_decimal(amount, "amount", minimum=Decimal(0), maximum=MAX_AD_BUDGET, open_minimum=False))
+        return extra
+    return {}
+
+
+_WITH_REASON = frozenset({
+    Action.REJECT, Action.WITHDRAW, Action.CANCEL_REQUEST, Action.REVIEW_FAIL, Action.EXTEND_REQUEST,
+    Action.COMPLAIN, Action.APPEAL, Action.ARBITRATE,
+})
+_BY = frozenset({Action.CANCEL_REQUEST, Action.EXTEND_REQUEST, Action.COMPLAIN, Action.APPEAL})
+
+
+def _action_data(
+    action: Action, party: Party | None, reason: str | None, evidence: str | None, extra: dict, current: Order
+) -> dict:
+    """The event's data: who asked (`by`), the values the action carries, its reason and evidence."""
+    data: dict = dict(extra)
+    if action in _BY and party is not None:
         data["by"] = str(party)
     if action is Action.DELIVER:
         data["mode"] = "manual"
-        if evidence is not None:
-            data["evidence"] = evidence
-    if reason is not None and action in (Action.REJECT, Action.WITHDRAW, Action.CANCEL_REQUEST, Action.REVIEW_FAIL):
+    if evidence is not None and action in (Action.DELIVER, Action.COMPLAIN):
+        data["evidence"] = evidence
+    if action is Action.EXTEND_CONFIRM and current.proposed_latest_start_at is not None:
+        data["latest_start_at"] = iso(current.proposed_latest_start_at)
+    if action is Action.ARBITRATE:
+        data["final"] = current.appeals >= current.policy.max_appeals
+    if reason is not None and action in _WITH_REASON:
         data["reason"] = reason
     return data
 
@@ -825,9 +1182,12 @@ def reminders_due(order: Order) -> list[tuple[str, int, int, Reminder]]:
     for reminder in REMINDERS:
         if order.status not in reminder.statuses:
             continue
-        offset = reminder.offset(order)
-        if offset <= 0:
-            continue
+        if reminder.overdue:
+            offset = 0
+        else:
+            offset = reminder.offset(order)
+            if offset <= 0:
+                continue
         deadline = reminder.deadline(order)
         key = f"{reminder.name}@{deadline}"
         if key not in order.reminders_sent:
@@ -840,10 +1200,10 @@ def remind(order: Order, now: int, tz: tzinfo = UTC) -> Outcome:
     notes = []
     sent = set(order.reminders_sent)
     for key, remind_at, deadline, reminder in reminders_due(order):
-        if remind_at <= now < deadline:
+        if remind_at <= now and (now < deadline or reminder.overdue):
             at = max(remind_at, order.last_event_at)
             text = reminder.text.format(id=order.id, deadline=iso(deadline, tz))
-            notes.append(Notification(order.id, actor_of(reminder.recipient, order), reminder.channel, Kind.REMINDER.value, at, text))
+            notes.append(Notification(order.id, reminder.recipient_of(order), reminder.channel, Kind.REMINDER.value, at, text))
             sent.add(key)
     if not notes:
         return Outcome(order)
@@ -879,4 +1239,11 @@ ACTION_OF_KIND: dict[str, Action] = {
     Kind.DELIVERED: Action.DELIVER,
     Kind.REVIEW_PASSED: Action.REVIEW_PASS,
     Kind.REVIEW_FAILED: Action.REVIEW_FAIL,
+    Kind.CANCEL_WITHDRAWN: Action.CANCEL_WITHDRAW,
+    Kind.EXTENSION_REQUESTED: Action.EXTEND_REQUEST,
+    Kind.EXTENSION_CONFIRMED: Action.EXTEND_CONFIRM,
+    Kind.EXTENSION_DECLINED: Action.EXTEND_DECLINE,
+    Kind.COMPLAINT_FILED: Action.COMPLAIN,
+    Kind.RULED: Action.ARBITRATE,
+    Kind.APPEALED: Action.APPEAL,
 }

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, update
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, inspect, update
+from sqlalchemy import text as text_sql
 from sqlalchemy.engine import Connection
 
 from coopctl.errors import StorageError
@@ -149,11 +150,68 @@ def _to_v3(conn: Connection) -> None:
     _v3_seal(conn)
 
 
+# --------------------------------------------------------------------------- 3 -> 4
+
+# frozen: the order columns version 4 adds (models.OrderRow), in the order a new database declares them
+_V4_ORDER_COLUMNS = (
+    ("extensions", "INTEGER NOT NULL DEFAULT 0"),
+    ("extension_requested_by", "VARCHAR(16)"),
+    ("proposed_latest_start_at", "BIGINT"),
+    ("disputed_by", "VARCHAR(16)"),
+    ("appeals", "INTEGER NOT NULL DEFAULT 0"),
+    ("ruling", "TEXT"),
+    ("dispute_liable", "VARCHAR(16)"),
+)
+# frozen: the policy keys version 4 adds, with their defaults as a policy is written (SPEC section 1)
+_V4_POLICY_DEFAULTS = (
+    ("extension_response_window", "48h"),
+    ("max_extensions", 2),
+    ("max_extension", "15d"),
+    ("complaint_window", "90d"),
+    ("arbitration_window", "5d"),
+    ("appeal_window", "14d"),
+    ("max_appeals", 1),
+)
+
+
+def _v4_disputes(conn: Connection) -> None:
+    """Disputes and extensions (issue 12): the order columns of extensions, complaints, rulings and
+    appeals (an existing order has none yet), and the new policy keys written into every existing
+    order's frozen policy with their defaults (SPEC section 1: "written down on the order when the
+    database is upgraded"), so that no later change of the defaults moves its deadlines. A key an
+    order's policy already holds is kept. The policy is canonical JSON (sorted keys, no spaces), as
+    coopctl writes it; each distinct policy is rewritten once, whatever the number of orders."""
+    import json
+
+    present = {c["name"] for c in inspect(conn).get_columns("orders")}
+    for name, ddl in _V4_ORDER_COLUMNS:
+        if name not in present:  # ADD COLUMN appends it, where a new database declares it
+            conn.exec_driver_sql(f"ALTER TABLE orders ADD COLUMN {name} {ddl}")
+    policies = [row[0] for row in conn.exec_driver_sql("SELECT DISTINCT policy FROM orders WHERE status != ''")]
+    for text in policies:
+        try:
+            policy = json.loads(text)
+        except ValueError:
+            continue  # not JSON: left as it is, for `doctor` to report
+        if not isinstance(policy, dict):
+            continue
+        missing = {key: value for key, value in _V4_POLICY_DEFAULTS if key not in policy}
+        if not missing:
+            continue
+        upgraded = json.dumps({**policy, **missing}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        conn.execute(text_sql("UPDATE orders SET policy = :new WHERE policy = :old"), {"new": upgraded, "old": text})
+
+
+def _to_v4(conn: Connection) -> None:
+    _v4_disputes(conn)
+
+
 # --------------------------------------------------------------------------- the list
 
 STEPS: tuple[Step, ...] = (
     Step(1, "add tick_runs: one row per tick run, so that `doctor` can tell when cron last ran", _add_tick_runs),
     Step(2, "add the indexes of `list` and `board`, order_products, and sealed histories (events.log_index, seal_nodes, seal_heads)", _to_v3),
+    Step(3, "add disputes and extensions: the order columns of extensions, complaints, rulings and appeals, and the new policy keys' defaults on every order", _to_v4),
 )
 
 

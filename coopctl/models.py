@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Index, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3  # 2: tick_runs; 3: the indexes of `list` and `board`, order_products, sealed histories (coopctl/migrations.py upgrades older databases in place)
+SCHEMA_VERSION = 4  # 2: tick_runs; 3: the indexes of `list` and `board`, order_products, sealed histories; 4: disputes and extensions (coopctl/migrations.py upgrades older databases in place)
 APPLICATION = "coopctl"
 
 
@@ -66,6 +66,14 @@ class OrderRow(SQLModel, table=True):
     last_event_at: int = Field(sa_type=BigInteger)
     reminders_sent: str = Field(default="[]", sa_type=Text)  # JSON array of reminder keys
     idempotency_key: str | None = Field(default=None, max_length=256)
+    # schema 4 (issue 12): extensions by agreement, complaints, rulings and appeals
+    extensions: int = 0
+    extension_requested_by: str | None = Field(default=None, max_length=16)
+    proposed_latest_start_at: int | None = Field(default=None, sa_type=BigInteger)
+    disputed_by: str | None = Field(default=None, max_length=16)
+    appeals: int = 0
+    ruling: str | None = Field(default=None, sa_type=Text)  # JSON object: the latest ruling
+    dispute_liable: str | None = Field(default=None, max_length=16)  # the liable party when the dispute opened
 
 
 class OrderProduct(SQLModel, table=True):

@@ -218,13 +218,25 @@ class Policy:
     review_window: int = 14 * DAY
     makeup_window: int = 7 * DAY
     max_failed_reviews: int = 2
+    # issue 12: negotiated extensions, complaints, arbitration and appeals
+    extension_response_window: int = 48 * HOUR
+    max_extensions: int = 2
+    max_extension: int = 15 * DAY
+    complaint_window: int = 90 * DAY
+    arbitration_window: int = 5 * DAY
+    appeal_window: int = 14 * DAY
+    max_appeals: int = 1
 
     def to_json(self) -> dict:
         return dict(_policy_json(self))
 
     @classmethod
     def from_json(cls, data: dict) -> "Policy":
-        return cls(**_read_keys(cls, data, counts={"max_failed_reviews"}, allow_zero=False))
+        """Keys missing from `data` (a policy frozen before they existed) take their defaults."""
+        return cls(**_read_keys(cls, data, counts=POLICY_COUNTS, allow_zero=False))
+
+
+POLICY_COUNTS = frozenset({"max_failed_reviews", "max_extensions", "max_appeals"})  # whole numbers, not durations
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +258,7 @@ class ReminderOffsets:
 @lru_cache(maxsize=64)
 def _policy_json(policy: Policy) -> tuple:
     return tuple(
-        (f.name, getattr(policy, f.name) if f.name == "max_failed_reviews" else format_duration(getattr(policy, f.name)))
+        (f.name, getattr(policy, f.name) if f.name in POLICY_COUNTS else format_duration(getattr(policy, f.name)))
         for f in fields(policy)
     )
 

@@ -1026,6 +1026,7 @@ class order_records:
         label_of = {s.value: (TIMERS[s].label if s in TIMERS else None) for s in Status}
         for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
              status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
+             extensions, extension_by, proposed, disputed_by, appeals, ruling, _dispute_liable,
              liable, deadline, _wake) in self.rows:
             yield {
                 "id": oid, "merchant": merchant, "creator": creator, "products": list(_products_json(products)),
@@ -1035,6 +1036,9 @@ class order_records:
                 "cancel_requested_by": requested_by, "went_live_at": write(went_live), "delivered_at": write(delivered),
                 "delivery_mode": mode, "failed_reviews": failed, "policy": _policy_json(policy),
                 "reminders": _reminders_json(reminders), "idempotency_key": key, "last_event_at": write(last_at),
+                "extensions": extensions, "extension_requested_by": extension_by, "proposed_latest_start_at": write(proposed),
+                "disputed_by": disputed_by, "appeals": appeals,
+                "ruling": None if ruling is None else _ruling_json(ruling, self.tz),
             }
 
     def json_lines(self):
@@ -1062,6 +1066,7 @@ class order_records:
 
         for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
              status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
+             extensions, extension_by, proposed, disputed_by, appeals, ruling, _dispute_liable,
              liable, deadline, _wake) in self.rows:
             yield (
                 f'{{"id":{oid},"merchant":{quoted(merchant)},"creator":{quoted(creator)},'
@@ -1072,8 +1077,18 @@ class order_records:
                 f'"cancel_requested_by":{known(requested_by)},"went_live_at":{when(went_live)},'
                 f'"delivered_at":{when(delivered)},"delivery_mode":{known(mode)},"failed_reviews":{int(failed)},'
                 f'"policy":{_policy_text(policy, compact)},"reminders":{_reminders_text(reminders, compact)},'
-                f'"idempotency_key":{texts(key)},"last_event_at":{when(last_at)}}}'
+                f'"idempotency_key":{texts(key)},"last_event_at":{when(last_at)},'
+                f'"extensions":{int(extensions)},"extension_requested_by":{known(extension_by)},'
+                f'"proposed_latest_start_at":{when(proposed)},"disputed_by":{known(disputed_by)},"appeals":{int(appeals)},'
+                f'"ruling":{"null" if ruling is None else compact(_ruling_json(ruling, self.tz))}}}'
             )
+
+
+def _ruling_json(text: str, tz: tzinfo) -> dict:
+    """The `ruling` of a stored row as `Ruling.to_json(tz)` gives it."""
+    from coopctl.lifecycle import Ruling
+
+    return Ruling.from_stored(text).to_json(tz)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -10,7 +10,7 @@ import json
 from decimal import Decimal
 from functools import lru_cache
 
-from coopctl.lifecycle import Event, Notification, Order, Party, Status, canonical_json, new_order, new_terms, wake_at
+from coopctl.lifecycle import Event, Notification, Order, Party, Ruling, Status, canonical_json, new_order, new_terms, wake_at
 from coopctl.policy import Policy, ReminderOffsets
 
 
@@ -37,6 +37,9 @@ ORDER_COLUMNS = (
     "policy", "reminders", "created_at", "status", "status_since", "cancel_requested_by", "went_live_at",
     "delivered_at", "delivery_mode", "failed_reviews", "last_seq", "last_hash", "last_event_at",
     "reminders_sent", "idempotency_key",
+    # schema 4 (issue 12): extensions by agreement and disputes
+    "extensions", "extension_requested_by", "proposed_latest_start_at", "disputed_by", "appeals", "ruling",
+    "dispute_liable",
 )
 
 
@@ -55,7 +58,8 @@ _NO_REMINDERS: frozenset[str] = frozenset()
 def order_from_row(row) -> Order:
     """An order from a row of ORDER_COLUMNS, in that order (a Row or a plain tuple)."""
     (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
-     status, since, requested_by, went_live, delivered, mode, failed, seq, digest, last_at, sent, key) = row
+     status, since, requested_by, went_live, delivered, mode, failed, seq, digest, last_at, sent, key,
+     extensions, extension_by, proposed, disputed_by, appeals, ruling, dispute_liable) = row
     return new_order(
         oid,
         new_terms(merchant, creator, _products(products), form, Decimal(commission), Decimal(budget), latest, note),
@@ -74,13 +78,27 @@ def order_from_row(row) -> Order:
         last_at,
         _NO_REMINDERS if sent == "[]" else frozenset(json.loads(sent)),
         key,
+        extensions,
+        _PARTY[extension_by],
+        proposed,
+        _PARTY[disputed_by],
+        appeals,
+        None if ruling is None else _ruling(ruling),
+        _PARTY[dispute_liable],
     )
+
+
+@lru_cache(maxsize=256)
+def _ruling(text: str) -> Ruling:
+    return Ruling.from_stored(text)
 
 
 STATE_COLUMNS = (
     "status", "status_since", "cancel_requested_by", "went_live_at", "delivered_at", "delivery_mode",
     "failed_reviews", "liable_party", "deadline", "wake_at", "last_seq", "last_hash", "last_event_at",
     "reminders_sent",
+    "latest_start_at", "extensions", "extension_requested_by", "proposed_latest_start_at", "disputed_by", "appeals",
+    "ruling", "dispute_liable",
 )
 
 
@@ -104,6 +122,14 @@ def state_tuple(order: Order) -> tuple:
         order.last_hash,
         order.last_event_at,
         _dumps(sorted(sent)) if sent else "[]",
+        order.terms.latest_start_at,
+        order.extensions,
+        None if order.extension_requested_by is None else order.extension_requested_by._value_,
+        order.proposed_latest_start_at,
+        None if order.disputed_by is None else order.disputed_by._value_,
+        order.appeals,
+        None if order.ruling is None else order.ruling.stored(),
+        None if order.dispute_liable is None else order.dispute_liable._value_,
     )
 
 
@@ -122,7 +148,6 @@ def order_values(order: Order) -> dict:
         "form": terms.form,
         "commission_pct": str(terms.commission_pct),
         "ad_budget": str(terms.ad_budget),
-        "latest_start_at": terms.latest_start_at,
         "note": terms.note,
         "policy": _dumps(order.policy.to_json()),
         "reminders": _dumps(order.reminders.to_json()),

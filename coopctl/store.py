@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote
 
-from sqlalchemy import BigInteger, Integer, bindparam, case, create_engine, event, func, insert, literal_column, select, tuple_, update
+from sqlalchemy import BigInteger, Integer, bindparam, case, create_engine, event, func, insert, literal, literal_column, null, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
@@ -58,6 +58,11 @@ from coopctl.trust import shown
 # Every column of an order row: ORDER_COLUMNS (what an Order is read from) and the three that are
 # derived from it when it is written (`doctor` and `show` check that they still are).
 FULL_ORDER_COLUMNS = ORDER_COLUMNS + ("liable_party", "deadline", "wake_at")
+# The order columns schema 4 added, as an order without extensions or disputes has them.
+V4_ORDER_DEFAULTS = {
+    "extensions": 0, "extension_requested_by": None, "proposed_latest_start_at": None, "disputed_by": None,
+    "appeals": 0, "ruling": None, "dispute_liable": None,
+}
 _SCHEMA_LOCK = 0x636F6F70  # "coop": the PostgreSQL advisory lock key taken while the schema is created or upgraded
 # a unique violation of the idempotency key, as PostgreSQL (the index) and SQLite (the column) name it
 _IDEMPOTENCY_INDEX, _IDEMPOTENCY_COLUMN = "ux_orders_idempotency_key", "orders.idempotency_key"
@@ -876,6 +881,7 @@ class Tx:
             "merchant": "", "creator": "", "products": "[]", "form": "", "commission_pct": "0", "ad_budget": "0",
             "latest_start_at": 0, "policy": "{}", "reminders": "{}", "created_at": 0, "status": "", "status_since": 0,
             "failed_reviews": 0, "last_seq": 0, "last_hash": "", "last_event_at": 0, "reminders_sent": "[]",
+            "extensions": 0, "appeals": 0,
         }
         result = self.conn.execute(insert(ORDERS).values(placeholder).returning(ORDERS.c.id))
         return result.scalar_one()
@@ -1230,9 +1236,14 @@ class Tx:
     def order_rows(self, after_id: int, limit: int) -> list[tuple]:
         """The whole stored rows (FULL_ORDER_COLUMNS, as the driver gives them, not decoded) of the
         next `limit` orders after `after_id`, by id: `doctor` compares each with the rebuild of its
-        events, chunk by chunk."""
+        events, chunk by chunk. On a database older than schema 4 (which doctor reads without
+        upgrading) the columns of disputes and extensions are read as a new order has them."""
+        older = self.schema_version() < 4
         query = (
-            select(*[ORDERS.c[name] for name in FULL_ORDER_COLUMNS])
+            select(*[
+                (null() if V4_ORDER_DEFAULTS[name] is None else literal(V4_ORDER_DEFAULTS[name])).label(name) if older and name in V4_ORDER_DEFAULTS else ORDERS.c[name]
+                for name in FULL_ORDER_COLUMNS
+            ])
             .where(ORDERS.c.id > after_id, ORDERS.c.status != "")
             .order_by(ORDERS.c.id)
             .limit(limit)
