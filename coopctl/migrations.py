@@ -154,11 +154,11 @@ def _to_v3(conn: Connection) -> None:
 
 # frozen: the order columns version 4 adds (models.OrderRow), in the order a new database declares them
 _V4_ORDER_COLUMNS = (
-    ("extensions", "INTEGER NOT NULL DEFAULT 0"),
+    ("extensions", "INTEGER DEFAULT '0' NOT NULL"),
     ("extension_requested_by", "VARCHAR(16)"),
     ("proposed_latest_start_at", "BIGINT"),
     ("disputed_by", "VARCHAR(16)"),
-    ("appeals", "INTEGER NOT NULL DEFAULT 0"),
+    ("appeals", "INTEGER DEFAULT '0' NOT NULL"),
     ("ruling", "TEXT"),
     ("dispute_liable", "VARCHAR(16)"),
 )

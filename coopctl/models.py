@@ -67,11 +67,12 @@ class OrderRow(SQLModel, table=True):
     reminders_sent: str = Field(default="[]", sa_type=Text)  # JSON array of reminder keys
     idempotency_key: str | None = Field(default=None, max_length=256)
     # schema 4 (issue 12): extensions by agreement, complaints, rulings and appeals
-    extensions: int = 0
+    # a server default: an upgraded database adds these NOT NULL columns with it (ALTER TABLE needs one)
+    extensions: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     extension_requested_by: str | None = Field(default=None, max_length=16)
     proposed_latest_start_at: int | None = Field(default=None, sa_type=BigInteger)
     disputed_by: str | None = Field(default=None, max_length=16)
-    appeals: int = 0
+    appeals: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     ruling: str | None = Field(default=None, sa_type=Text)  # JSON object: the latest ruling
     dispute_liable: str | None = Field(default=None, max_length=16)  # the liable party when the dispute opened
 

@@ -48,12 +48,14 @@ A = Action
 MERCHANT, CREATOR = Party.MERCHANT, Party.CREATOR
 
 ALL_STATUSES = [
-    "pending", "effective", "cancel_requested", "live", "delivered", "review_failed", "completed",
-    "rejected", "withdrawn", "expired", "cancelled", "cancelled_unilaterally", "closed_overdue", "disputed",
+    "pending", "effective", "cancel_requested", "live", "delivered", "review_failed", "extension_requested",
+    "completed", "rejected", "withdrawn", "expired", "cancelled", "cancelled_unilaterally", "closed_overdue",
+    "disputed", "ruled", "resolved",
 ]
 ALL_ACTIONS = [
-    "accept", "reject", "withdraw", "cancel-request", "cancel-confirm", "cancel-decline",
-    "go-live", "deliver", "review --pass", "review --fail",
+    "accept", "reject", "withdraw", "cancel-request", "cancel-confirm", "cancel-decline", "cancel-withdraw",
+    "extend-request", "extend-confirm", "extend-decline",
+    "go-live", "deliver", "review --pass", "review --fail", "complain", "arbitrate", "appeal",
 ]
 
 # status -> terms (the "terms" column of the states table)
@@ -72,10 +74,20 @@ SPEC_TERMS = {
     "cancelled_unilaterally": "in_force",
     "closed_overdue": "in_force",
     "disputed": "in_force",
+    "extension_requested": "in_force",
+    "ruled": "settled",
+    "resolved": "settled",
 }
-TERMINAL = {"completed", "rejected", "withdrawn", "expired", "cancelled", "cancelled_unilaterally", "closed_overdue", "disputed"}
+# no deadline of their own (a dispute waits for a person; its reminder to the platform is not a deadline)
+TERMINAL = {
+    "completed", "rejected", "withdrawn", "expired", "cancelled", "cancelled_unilaterally", "closed_overdue", "disputed",
+    "resolved",
+}
+# the actions whose notifications go to both parties and the platform (SPEC section 1, "Notifications")
+TO_EVERYONE = {"complain", "arbitrate", "appeal"}
 
-# who acts: "creator", "merchant", "either" or "other" (the party that did not request)
+# who acts: "creator", "merchant", "either", "other" (the party that did not request or propose),
+# "requester" (the party that did), "not_liable" (the party not liable) or "platform"
 SPEC_ACTIONS = {
     "accept": ("creator", {"pending": "effective"}, "accepted"),
     "reject": ("creator", {"pending": "rejected"}, "rejected"),
@@ -87,6 +99,16 @@ SPEC_ACTIONS = {
     "deliver": ("creator", {"effective": "delivered", "live": "delivered", "review_failed": "delivered"}, "delivered"),
     "review --pass": ("merchant", {"delivered": "completed"}, "review_passed"),
     "review --fail": ("merchant", {"delivered": "review_failed"}, "review_failed"),
+    "cancel-withdraw": ("requester", {"cancel_requested": "effective"}, "cancel_withdrawn"),
+    "extend-request": ("either", {"effective": "extension_requested"}, "extension_requested"),
+    "extend-confirm": ("other", {"extension_requested": "effective"}, "extension_confirmed"),
+    "extend-decline": ("other", {"extension_requested": "effective"}, "extension_declined"),
+    "complain": (
+        "not_liable", {"closed_overdue": "disputed", "cancelled_unilaterally": "disputed", "completed": "disputed"},
+        "complaint_filed",
+    ),
+    "arbitrate": ("platform", {"disputed": "ruled"}, "ruled"),
+    "appeal": ("either", {"ruled": "disputed"}, "appealed"),
 }
 
 # status -> (status after the deadline, event kind, liable party after it)
@@ -97,6 +119,8 @@ SPEC_TIMEOUTS = {
     "live": ("delivered", "delivered", None),
     "delivered": ("completed", "auto_accepted", None),
     "review_failed": ("disputed", "escalated", None),
+    "extension_requested": ("effective", "extension_lapsed", None),
+    "ruled": ("resolved", "ruling_final", None),  # the stories' rulings are `none`
 }
 
 
@@ -109,25 +133,46 @@ def spec_deadline(status: str, entered_at: int, created_at: int, latest_start: i
         "live": lambda: entered_at + policy.auto_deliver_after,
         "delivered": lambda: entered_at + policy.review_window,
         "review_failed": lambda: entered_at + policy.makeup_window,
+        "extension_requested": lambda: min(entered_at + policy.extension_response_window, latest_start),
+        "ruled": lambda: entered_at + policy.appeal_window,
     }.get(status, lambda: None)()
 
 
-def acting_parties(action: str, requester: Party | None) -> list[Party]:
+def acting_parties(action: str, requester: Party | None, status: str | None = None) -> list[Party | None]:
+    """Who may do `action` (None: the platform); `requester` asked for the cancellation or proposed
+    the extension (the stories' requester), and the liable party of `status` may not complain."""
     who = SPEC_ACTIONS[action][0]
+    if who == "platform":
+        return [None]
+    if who == "not_liable":
+        if status == "completed":
+            return [MERCHANT, CREATOR]
+        liable = CREATOR if status == "closed_overdue" else requester
+        return [liable.other]
     if who == "either":
         return [MERCHANT, CREATOR]
     if who == "other":
         return [requester.other]
+    if who == "requester":
+        return [requester]
     return [Party(who)]
 
 
-def natural_party(action: str) -> Party:
+def requester_of(order: Order) -> Party | None:
+    return order.cancel_requested_by or order.extension_requested_by
+
+
+def natural_party(action: str) -> Party | None:
     """The party that would do this action when it is allowed (for refusals by state)."""
     who = SPEC_ACTIONS[action][0]
+    if who == "platform":
+        return None
     return Party(who) if who in ("creator", "merchant") else MERCHANT
 
 
-def addr(party: Party) -> str:
+def addr(party: Party | None) -> str:
+    if party is None:
+        return "platform"
     return f"{party}:{MERCHANT_ID if party is MERCHANT else CREATOR_ID}"
 
 
@@ -157,10 +202,15 @@ class Story:
         self.notes += outcome.notifications
         return outcome
 
-    def do(self, action: str, party: Party, at: int, **kw) -> Outcome:
-        if action == "review --fail":
+    def do(self, action: str, party: Party | None, at: int, **kw) -> Outcome:
+        if action in ("review --fail", "complain", "appeal", "arbitrate"):
             kw.setdefault("reason", "画面模糊")
-        return self.apply(act(self.order, Action(action), party, self.order.party_id(party), at, OPERATOR, **kw))
+        if action == "arbitrate":
+            kw.setdefault("ruling", "none")
+        if action == "extend-request":
+            kw.setdefault("proposal", self.order.terms.latest_start_at + 5 * DAY)
+        party_id = None if party is None else self.order.party_id(party)
+        return self.apply(act(self.order, Action(action), party, party_id, at, OPERATOR, **kw))
 
     def tick(self, now: int) -> Outcome:
         return self.apply(tick_order(self.order, now, OPERATOR))
@@ -194,6 +244,9 @@ def story_in(status: str, requester: Party = MERCHANT, **kw) -> Story:
     s.do("accept", CREATOR, h(1))
     if status == "effective":
         return s
+    if status == "extension_requested":
+        s.do("extend-request", requester, h(2), reason="主播生病")
+        return s
     if status == "closed_overdue":
         s.tick(s.order.terms.latest_start_at)
         return s
@@ -210,8 +263,15 @@ def story_in(status: str, requester: Party = MERCHANT, **kw) -> Story:
     s.do("deliver", CREATOR, h(3), evidence="https://v.douyin.com/abc")
     if status == "delivered":
         return s
-    if status == "completed":
+    if status in ("completed", "ruled", "resolved"):
         s.do("review --pass", MERCHANT, h(4))
+        if status == "completed":
+            return s
+        s.do("complain", MERCHANT, h(5), reason="销量造假")
+        s.do("arbitrate", None, h(6), reason="证据不足")
+        if status == "resolved":
+            s.do("appeal", requester, h(7), reason="新证据")
+            s.do("arbitrate", None, h(8), reason="维持原裁决")
         return s
     s.do("review --fail", MERCHANT, h(4))
     if status == "review_failed":
@@ -241,20 +301,22 @@ def chain_is_valid(events: list[Event]) -> bool:
 
 
 ALLOWED_CASES = [
-    pytest.param(status, action, party, id=f"{status}-{action}-by-{party}")
+    pytest.param(status, action, party, id=f"{status}-{action}-by-{party or 'platform'}")
     for action, (who, sources, _) in SPEC_ACTIONS.items()
     for status in sources
-    for party in acting_parties(action, MERCHANT)
+    for party in acting_parties(action, MERCHANT, status)
 ]
+# the allowed actions of a status with a deadline (a complaint's window is tested in test_disputes.py)
+DEADLINE_CASES = [c for c in ALLOWED_CASES if c.values[0] in SPEC_TIMEOUTS]
 REFUSED_PAIRS = [(s, a) for s in ALL_STATUSES for a in ALL_ACTIONS if s not in SPEC_ACTIONS[a][1]]
 
 
-def test_the_tables_cover_fourteen_statuses_and_ten_actions():
+def test_the_tables_cover_seventeen_statuses_and_seventeen_actions():
     assert sorted(s.value for s in Status) == sorted(ALL_STATUSES)
     assert sorted(a.value for a in Action) == sorted(ALL_ACTIONS)
     allowed = sum(len(sources) for _, sources, _ in SPEC_ACTIONS.values())
-    assert allowed == 12
-    assert len(REFUSED_PAIRS) == 14 * 10 - 12
+    assert allowed == 21
+    assert len(REFUSED_PAIRS) == 17 * 17 - 21
 
 
 @pytest.mark.parametrize("status", ALL_STATUSES)
@@ -281,7 +343,8 @@ def test_allowed_action_moves_to_the_spec_target_and_notifies_the_other_party(st
     after = out.order
     assert after.status == target
     assert after.terms_state == SPEC_TERMS[target]
-    assert after.liable_party is None
+    # a dispute keeps the liable party the order had when it opened; the stories rule `none`
+    assert after.liable_party == (before.liable_party if action == "complain" else None)
     assert [e.kind for e in out.events] == [kind]
     event = out.events[0]
     assert event.seq == before.last_seq + 1
@@ -291,10 +354,15 @@ def test_allowed_action_moves_to_the_spec_target_and_notifies_the_other_party(st
     assert event.prev_hash == before.last_hash
     assert after.last_hash == event.hash
     assert after.last_event_at == at
+    recipients = [addr(MERCHANT), addr(CREATOR), "platform"] if action in TO_EVERYONE else [addr(party.other)]
     assert [(n.recipient, n.channel, n.kind, n.at) for n in out.notifications] == [
-        (addr(party.other), "inbox", kind, at)
+        (who, "inbox", kind, at) for who in recipients
     ]
-    assert after.deadline == spec_deadline(target, at, before.created_at, before.terms.latest_start_at, before.policy)
+    latest = before.terms.latest_start_at
+    if action == "extend-confirm":
+        assert after.terms.latest_start_at == before.proposed_latest_start_at == latest + 5 * DAY
+        latest = before.proposed_latest_start_at
+    assert after.deadline == spec_deadline(target, at, before.created_at, latest, before.policy)
 
 
 @pytest.mark.parametrize(("status", "action"), REFUSED_PAIRS, ids=[f"{s}-{a}" for s, a in REFUSED_PAIRS])
@@ -319,7 +387,7 @@ def test_action_not_allowed_in_status_is_refused_for_either_party(status, action
     assert story.order.status == status
 
 
-@pytest.mark.parametrize(("status", "action", "party"), ALLOWED_CASES)
+@pytest.mark.parametrize(("status", "action", "party"), [c for c in ALLOWED_CASES if c.values[2] is not None])
 def test_wrong_party_id_is_refused(status, action, party):
     story = story_in(status)
     before = story.order
@@ -332,21 +400,26 @@ def test_wrong_party_id_is_refused(status, action, party):
 
 @pytest.mark.parametrize(
     ("status", "action", "party"),
-    [c for c in ALLOWED_CASES if SPEC_ACTIONS[c.values[1]][0] != "either"],
+    [c for c in ALLOWED_CASES if SPEC_ACTIONS[c.values[1]][0] != "either" and c.values[:2] != ("completed", "complain")],
 )
 def test_wrong_party_kind_is_refused(status, action, party):
     story = story_in(status)
     before = story.order
-    wrong = party.other
+    wrong = MERCHANT if party is None else party.other
     with pytest.raises(Refused):
-        act(before, Action(action), wrong, before.party_id(wrong), before.last_event_at + MINUTE, OPERATOR, reason="r")
+        act(before, Action(action), wrong, before.party_id(wrong), before.last_event_at + MINUTE, OPERATOR, reason="r",
+            ruling="none", proposal=before.terms.latest_start_at + DAY)
+    if party is not None:  # nor may the platform do what a party does
+        with pytest.raises(Refused):
+            act(before, Action(action), None, None, before.last_event_at + MINUTE, OPERATOR, reason="r", ruling="none",
+                proposal=before.terms.latest_start_at + DAY)
     assert story.order == before
 
 
 # --------------------------------------------------------------------------- deadlines
 
 
-@pytest.mark.parametrize(("status", "action", "party"), ALLOWED_CASES)
+@pytest.mark.parametrize(("status", "action", "party"), DEADLINE_CASES)
 def test_action_one_microsecond_before_the_deadline_is_allowed(status, action, party):
     story = story_in(status)
     deadline = expected_deadline(story)
@@ -356,7 +429,7 @@ def test_action_one_microsecond_before_the_deadline_is_allowed(status, action, p
     assert out.order.status == SPEC_ACTIONS[action][1][status]
 
 
-@pytest.mark.parametrize(("status", "action", "party"), ALLOWED_CASES)
+@pytest.mark.parametrize(("status", "action", "party"), DEADLINE_CASES)
 def test_action_at_the_deadline_is_too_late_because_the_deadline_fires_first(status, action, party):
     story = story_in(status)
     before = story.order
@@ -373,7 +446,7 @@ def test_action_at_the_deadline_is_too_late_because_the_deadline_fires_first(sta
 def test_action_long_after_the_deadline_is_too_late(status):
     story = story_in(status)
     action = next(a for a, (_, sources, _) in SPEC_ACTIONS.items() if status in sources)
-    party = acting_parties(action, story.order.cancel_requested_by)[0]
+    party = acting_parties(action, requester_of(story.order), status)[0]
     with pytest.raises(Refused, match="too late"):
         story.do(action, party, expected_deadline(story) + 30 * DAY)
 
@@ -746,7 +819,7 @@ def test_time_going_backwards_is_refused(status):
     story = story_in(status)
     before = story.order
     action = next(a for a, (_, sources, _) in SPEC_ACTIONS.items() if status in sources)
-    party = acting_parties(action, before.cancel_requested_by)[0]
+    party = acting_parties(action, requester_of(before), status)[0]
     with pytest.raises(Refused, match="backwards|earlier"):
         story.do(action, party, before.last_event_at - 1)
     assert story.order is before
@@ -998,6 +1071,9 @@ def test_wake_at_is_the_earliest_unsent_reminder_or_the_deadline():
 @pytest.mark.parametrize("status", ALL_STATUSES)
 def test_wake_at_is_none_only_for_terminal_statuses(status):
     story = story_in(status)
+    if status == "disputed":  # no deadline, but the platform's reminder once arbitration_window has passed
+        assert wake_at(story.order) == story.order.status_since + 5 * DAY
+        story.tick(story.order.status_since + 5 * DAY)
     assert (wake_at(story.order) is None) == (status in TERMINAL)
 
 

@@ -23,9 +23,27 @@ V1_DDL = Path(__file__).parent / "fixtures" / "schema_v1.sql"
 
 
 def SEAL_ADDED(before: dict) -> dict:
-    """What version 3 adds to the rows of an older database for sealing: events.log_index (NULL:
-    not sealed yet) and the empty seal tables."""
-    return {"events": [row + (None,) for row in before["events"]], "seal_nodes": [], "seal_heads": []}
+    """What versions 3 and 4 add to the rows of an older database: for sealing, events.log_index
+    (NULL: not sealed yet) and the empty seal tables; for disputes (`V4_ADDED`), the order columns
+    and the new policy keys."""
+    return {"events": [row + (None,) for row in before["events"]], "seal_nodes": [], "seal_heads": [], **V4_ADDED(before)}
+
+
+V4_DEFAULTS = {
+    "extension_response_window": "48h", "max_extensions": 2, "max_extension": "15d", "complaint_window": "90d",
+    "arbitration_window": "5d", "appeal_window": "14d", "max_appeals": 1,
+}  # SPEC section 1's defaults, copied here
+
+
+def V4_ADDED(before: dict) -> dict:
+    """What version 4 does to the order rows of an older database: each policy gets the new keys'
+    defaults, and each row the new columns as an order without extensions or disputes has them."""
+    policy_at = 9  # orders.policy, the tenth column of every version
+    rows = []
+    for row in before["orders"]:
+        policy = json.dumps({**json.loads(row[policy_at]), **V4_DEFAULTS}, sort_keys=True, separators=(",", ":"))
+        rows.append(row[:policy_at] + (policy,) + row[policy_at + 1 :] + (0, None, None, None, 0, None, None))
+    return {"orders": sorted(rows, key=repr)}
 
 
 def build_v1(path: Path, orders: int = 6) -> None:
@@ -38,12 +56,38 @@ def build_v1(path: Path, orders: int = 6) -> None:
     _insert_old(path, orders)
 
 
-def _insert_old(path: Path, orders: int) -> None:
+def _old_order_rows(tx) -> None:
+    """Make `tx` write orders as a coopctl before schema 4 did: without the columns of disputes and
+    extensions, and with the policy of six keys that version froze on each order."""
+    from coopctl.rows import order_values
+    from coopctl.store import V4_ORDER_DEFAULTS
+
+    def insert_orders(orders):
+        values = [order_values(o) for o in orders]
+        for v in values:
+            v["policy"] = json.dumps({k: json.loads(v["policy"])[k] for k in V3_POLICY_KEYS}, sort_keys=True, separators=(",", ":"))
+        columns = tuple(c for c in values[0] if c not in V4_ORDER_DEFAULTS)
+        sql = f"INSERT INTO orders ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        if tx.conn.dialect.name == "postgresql":
+            sql = sql.replace("?", "%s")
+        tx.conn.exec_driver_sql(sql, [tuple(v[c] for c in columns) for v in values])
+        tx._insert_products(orders)
+
+    tx.insert_orders = insert_orders
+
+
+V3_POLICY_KEYS = ("accept_window", "cancel_response_window", "auto_deliver_after", "review_window", "makeup_window", "max_failed_reviews")
+
+
+def _insert_old(path: Path, orders: int, *, products: bool = False) -> None:
     """A few orders in different statuses through the storage layer, as a version 1 or 2 coopctl
-    wrote them: without order_products (schema 3), which those versions did not have."""
+    wrote them: without order_products (schema 3), which those versions did not have (`products`:
+    with them, as version 3 wrote them); never with the columns of schema 4."""
     store = Store(locate(str(path)))
     with store.write() as tx:  # write() itself never checks nor upgrades the schema
-        tx._insert_products = lambda orders: None
+        _old_order_rows(tx)
+        if not products:
+            tx._insert_products = lambda orders: None
         tx.insert_new([
             scenario_outcome(i, BASE + i * 60_000_000, BASE + 5 * DAY, SCENARIOS[i % len(SCENARIOS)])
             for i in range(1, orders + 1)
@@ -85,7 +129,7 @@ def test_the_frozen_v1_fixture_is_version_1(db_path):
     build_v1(db_path)
     assert meta(db_path)["schema_version"] == "1"
     assert "tick_runs" not in schema(db_path)
-    assert SCHEMA_VERSION == 3, "a new schema version needs a step in coopctl/migrations.py and a test here"
+    assert SCHEMA_VERSION == 4, "a new schema version needs a step in coopctl/migrations.py and a test here"
 
 
 @pytest.mark.parametrize(
@@ -298,3 +342,135 @@ def test_an_upgraded_version_2_database_seals_every_old_event(run_coopctl, tmp_p
     events = len(read_rows(db_path)["events"])
     assert json.loads(result.stdout)["size"] == events
     assert run_coopctl("seal", "--check", env={"COOPCTL_SIGNING_KEY": str(key)}).returncode == 0
+
+
+# --------------------------------------------------------------------------- 3 -> 4 (disputes and extensions)
+
+V3_DDL = Path(__file__).parent / "fixtures" / "schema_v3.sql"
+V4_COLUMNS = ("extensions", "extension_requested_by", "proposed_latest_start_at", "disputed_by", "appeals", "ruling", "dispute_liable")
+
+
+def build_v3(path: Path, orders: int = 6) -> None:
+    """A version-3 database as coopctl 0.3 left it: the frozen DDL, WAL, a few orders with their
+    order_products and a six-key policy each."""
+    conn = sqlite3.connect(path)
+    conn.executescript(V3_DDL.read_text())
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    _insert_old(path, orders, products=True)
+
+
+def test_the_frozen_v3_fixture_is_version_3_without_the_columns_of_disputes(db_path):
+    build_v3(db_path)
+    assert meta(db_path)["schema_version"] == "3"
+    assert "order_products" in schema(db_path)
+    assert not any(column in schema(db_path)["orders"] for column in V4_COLUMNS)
+    policies = {row[9] for row in read_rows(db_path)["orders"]}
+    assert policies and all(sorted(json.loads(p)) == sorted(V3_POLICY_KEYS) for p in policies)
+
+
+@pytest.mark.parametrize("args", [["list", "--json"], ["show", "1"], ["init"], ["history", "2", "--json"]], ids=lambda a: a[0])
+def test_any_command_upgrades_a_version_3_database_and_writes_the_policy_defaults_into_every_order(run_coopctl, db_path, args):
+    build_v3(db_path)
+    before = read_rows(db_path)
+    result = run_coopctl(*args)
+    assert result.returncode == 0, result.stderr
+    assert meta(db_path)["schema_version"] == str(SCHEMA_VERSION)
+    after = read_rows(db_path)
+    assert {k: v for k, v in after.items() if k != "coopctl_meta"} == {
+        **{k: v for k, v in before.items() if k != "coopctl_meta"}, **V4_ADDED(before),
+    }
+    for row in after["orders"]:
+        policy = json.loads(row[9])
+        assert {k: policy[k] for k in V4_DEFAULTS} == V4_DEFAULTS
+    verify_all(db_path)
+
+
+def test_an_upgraded_version_3_database_has_exactly_the_schema_of_a_new_one(run_coopctl, tmp_path, db_path):
+    build_v3(db_path)
+    assert run_coopctl("list").returncode == 0
+    fresh = tmp_path / "fresh.db"
+    assert run_coopctl("init", env={"COOPCTL_DB": str(fresh)}).returncode == 0
+    assert schema(db_path) == schema(fresh)
+
+
+def test_upgraded_orders_show_the_new_fields_and_keep_their_policy_when_the_configuration_changes(run_coopctl, tmp_path, db_path):
+    build_v3(db_path)
+    config = tmp_path / "other.toml"
+    config.write_text('[policy]\ncomplaint_window = "1d"\nmax_appeals = 3\n', encoding="utf-8")
+    result = run_coopctl("show", "1", "--json", env={"COOPCTL_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
+    order = json.loads(result.stdout)
+    assert order["policy"]["complaint_window"] == "90d" and order["policy"]["max_appeals"] == 1
+    assert (order["extensions"], order["extension_requested_by"], order["proposed_latest_start_at"]) == (0, None, None)
+    assert (order["disputed_by"], order["appeals"], order["ruling"]) == (None, 0, None)
+    doctor = run_coopctl("doctor", "--json", "--now", iso(BASE))
+    assert json.loads(doctor.stdout)["schema_version"] == SCHEMA_VERSION
+    assert all(f["ok"] for f in json.loads(doctor.stdout)["findings"] if f["check"] in ("rebuild", "schema")), doctor.stdout
+
+
+def test_the_v4_upgrade_is_atomic_a_failing_disputes_step_leaves_version_3(db_path, monkeypatch):
+    build_v3(db_path)
+    before = read_rows(db_path)
+    real = migrations._v4_disputes
+
+    def then_fail(conn):
+        real(conn)  # every column added and every policy rewritten...
+        raise StorageError("simulated failure at the end of the disputes step")
+
+    monkeypatch.setattr(migrations, "_v4_disputes", then_fail)
+    store = Store(locate(str(db_path)))
+    with pytest.raises(StorageError, match="simulated failure"):
+        store.require()
+    store.dispose()
+    assert meta(db_path)["schema_version"] == "3"
+    assert read_rows(db_path) == before and "extensions" not in schema(db_path)["orders"]  # ...and rolled back
+
+
+def test_the_disputes_step_run_twice_changes_nothing_the_second_time(db_path):
+    build_v3(db_path)
+    store = Store(locate(str(db_path)))
+    store.require()
+    once = read_rows(db_path)
+    with store.write() as tx:
+        migrations._v4_disputes(tx.conn)
+    store.dispose()
+    assert read_rows(db_path) == once
+
+
+def test_a_version_3_database_on_postgresql_is_upgraded_with_the_policy_defaults(invoke, pg_url):
+    """PostgreSQL: a database of this version taken back to version 3 (the columns of disputes
+    dropped, six-key policies), then opened by a command."""
+    from sqlalchemy import create_engine, text
+
+    from coopctl.policy import DAY as _DAY
+
+    for i in (1, 2):
+        created = invoke(
+            "create", "--merchant", f"商家-{i}", "--creator", f"达人-{i}", "--product", "P1", "--form", "live",
+            "--commission", "10", "--latest-start", iso(BASE + 5 * _DAY), "--at", iso(BASE), env={"COOPCTL_DB": pg_url},
+        )
+        assert created.exit_code == 0, created.stderr
+    engine = create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            for column in V4_COLUMNS:
+                conn.execute(text(f"ALTER TABLE orders DROP COLUMN {column}"))
+            for oid, policy in conn.execute(text("SELECT id, policy FROM orders")).all():
+                old = json.dumps({k: json.loads(policy)[k] for k in V3_POLICY_KEYS}, sort_keys=True, separators=(",", ":"))
+                conn.execute(text("UPDATE orders SET policy = :p WHERE id = :i"), {"p": old, "i": oid})
+            conn.execute(text("UPDATE coopctl_meta SET value = '3' WHERE key = 'schema_version'"))
+        result = invoke("show", "2", "--json", env={"COOPCTL_DB": pg_url})
+        assert result.exit_code == 0, result.stderr
+        order = json.loads(result.stdout)
+        assert {k: order["policy"][k] for k in V4_DEFAULTS} == V4_DEFAULTS
+        assert (order["extensions"], order["appeals"], order["ruling"]) == (0, 0, None)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT value FROM coopctl_meta WHERE key = 'schema_version'")).scalar() == str(SCHEMA_VERSION)
+            policies = [json.loads(p) for (p,) in conn.execute(text("SELECT policy FROM orders"))]
+            assert all({k: p[k] for k in V4_DEFAULTS} == V4_DEFAULTS for p in policies) and len(policies) == 2
+            columns = {r[0] for r in conn.execute(text(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'orders'"))}
+            assert set(V4_COLUMNS) <= columns
+    finally:
+        engine.dispose()

@@ -203,6 +203,13 @@ def test_policy_defaults_are_the_spec_defaults():
         "review_window": "14d",
         "makeup_window": "7d",
         "max_failed_reviews": 2,
+        "extension_response_window": "48h",
+        "max_extensions": 2,
+        "max_extension": "15d",
+        "complaint_window": "90d",
+        "arbitration_window": "5d",
+        "appeal_window": "14d",
+        "max_appeals": 1,
     }
 
 

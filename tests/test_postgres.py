@@ -500,6 +500,6 @@ def test_a_version_2_database_on_postgresql_is_upgraded_with_order_products(invo
         assert [o["id"] for o in json.loads(result.stdout)] == list(range(1, 10))
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM order_products")).scalar() == 18
-            assert conn.execute(text("SELECT value FROM coopctl_meta WHERE key = 'schema_version'")).scalar() == "3"
+            assert conn.execute(text("SELECT value FROM coopctl_meta WHERE key = 'schema_version'")).scalar() == str(SCHEMA_VERSION)
     finally:
         engine.dispose()
