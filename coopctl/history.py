@@ -39,7 +39,7 @@ from coopctl.lifecycle import (
     fire_due,
     reminders_due,
 )
-from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant, to_instant
+from coopctl.policy import POLICY_KEYS_OF_V4, InvalidValue, Policy, ReminderOffsets, iso, parse_instant, to_instant
 from coopctl.trust import check_id, check_operator, check_stored_id
 
 
@@ -107,9 +107,23 @@ def _created(order_id: int, e: Event, strict: bool) -> Outcome:
         key = data.get("idempotency_key")
         if key is not None:
             key = (check_id if strict else check_stored_id)(key, "idempotency key")
-        return create(order_id, terms, policy, reminders, e.at, e.operator, key)
+        return create(order_id, terms, policy, reminders, e.at, e.operator, key, written_policy=_as_recorded(policy, data))
     except (CoopError, InvalidValue) as exc:
         raise Divergence(e.seq, f"not allowed: {exc}") from None
+
+
+def _as_recorded(policy: Policy, data: dict) -> dict | None:
+    """The policy as a created event recorded before schema 4 wrote it: without the keys that
+    version added (they mean their defaults, which `Policy.from_json` gave them), each other key
+    as the rules write it. None for a policy that lacks no such key (then it is written in full)."""
+    recorded = data.get("policy")
+    if not isinstance(recorded, dict):
+        return None
+    full = policy.to_json()
+    missing = full.keys() - recorded.keys()
+    if not missing or not missing <= POLICY_KEYS_OF_V4:
+        return None
+    return {key: value for key, value in full.items() if key in recorded}
 
 
 def _party_step(order: Order, e: Event, strict: bool) -> Outcome:

@@ -980,8 +980,11 @@ def create(
     operator: str,
     idempotency_key: str | None = None,
     tz: tzinfo = UTC,
+    written_policy: dict | None = None,
 ) -> Outcome:
-    """A merchant proposes an order: it is `pending`, and the creator is told by inbox and SMS."""
+    """A merchant proposes an order: it is `pending`, and the creator is told by inbox and SMS.
+    `written_policy` is the policy as the event records it when that is not `policy.to_json()`: a
+    history recorded before some policy keys existed (see `history`), rebuilt to the same event."""
     if terms.latest_start_at <= at:
         raise InvalidInput(
             f"the latest start time {iso(terms.latest_start_at, tz)} must be after the creation time {iso(at, tz)}"
@@ -990,7 +993,7 @@ def create(
         id=order_id, terms=terms, policy=policy, reminders=reminders, created_at=at,
         status=Status.PENDING, status_since=at, last_event_at=at, idempotency_key=idempotency_key,
     )
-    data = {"terms": terms.to_json(), "policy": policy.to_json(), "reminders": reminders.to_json()}
+    data = {"terms": terms.to_json(), "policy": written_policy or policy.to_json(), "reminders": reminders.to_json()}
     if idempotency_key is not None:
         data["idempotency_key"] = idempotency_key
     outcome = _record(order, Kind.CREATED, at, actor_of(Party.MERCHANT, order), operator, data, {}, Status.PENDING, tz)

@@ -237,6 +237,11 @@ class Policy:
 
 
 POLICY_COUNTS = frozenset({"max_failed_reviews", "max_extensions", "max_appeals"})  # whole numbers, not durations
+# The keys schema 4 added (issue 12): a policy recorded before them lacks them and means their defaults.
+POLICY_KEYS_OF_V4 = frozenset({
+    "extension_response_window", "max_extensions", "max_extension", "complaint_window", "arbitration_window",
+    "appeal_window", "max_appeals",
+})
 
 
 @dataclass(frozen=True, slots=True)

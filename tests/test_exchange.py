@@ -327,7 +327,9 @@ def test_tick_treats_imported_orders_like_any_other(made, tmp_path):
         mine = json.loads(original.ok("tick", "--now", when, "--json").stdout)
         assert json.loads(fresh.ok("tick", "--now", when, "--json").stdout) == mine
         ticks.append((mine["applied"], mine["reminders"]))
-    assert ticks == [(1, 0), (0, 1)]  # delivered automatically, then the merchant is reminded to review
+    # delivered automatically; then the merchant is reminded to review, and the platform of the
+    # dispute that waited arbitration_window for a ruling
+    assert ticks == [(1, 0), (0, 2)]
     after_ticks = "2026-12-17T00:00"  # an export is dated at or after its last event
     assert fresh.ok("export", "--all", "--at", after_ticks).stdout == original.ok("export", "--all", "--at", after_ticks).stdout
     later = Cli(tmp_path / "later.db", tmp_path)
@@ -724,6 +726,20 @@ def test_the_sample_dispute_replays_imports_and_exports_the_same_bytes(tmp_path)
     assert cli.ok("export", "--all", "--at", "2026-12-04T09:00").stdout == sample.read_text(encoding="utf-8")
     what_if = cli.ok("replay", sample, "--policy", SAMPLE / "what_if_policy.toml")
     assert "would have been refused" in what_if.stdout and "first difference at seq 5" in what_if.stdout
+
+
+def test_an_export_of_schema_3_still_replays_and_imports_and_gets_the_new_fields(tmp_path):
+    """tests/fixtures/dispute_export_v3.json was written before disputes and extensions (six-key
+    policies, none of their fields): it reproduces, and imported its orders carry the defaults."""
+    old = Path(__file__).parent / "fixtures" / "dispute_export_v3.json"
+    cli = Cli(tmp_path / "old.db", tmp_path)
+    replayed = cli.ok("replay", old)
+    assert "order 1: reproduced" in replayed.stdout and "order 2: reproduced" in replayed.stdout
+    cli.ok("import", old)
+    order = json.loads(cli.ok("show", "1", "--json").stdout)
+    assert order["policy"]["complaint_window"] == "90d" and order["policy"]["max_appeals"] == 1
+    assert (order["extensions"], order["appeals"], order["ruling"], order["disputed_by"]) == (0, 0, None, None)
+    assert cli.ok("export", "--all", "--at", "2026-12-04T09:00").stdout == (SAMPLE / "dispute_export.json").read_text(encoding="utf-8")
 
 
 def test_installed_coopctl_exit_codes_of_replay_and_import(tmp_path):
