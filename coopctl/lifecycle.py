@@ -1052,6 +1052,9 @@ def act(
     `extend-request` proposes; `ruling` ('merchant', 'creator' or 'none') and `amount` (yuan) are
     an `arbitrate`'s. `strict=False` checks the reason and evidence by the older rules (a stored
     history rebuilt)."""
+    if action in _NEEDS_REASON and not (reason or "").strip():
+        raise InvalidInput(_NEEDS_REASON[action])
+    extra = _checked_extra(action, proposal, ruling, amount)  # input first: invalid is exit 2 whatever the order
     if party is not None and party_id != order.party_id(party):
         raise Refused(f"{party} {party_id!r} is not the {party} of order {order.id} ({order.party_id(party)!r} is)")
     if at < order.last_event_at:
@@ -1062,9 +1065,6 @@ def act(
     describe = check_text if strict else check_stored_text
     reason = describe(reason, "reason")
     evidence = describe(evidence, "evidence")
-    if action in _NEEDS_REASON and not (reason or "").strip():
-        raise InvalidInput(_NEEDS_REASON[action])
-    extra = _checked_extra(action, proposal, ruling, amount)
     fired = fire_due(order, at, operator, tz)
     current = fired.order
     rule = TRANSITIONS.get((current.status, action))

@@ -552,12 +552,36 @@ def _terms_fields(order: Order, tz: tzinfo, now: int) -> list[tuple[str, str, st
         ("failed reviews", str(order.failed_reviews), "number", ""),
         ("policy", ", ".join(f"{k}={v}" for k, v in order.policy.to_json().items()), "text", ""),
     ]
+    rows[-1:-1] = _dispute_fields(order, tz)
     if order.cancel_requested_by is not None:
         rows.insert(11, ("cancel requested by", str(order.cancel_requested_by), "status", ""))
     if order.delivered_at is not None:
         rows.insert(11, ("delivered", f"{when(order.delivered_at, tz)} ({order.delivery_mode})", "instant", ""))
     if order.went_live_at is not None:
         rows.insert(11, ("went live", when(order.went_live_at, tz), "instant", ""))
+    return rows
+
+
+def _dispute_fields(order: Order, tz: tzinfo) -> list[tuple[str, str, str, str]]:
+    """The show panel's lines of extensions and disputes, for an order that has any."""
+    from coopctl.lifecycle import ruling_words
+
+    rows = []
+    if order.extensions:
+        rows.append(("extensions", f"{order.extensions} of {order.policy.max_extensions}", "number", ""))
+    if order.proposed_latest_start_at is not None:
+        rows.append((
+            "proposed latest start", f"{when(order.proposed_latest_start_at, tz)} (by the {order.extension_requested_by})",
+            "instant", "",
+        ))
+    if order.disputed_by is not None:
+        rows.append(("disputed by", str(order.disputed_by), "status", ""))
+    if order.appeals:
+        rows.append(("appeals", f"{order.appeals} of {order.policy.max_appeals}", "number", ""))
+    if order.ruling is not None:
+        r = order.ruling
+        final = "final" if r.final else "open to appeal"
+        rows.append(("ruling", f"{ruling_words(r)} ({final}; {when(r.at, tz)}): {r.reason}", "text", ""))
     return rows
 
 

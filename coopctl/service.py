@@ -171,16 +171,18 @@ def perform(
     svc: Service,
     order_id: int,
     action: Action,
-    party: Party,
-    party_id: str,
+    party: Party | None,
+    party_id: str | None,
     at: int,
     *,
     reason: str | None = None,
     evidence: str | None = None,
     report: Report | None = None,
+    **values,
 ) -> Outcome:
-    """A party acts on an order: due deadlines fire first, then the action, all in one transaction;
-    `report(outcome)` is written before it commits."""
+    """A party (or, `party` None, the platform) acts on an order: due deadlines fire first, then
+    the action, all in one transaction; `report(outcome)` is written before it commits. `values`
+    are what some actions carry (`proposal`, `ruling`, `amount`: see `lifecycle.act`)."""
     svc.store.require()
     with change(svc.store, report) as current:
         tx = current.tx
@@ -188,7 +190,8 @@ def perform(
         if order is None:
             raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
         outcome = lifecycle.act(
-            order, action, party, party_id, at, svc.operator, reason=reason, evidence=evidence, tz=svc.settings.tz
+            order, action, party, party_id, at, svc.operator, reason=reason, evidence=evidence, tz=svc.settings.tz,
+            **values,
         )
         tx.save([order], [outcome])
         current.done(outcome)

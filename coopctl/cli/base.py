@@ -29,10 +29,11 @@ if TYPE_CHECKING:  # pragma: no cover
 # what it is given (its own message, exit 2): these are what is offered, not a second parser.
 # tests/test_conventions.py checks them against the enums of the rules.
 STATUSES = (
-    "pending", "effective", "cancel_requested", "live", "delivered", "review_failed", "completed", "rejected",
-    "withdrawn", "expired", "cancelled", "cancelled_unilaterally", "closed_overdue", "disputed",
+    "pending", "effective", "cancel_requested", "live", "delivered", "review_failed", "extension_requested",
+    "completed", "rejected", "withdrawn", "expired", "cancelled", "cancelled_unilaterally", "closed_overdue",
+    "disputed", "ruled", "resolved",
 )
-TERMS = ("not_yet_effective", "in_force", "fulfilled", "void")
+TERMS = ("not_yet_effective", "in_force", "fulfilled", "void", "settled")
 FORMS = ("live", "video")
 PARTIES = ("merchant", "creator")
 RULINGS = ("merchant", "creator", "none")
@@ -438,11 +439,12 @@ def one_party(merchant: str | None, creator: str | None) -> tuple["Party", str]:
     return (Party.MERCHANT, merchant) if merchant is not None else (Party.CREATOR, creator)
 
 
-def _act(ctx: typer.Context, order: int, action: "Action", party: "Party", who: str | None, at: str | None, as_json: bool, **extra) -> None:
+def _act(ctx: typer.Context, order: int, action: "Action", party: "Party | None", who: str | None, at: str | None, as_json: bool, **extra) -> None:
+    """Perform `action` on `order` as `party` (None: the platform, `arbitrate`) and report it."""
     from coopctl.errors import InvalidInput
     from coopctl.service import perform
 
-    if who is None:
+    if who is None and party is not None:
         raise InvalidInput(f"{action} needs --{party} ID (who is acting)")
     rt = runtime(ctx)
 

@@ -138,6 +138,64 @@ def cancel_decline(ctx: typer.Context, order: OrderArg, merchant: MerchantOpt = 
     _act(ctx, order, Action.CANCEL_DECLINE, party, who, at, as_json)
 
 
+@command("cancel-withdraw")
+def cancel_withdraw(ctx: typer.Context, order: OrderArg, merchant: MerchantOpt = None, creator: CreatorOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """The party that asked to cancel takes the request back: the order is effective again.
+
+    Example: coopctl cancel-withdraw 12 --merchant 商家A
+    """
+    from coopctl.lifecycle import Action
+
+    party, who = one_party(merchant, creator)
+    _act(ctx, order, Action.CANCEL_WITHDRAW, party, who, at, as_json)
+
+
+@command("extend-request")
+def extend_request(
+    ctx: typer.Context,
+    order: OrderArg,
+    latest_start: Annotated[str, typer.Option("--latest-start", help="The later latest start proposed (ISO 8601; at most max_extension later).", show_default=False)],
+    merchant: MerchantOpt = None,
+    creator: CreatorOpt = None,
+    reason: ReasonOpt = None,
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Either party proposes to move the latest start of an effective order; the other must answer in time.
+
+    Example: coopctl extend-request 12 --creator 达人小王 --latest-start 2026-12-20T20:00 --reason "host ill"
+    """
+    from coopctl.lifecycle import Action
+
+    party, who = one_party(merchant, creator)
+    rt = runtime(ctx)
+    _act(ctx, order, Action.EXTEND_REQUEST, party, who, at, as_json, reason=reason, proposal=instant(latest_start, rt, "--latest-start"))
+
+
+@command("extend-confirm")
+def extend_confirm(ctx: typer.Context, order: OrderArg, merchant: MerchantOpt = None, creator: CreatorOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """The other party agrees: the latest start moves to the proposal.
+
+    Example: coopctl extend-confirm 12 --merchant 商家A
+    """
+    from coopctl.lifecycle import Action
+
+    party, who = one_party(merchant, creator)
+    _act(ctx, order, Action.EXTEND_CONFIRM, party, who, at, as_json)
+
+
+@command("extend-decline")
+def extend_decline(ctx: typer.Context, order: OrderArg, merchant: MerchantOpt = None, creator: CreatorOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """The other party declines: the order is effective again, its latest start unchanged.
+
+    Example: coopctl extend-decline 12 --merchant 商家A
+    """
+    from coopctl.lifecycle import Action
+
+    party, who = one_party(merchant, creator)
+    _act(ctx, order, Action.EXTEND_DECLINE, party, who, at, as_json)
+
+
 @command("go-live")
 def go_live(ctx: typer.Context, order: OrderArg, creator: CreatorOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
     """The creator went live or published; delivery follows (automatically after a while).
