@@ -26,6 +26,9 @@ _ACTIONS = {
     "cancel-request": Action.CANCEL_REQUEST, "cancel-confirm": Action.CANCEL_CONFIRM,
     "cancel-decline": Action.CANCEL_DECLINE, "go-live": Action.GO_LIVE, "deliver": Action.DELIVER,
     "review-pass": Action.REVIEW_PASS, "review-fail": Action.REVIEW_FAIL,
+    "cancel-withdraw": Action.CANCEL_WITHDRAW, "extend-request": Action.EXTEND_REQUEST,
+    "extend-confirm": Action.EXTEND_CONFIRM, "extend-decline": Action.EXTEND_DECLINE,
+    "complain": Action.COMPLAIN, "arbitrate": Action.ARBITRATE, "appeal": Action.APPEAL,
 }
 
 
@@ -94,10 +97,13 @@ def run_demo(svc: Service, *, now: int) -> list[Order]:
             at=offset(entry["created"], now),
         )
         for step in entry.get("steps", []):
-            party = Party(step["party"])
+            party = None if step["party"] == "platform" else Party(step["party"])  # the platform rules
+            values = {key: step[key] for key in ("ruling", "amount") if key in step}
+            if "latest_start" in step:  # an extension's proposal
+                values["proposal"] = offset(step["latest_start"], now)
             service.perform(
-                svc, order.id, _ACTIONS[step["action"]], party, order.party_id(party), offset(step["at"], now),
-                reason=step.get("reason"), evidence=step.get("evidence"),
+                svc, order.id, _ACTIONS[step["action"]], party, None if party is None else order.party_id(party),
+                offset(step["at"], now), reason=step.get("reason"), evidence=step.get("evidence"), **values,
             )
         expected[order.id] = entry["expect"]
     service.tick(svc, now)

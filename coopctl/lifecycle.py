@@ -808,7 +808,7 @@ TIMERS: dict[Status, Timer] = {
     # The response deadline, unless the latest start comes first or at the same instant.
     Status.EXTENSION_REQUESTED: Timer(
         lambda o: min(o.status_since + o.policy.extension_response_window, o.terms.latest_start_at),
-        Status.EFFECTIVE, Kind.EXTENSION_LAPSED, "extension lapses, effective again (closed overdue at the latest start)",
+        Status.EFFECTIVE, Kind.EXTENSION_LAPSED, "extension lapses (or closed overdue at the latest start)",
         effect=lambda o, at: dict(_NO_PROPOSAL),
         first=Timer(
             lambda o: o.terms.latest_start_at,

@@ -1341,16 +1341,25 @@ class Tx:
         c = ORDERS.c
         return self._count(ORDERS, (c.status == status) & (c.deadline > after) & (c.deadline <= until))
 
-    def board_disputes(self, status: str, opened_by: int) -> tuple[int, int, int | None]:
-        """(orders in `status`, those that entered it at or before `opened_by`, the earliest
-        `status_since` among them), through the index on status."""
-        query = select(
-            func.count(),
-            func.coalesce(func.sum(case((ORDERS.c.status_since <= opened_by, 1), else_=0)), 0),
-            func.min(ORDERS.c.status_since),
-        ).where(ORDERS.c.status == status)
-        count, late, oldest = self.conn.execute(query).one()
-        return int(count), int(late), oldest
+    def board_disputes(self, status: str, now: int, window_of: Callable[[str], int]) -> tuple[int, int, int | None]:
+        """(orders in `status`, those that entered it at least their own `window_of(policy)` before
+        `now`, the earliest `status_since` among them), through the index on status. Each order
+        keeps its own window (SPEC section 1: the policy is frozen per order), so the orders are
+        counted per distinct policy: a handful of groups, whatever the number of disputes."""
+        c = ORDERS.c
+        groups = self.conn.execute(
+            select(c.policy, func.count(), func.min(c.status_since)).where(c.status == status).group_by(c.policy)
+        ).all()
+        count, late, oldest = 0, 0, None
+        for policy, n, first in groups:
+            count += int(n)
+            oldest = first if oldest is None or first < oldest else oldest
+            opened_by = now - window_of(policy)
+            if first <= opened_by:
+                late += self.conn.execute(
+                    select(func.count()).where(c.status == status, c.policy == policy, c.status_since <= opened_by)
+                ).scalar_one()
+        return count, late, oldest
 
     def board_outbox(self) -> tuple[int, int | None]:
         """(pending notifications, the `at` of the oldest pending one), through the index on

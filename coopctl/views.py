@@ -25,9 +25,18 @@ if TYPE_CHECKING:  # pragma: no cover
 # ----------------------------------------------------------------------------- the board
 
 DUE_WINDOWS: tuple[tuple[str, int], ...] = (("1h", HOUR), ("24h", DAY), ("7d", 7 * DAY))
-# SPEC's policy key `arbitration_window` (default 5d) is not on any order yet (no policy of this
-# version carries it): every dispute is measured against the default until it is.
-DEFAULT_ARBITRATION_WINDOW = 5 * DAY
+
+
+def _arbitration_window(policy_text: str) -> int:
+    """An order's own `arbitration_window`, from its stored policy (a key it lacks: the default)."""
+    import json
+
+    from coopctl.policy import InvalidValue, Policy
+
+    try:
+        return Policy.from_json(json.loads(policy_text)).arbitration_window
+    except (ValueError, TypeError, InvalidValue):  # a damaged row (`doctor` names it): the default
+        return Policy().arbitration_window
 
 
 def _ts(instant: int | None, tz: tzinfo) -> str | None:
@@ -113,7 +122,7 @@ def board(svc: "Service", now: int) -> Board:
             kind = timer_kinds().get(status)
             if kind is not None:
                 kinds[kind] += n
-        opened, late, oldest_dispute = tx.board_disputes(str(Status.DISPUTED), now - DEFAULT_ARBITRATION_WINDOW)
+        opened, late, oldest_dispute = tx.board_disputes(str(Status.DISPUTED), now, _arbitration_window)
         pending, oldest_pending = tx.board_outbox()
         last = tx.last_tick_run()
     return Board(
