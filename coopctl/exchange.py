@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, TextIO
 
 from coopctl.errors import CoopError, InvalidInput, NotFound, Refused
-from coopctl.history import Divergence, Step, check_outbox, rebuild, verify_chain
+from coopctl.history import Divergence, Step, check_outbox, rebuild, recorded_action, verify_chain
 from coopctl.lifecycle import (
     ACTION_OF_KIND,
     MAX_PRODUCTS,
@@ -1164,17 +1164,13 @@ def _what_if_one(verdict: Verdict, policy: Policy, exported_at: int) -> WhatIf:
     for e in events[1:]:
         if e.actor == SYSTEM:
             continue
-        action = ACTION_OF_KIND.get(e.kind)
-        party_text, _, party_id = e.actor.partition(":")
-        if action is None or party_text not in (Party.MERCHANT, Party.CREATOR):
-            result.refused.append((e, f"{e.actor!r} cannot cause a {e.kind!r} event"))
-            continue
-        data = e.data
         try:
-            step = act(
-                order, action, Party(party_text), party_id, e.at, e.operator,
-                reason=data.get("reason"), evidence=data.get("evidence"),
-            )
+            action, party, party_id, values = recorded_action(e)
+        except ValueError as exc:
+            result.refused.append((e, str(exc)))
+            continue
+        try:
+            step = act(order, action, party, party_id, e.at, e.operator, **values)
         except CoopError as exc:
             result.refused.append((e, str(exc)))
             continue

@@ -126,27 +126,40 @@ def _as_recorded(policy: Policy, data: dict) -> dict | None:
     return {key: value for key, value in full.items() if key in recorded}
 
 
-def _party_step(order: Order, e: Event, strict: bool) -> Outcome:
-    """A party's (or the platform's) recorded action, taken again through `act` with the values
-    its event carries: the rules then check it was allowed and give the same event."""
+def recorded_action(e: Event) -> tuple[Action, Party | None, str | None, dict]:
+    """The action a party's (or the platform's) event records, as `act` takes it: (action, party
+    (None: the platform), party id, the keyword values its data carries). ValueError says why an
+    event is no such action."""
     action = ACTION_OF_KIND.get(e.kind)
     party_text, _, party_id = e.actor.partition(":")
     platform = e.actor == PLATFORM
     if action is None or (party_text not in ("merchant", "creator") and not platform) or platform != (action is Action.ARBITRATE):
-        raise Divergence(e.seq, f"{e.actor!r} cannot cause a {e.kind!r} event")
+        raise ValueError(f"{e.actor!r} cannot cause a {e.kind!r} event")
+    data = e.data if isinstance(e.data, dict) else {}
+    values = {"reason": data.get("reason"), "evidence": data.get("evidence")}
+    if action is Action.EXTEND_REQUEST and isinstance(data.get("latest_start_at"), str):
+        try:
+            values["proposal"] = parse_instant(data["latest_start_at"], timezone.utc)
+        except InvalidValue as exc:
+            raise ValueError(f"latest_start_at: {exc}") from None
+    if action is Action.ARBITRATE:
+        values["ruling"], values["amount"] = data.get("ruling"), data.get("amount")
+    return action, None if platform else Party(party_text), None if platform else party_id, values
+
+
+def _party_step(order: Order, e: Event, strict: bool) -> Outcome:
+    """A party's (or the platform's) recorded action, taken again through `act` with the values
+    its event carries: the rules then check it was allowed and give the same event."""
+    try:
+        action, party, party_id, values = recorded_action(e)
+    except ValueError as exc:
+        raise Divergence(e.seq, str(exc)) from None
     data = e.data if isinstance(e.data, dict) else {}
     if e.kind == Kind.DELIVERED and data.get("mode") != "manual":
         raise Divergence(e.seq, "a delivery by a party must be manual")
     try:
-        proposal = None
-        if action is Action.EXTEND_REQUEST and isinstance(data.get("latest_start_at"), str):
-            proposal = parse_instant(data["latest_start_at"], timezone.utc)
-        return act(
-            order, action, None if platform else Party(party_text), None if platform else party_id, e.at, e.operator,
-            reason=data.get("reason"), evidence=data.get("evidence"), proposal=proposal,
-            ruling=data.get("ruling"), amount=data.get("amount"), strict=strict,
-        )
-    except (CoopError, InvalidValue) as exc:
+        return act(order, action, party, party_id, e.at, e.operator, strict=strict, **values)
+    except CoopError as exc:
         raise Divergence(e.seq, f"not allowed at {iso(e.at)}: {exc}") from None
 
 

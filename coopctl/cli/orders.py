@@ -154,10 +154,10 @@ def cancel_withdraw(ctx: typer.Context, order: OrderArg, merchant: MerchantOpt =
 def extend_request(
     ctx: typer.Context,
     order: OrderArg,
-    latest_start: Annotated[str, typer.Option("--latest-start", help="The later latest start proposed (ISO 8601; at most max_extension later).", show_default=False)],
     merchant: MerchantOpt = None,
     creator: CreatorOpt = None,
     reason: ReasonOpt = None,
+    latest_start: Annotated[Optional[str], typer.Option("--latest-start", help="The later latest start proposed (required; ISO 8601; at most max_extension later).", show_default=False)] = None,
     at: AtOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -167,6 +167,10 @@ def extend_request(
     """
     from coopctl.lifecycle import Action
 
+    from coopctl.errors import InvalidInput
+
+    if latest_start is None:
+        raise InvalidInput("extend-request needs --latest-start TS (the later latest start it proposes)")
     party, who = one_party(merchant, creator)
     rt = runtime(ctx)
     _act(ctx, order, Action.EXTEND_REQUEST, party, who, at, as_json, reason=reason, proposal=instant(latest_start, rt, "--latest-start"))
