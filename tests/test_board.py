@@ -16,7 +16,7 @@ from dbtools import BASE, build, file_digest
 from test_query_plans import NOW, Recorder, build as build_pending, plan, steps
 from coopctl.config import Settings
 from coopctl.lifecycle import TERMS_OF, TIMERS, Status
-from coopctl.policy import DAY, HOUR, SECOND, iso
+from coopctl.policy import DAY, HOUR, SECOND, iso, parse_duration
 from coopctl.service import Service, tick
 from coopctl.store import Store, locate
 from coopctl.views import board
@@ -45,7 +45,7 @@ def independent(path: Path, now: int) -> dict:
     """The board, counted from every row in Python (no index, no SQL aggregate)."""
     conn = sqlite3.connect(path)
     try:
-        orders = conn.execute("SELECT status, deadline, status_since FROM orders").fetchall()
+        orders = conn.execute("SELECT status, deadline, status_since, policy FROM orders").fetchall()
         notes = conn.execute("SELECT at, sent_at FROM notifications").fetchall()
         last = conn.execute("SELECT now, finished_at, applied FROM tick_runs ORDER BY id DESC LIMIT 1").fetchone()
     finally:
@@ -57,23 +57,25 @@ def independent(path: Path, now: int) -> dict:
     late = [o[1] for o in orders if o[1] is not None and o[1] <= now]
     ahead = lambda span: sum(1 for o in orders if o[1] is not None and now < o[1] <= now + span)  # noqa: E731
     kinds = {str(t.kind): 0 for t in TIMERS.values()}
-    for status, deadline, _ in orders:
+    for status, deadline, _, _ in orders:
         if deadline is not None and now < deadline <= now + DAY:
             kinds[str(TIMERS[Status(status)].kind)] += 1
     disputed = [o[2] for o in orders if o[0] == "disputed"]
+    # each dispute against its own order's arbitration_window (5d when its policy predates the key)
+    windows = [parse_duration(json.loads(o[3]).get("arbitration_window", "5d")) for o in orders if o[0] == "disputed"]
     pending = [n[0] for n in notes if n[1] is None]
     ts = lambda t: None if t is None else iso(t, TZ)  # noqa: E731
     return {
         "now": iso(now, TZ),
         "orders": len(orders),
         "by_status": by_status,
-        "by_terms": {k: by_terms.get(k, 0) for k in ("not_yet_effective", "in_force", "fulfilled", "void")},
+        "by_terms": {k: by_terms.get(k, 0) for k in ("not_yet_effective", "in_force", "fulfilled", "void", "settled")},
         "overdue": {"count": len(late), "oldest": ts(min(late, default=None))},
         "due": {"1h": ahead(HOUR), "24h": ahead(DAY), "7d": ahead(7 * DAY)},
         "due_24h_by_kind": kinds,
         "disputes": {
             "open": len(disputed),
-            "past_arbitration_window": sum(1 for since in disputed if since + 5 * DAY <= now),
+            "past_arbitration_window": sum(1 for since, window in zip(disputed, windows) if since + window <= now),
             "oldest": ts(min(disputed, default=None)),
         },
         "outbox": {"pending": len(pending), "oldest_pending": ts(min(pending, default=None)), "failed": 0, "dead": 0},

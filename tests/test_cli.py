@@ -21,15 +21,18 @@ ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d$")
 ALL_STATUSES = {
     "pending", "effective", "cancel_requested", "live", "delivered", "review_failed", "completed", "rejected",
     "withdrawn", "expired", "cancelled", "cancelled_unilaterally", "closed_overdue", "disputed",
+    "extension_requested", "ruled", "resolved",
 }
 ORDER_FIELDS = {
     "id", "merchant", "creator", "products", "form", "commission_pct", "ad_budget", "latest_start_at", "note",
     "status", "terms", "liable_party", "created_at", "deadline", "cancel_requested_by", "went_live_at",
     "delivered_at", "delivery_mode", "failed_reviews", "policy",
+    "extensions", "extension_requested_by", "proposed_latest_start_at", "disputed_by", "appeals", "ruling",
 }
 POLICY_DEFAULTS = {
     "accept_window": "3d", "cancel_response_window": "48h", "auto_deliver_after": "24h", "review_window": "14d",
-    "makeup_window": "7d", "max_failed_reviews": 2,
+    "makeup_window": "7d", "max_failed_reviews": 2, "extension_response_window": "48h", "max_extensions": 2,
+    "max_extension": "15d", "complaint_window": "90d", "arbitration_window": "5d", "appeal_window": "14d", "max_appeals": 1,
 }
 
 
@@ -480,7 +483,8 @@ BAD_ACTIONS = [
     (["tick", "--now", "tomorrow"], "--now: expected an ISO 8601 timestamp such as 2026-11-26T20:00:00+08:00, got 'tomorrow'"),
     (["list", "--status", "done"],
      "--status: unknown status 'done' (known: cancel_requested, cancelled, cancelled_unilaterally, closed_overdue, "
-     "completed, delivered, disputed, effective, expired, live, pending, rejected, review_failed, withdrawn)"),
+     "completed, delivered, disputed, effective, expired, extension_requested, live, pending, rejected, resolved, "
+     "review_failed, ruled, withdrawn)"),
     (["list", "--due-before", "later"], "--due-before: expected an ISO 8601 timestamp such as 2026-11-26T20:00:00+08:00, got 'later'"),
 ]
 
@@ -506,8 +510,9 @@ def test_usage_errors_exit_2_without_a_traceback(invoke, command):
     "text, message",
     [
         ('[policy]\nacept_window = "1d"\n',
-         "coopctl.toml: [policy] unknown key 'acept_window' (known: accept_window, auto_deliver_after, "
-         "cancel_response_window, makeup_window, max_failed_reviews, review_window)"),
+         "coopctl.toml: [policy] unknown key 'acept_window' (known: accept_window, appeal_window, arbitration_window, "
+         "auto_deliver_after, cancel_response_window, complaint_window, extension_response_window, makeup_window, "
+         "max_appeals, max_extension, max_extensions, max_failed_reviews, review_window)"),
         ("[database]\ntimeout = 3\n", "coopctl.toml: unknown key 'database.timeout' (known: busy_timeout, url)"),
         ('[polcy]\naccept_window = "1d"\n', "coopctl.toml: unknown section '[polcy]' (known: database, policy, reminders, display, evidence)"),
         ('[policy]\naccept_window = "3 days"\n',
@@ -715,15 +720,15 @@ def test_demo_builds_every_status_in_coopctl_demo_db_and_rebuilds_its_own(invoke
     no_db = {"COOPCTL_DB": None}  # so that the default, ./coopctl-demo.db, applies
     orders = as_json(invoke("demo", "--json", env=no_db))
     assert {o["status"] for o in orders} == ALL_STATUSES
-    assert len(orders) == 14
+    assert len(orders) == 17
     demo_db = tmp_path / "coopctl-demo.db"
     assert demo_db.exists()
     # its own database is rebuilt from scratch, not appended to
     table = ok(invoke("demo", env=no_db))
     assert f"demo database {demo_db}" in table
-    assert "14 orders; times in Asia/Shanghai" in table.splitlines()  # then how to look at it (test_conventions)
+    assert "17 orders; times in Asia/Shanghai" in table.splitlines()  # then how to look at it (test_conventions)
     listed = as_json(invoke("--db", str(demo_db), "list", "--json"))
-    assert [o["id"] for o in listed] == list(range(1, 15))
+    assert [o["id"] for o in listed] == list(range(1, 18))
     assert {o["status"] for o in listed} == ALL_STATUSES
 
 

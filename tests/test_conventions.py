@@ -262,7 +262,7 @@ def test_completion_of_commands_options_and_choices(tmp_path, shell):
     from test_docs import COMMANDS
 
     assert set(COMMANDS) <= set(candidates(complete(shell, "coopctl ", tmp_path), shell))
-    assert candidates(complete(shell, "coopctl cancel-", tmp_path), shell) == ["cancel-request", "cancel-confirm", "cancel-decline"]
+    assert candidates(complete(shell, "coopctl cancel-", tmp_path), shell) == ["cancel-request", "cancel-confirm", "cancel-decline", "cancel-withdraw"]
     options = candidates(complete(shell, "coopctl accept 7 --", tmp_path), shell)
     assert {"--creator", "--at", "--json"} <= set(options)
     assert candidates(complete(shell, "coopctl create --form ", tmp_path), shell) == ["live", "video"]
