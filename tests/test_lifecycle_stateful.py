@@ -35,7 +35,8 @@ T0 = parse_instant("2026-11-01T10:00:00+08:00", timezone.utc)
 N_ORDERS = 2
 
 # The states table of SPEC section 1: status -> (terms, liable party).
-# "requester" means the party that asked to cancel.
+# "requester" means the party that asked to cancel; "opening" the liable party the order had when
+# its dispute opened; "ruling" the party the latest ruling names.
 STATES = {
     "pending": ("not_yet_effective", None),
     "effective": ("in_force", None),
@@ -50,9 +51,15 @@ STATES = {
     "cancelled": ("void", None),
     "cancelled_unilaterally": ("in_force", "requester"),
     "closed_overdue": ("in_force", "creator"),
-    "disputed": ("in_force", None),
+    "disputed": ("in_force", "opening"),
+    "extension_requested": ("in_force", None),
+    "ruled": ("settled", "ruling"),
+    "resolved": ("settled", "ruling"),
 }
-TERMINAL = {"completed", "rejected", "withdrawn", "expired", "cancelled", "cancelled_unilaterally", "closed_overdue", "disputed"}
+TERMINAL = {
+    "completed", "rejected", "withdrawn", "expired", "cancelled", "cancelled_unilaterally", "closed_overdue", "disputed",
+    "resolved",
+}
 
 # What happens at each deadline: status -> (new status, event kind).
 TIMEOUTS = {
@@ -62,7 +69,10 @@ TIMEOUTS = {
     "live": ("delivered", "delivered"),
     "delivered": ("completed", "auto_accepted"),
     "review_failed": ("disputed", "escalated"),
+    "extension_requested": ("effective", "extension_lapsed"),  # closed_overdue when the latest start comes first
+    "ruled": ("resolved", "ruling_final"),
 }
+TIMEOUT_KINDS = {k for _, k in TIMEOUTS.values()} | {"closed_overdue"}
 
 # The actions table: command -> (who, {from: to}, event kind).
 ACTIONS = {
@@ -76,6 +86,13 @@ ACTIONS = {
     "deliver": ("creator", {"effective": "delivered", "live": "delivered", "review_failed": "delivered"}, "delivered"),
     "review --pass": ("merchant", {"delivered": "completed"}, "review_passed"),
     "review --fail": ("merchant", {"delivered": "review_failed"}, "review_failed"),
+    "cancel-withdraw": ("requester", {"cancel_requested": "effective"}, "cancel_withdrawn"),
+    "extend-request": ("either", {"effective": "extension_requested"}, "extension_requested"),
+    "extend-confirm": ("other", {"extension_requested": "effective"}, "extension_confirmed"),
+    "extend-decline": ("other", {"extension_requested": "effective"}, "extension_declined"),
+    "complain": ("not_liable", {s: "disputed" for s in ("closed_overdue", "cancelled_unilaterally", "completed")}, "complaint_filed"),
+    "arbitrate": ("platform", {"disputed": "ruled"}, "ruled"),
+    "appeal": ("either", {"ruled": "disputed"}, "appealed"),
 }
 
 
@@ -92,6 +109,24 @@ class Model:
     failed: int = 0
     last_at: int = 0
     n_events: int = 1
+    proposer: str | None = None
+    proposal: int | None = None
+    extensions: int = 0
+    appeals: int = 0
+    ruling: str | None = None  # the liable party of the latest ruling ("none" for none)
+    opening: str | None = None  # the liable party when the dispute opened
+
+    @property
+    def liable(self) -> str | None:
+        if self.status == "closed_overdue":
+            return "creator"
+        if self.status == "cancelled_unilaterally":
+            return self.requester
+        if self.status == "disputed":
+            return self.opening
+        if self.status in ("ruled", "resolved"):
+            return None if self.ruling == "none" else self.ruling
+        return None
 
     @property
     def deadline(self) -> int | None:
@@ -103,32 +138,67 @@ class Model:
             "live": lambda: self.entered_at + p.auto_deliver_after,
             "delivered": lambda: self.entered_at + p.review_window,
             "review_failed": lambda: self.entered_at + p.makeup_window,
+            "extension_requested": lambda: min(self.entered_at + p.extension_response_window, self.latest_start),
+            "ruled": lambda: self.entered_at + p.appeal_window,
         }.get(self.status, lambda: None)()
 
     def fire(self, now: int) -> "Model":
         model = self
         while (due := model.deadline) is not None and due <= now:
             target, _ = TIMEOUTS[model.status]
-            model = replace(model, status=target, entered_at=due, last_at=due, n_events=model.n_events + 1)
+            changes: dict = {}
+            if model.status == "extension_requested":
+                changes = {"proposer": None, "proposal": None}
+                if model.latest_start <= model.entered_at + model.policy.extension_response_window:
+                    target = "closed_overdue"
+            model = replace(model, status=target, entered_at=due, last_at=due, n_events=model.n_events + 1, **changes)
         return model
 
-    def act(self, action: str, party: str, right_id: bool, at: int) -> "Model | None":
-        """The model after the action, or None when the rules refuse it."""
-        if not right_id or at < self.last_at:
+    def act(self, action: str, party: str, right_id: bool, at: int, proposal: int = 0, ruling: str = "none") -> "Model | None":
+        """The model after the action, or None when the rules refuse it. `party` "platform" is
+        the platform (it names no id); `proposal` an extension's, `ruling` an arbitration's."""
+        if (not right_id and party != "platform") or at < self.last_at:
             return None
         model = self.fire(at)
         who, sources, _ = ACTIONS[action]
         if model.status not in sources:
             return None
+        p = model.policy
+        if (who == "platform") != (party == "platform"):
+            return None
         if who in ("creator", "merchant") and party != who:
             return None
-        if who == "other" and party == model.requester:
+        if who == "other" and party == (model.proposer if model.status == "extension_requested" else model.requester):
+            return None
+        if who == "requester" and party != model.requester:
+            return None
+        if who == "not_liable" and party == model.liable:
             return None
         target = sources[model.status]
         changes: dict = {}
+        if action == "extend-request":
+            if model.extensions >= p.max_extensions or not model.latest_start < proposal <= model.latest_start + p.max_extension:
+                return None
+            changes.update(proposer=party, proposal=proposal)
+        if action in ("extend-confirm", "extend-decline"):
+            changes.update(proposer=None, proposal=None)
+        if action == "extend-confirm":
+            changes.update(latest_start=model.proposal, extensions=model.extensions + 1)
+        if action == "complain":
+            if at >= model.entered_at + p.complaint_window:
+                return None
+            changes["opening"] = model.liable
+        if action == "arbitrate":
+            changes["ruling"] = ruling
+            if model.appeals >= p.max_appeals:
+                target = "resolved"
+        if action == "appeal":
+            if model.appeals >= p.max_appeals:
+                return None
+            changes.update(appeals=model.appeals + 1, opening=model.liable)
         if action == "cancel-request":
             changes["requester"] = party
-        if action == "cancel-decline":
+        if action in ("cancel-decline", "cancel-withdraw"):
             changes["requester"] = None
         if action == "review --fail":
             changes["failed"] = model.failed + 1
@@ -146,28 +216,45 @@ policies = st.builds(
     review_window=windows,
     makeup_window=windows,
     max_failed_reviews=st.integers(0, 3),
+    extension_response_window=windows,
+    max_extensions=st.integers(0, 2),
+    max_extension=st.sampled_from([HOUR, DAY, 15 * DAY]),
+    complaint_window=windows,
+    arbitration_window=windows,
+    appeal_window=windows,
+    max_appeals=st.integers(0, 2),
 )
+# how far a proposal moves the latest start: not at all, just, up to 15 days, beyond
+moves = st.sampled_from([0, 1, HOUR, DAY, 15 * DAY, 15 * DAY + 1, 20 * DAY])
+rulings = st.sampled_from(["merchant", "creator", "none"])
 offsets = st.sampled_from([0, HOUR, 24 * HOUR, 48 * HOUR])
 reminder_offsets = st.builds(ReminderOffsets, offsets, offsets, offsets)
 steps = st.sampled_from(
     [0, 1, MINUTE, 10 * MINUTE, HOUR, 3 * HOUR, 12 * HOUR, DAY, 2 * DAY, 3 * DAY, 8 * DAY, -1, -HOUR, -DAY]
 )
 order_index = st.integers(0, N_ORDERS - 1)
-parties = st.sampled_from(["merchant", "creator"])
+parties = st.sampled_from(["merchant", "creator", "merchant", "creator", "platform"])
 # How often the "something allowed" rule picks each action, to keep orders alive and moving.
 WEIGHTS = {
     "accept": 6, "reject": 1, "withdraw": 1, "cancel-request": 3, "cancel-confirm": 2, "cancel-decline": 3,
     "go-live": 3, "deliver": 4, "review --pass": 1, "review --fail": 4,
+    "cancel-withdraw": 2, "extend-request": 3, "extend-confirm": 3, "extend-decline": 1, "complain": 3,
+    "arbitrate": 4, "appeal": 3,
 }
 
 
 def rightful_party(order, action: str, coin: bool) -> str:
     """The party the actions table lets do `action` (either one, by a coin toss, where both may)."""
     who = ACTIONS[action][0]
-    if who == "either":
+    if who == "either" or (who == "not_liable" and str(order.status) == "completed"):
         return "merchant" if coin else "creator"
     if who == "other":
-        return "creator" if order.cancel_requested_by == Party.MERCHANT else "merchant"
+        asked = order.extension_requested_by if str(order.status) == "extension_requested" else order.cancel_requested_by
+        return "creator" if asked == Party.MERCHANT else "merchant"
+    if who == "requester":
+        return str(order.cancel_requested_by)
+    if who == "not_liable":
+        return "creator" if order.liable_party == Party.MERCHANT else "merchant"
     return who
 
 
@@ -220,17 +307,21 @@ class CooperationOrders(RuleBasedStateMachine):
         action=st.sampled_from(list(ACTIONS)),
         party=parties,
         right_id=st.sampled_from([True, True, True, False]),
+        move=moves,
+        ruling=rulings,
     )
-    def party_acts(self, i, action, party, right_id):
-        self._act(i, action, party, right_id)
+    def party_acts(self, i, action, party, right_id, move, ruling):
+        self._act(i, action, party, right_id, move, ruling)
 
     @rule(
         i=order_index,
         choice=st.integers(0, 99),
         coin=st.booleans(),
         wrong_party=st.sampled_from([False, False, False, True]),
+        move=moves,
+        ruling=rulings,
     )
-    def party_does_something_allowed(self, i, choice, coin, wrong_party):
+    def party_does_something_allowed(self, i, choice, coin, wrong_party, move, ruling):
         """An action allowed in the current status, mostly by the party that may do it."""
         order = self.orders[i]
         status = str(order.status)
@@ -240,11 +331,11 @@ class CooperationOrders(RuleBasedStateMachine):
         action = candidates[choice % len(candidates)]
         party = rightful_party(order, action, coin)
         if wrong_party:
-            party = "creator" if party == "merchant" else "merchant"
-        self._act(i, action, party, True)
+            party = {"merchant": "creator", "creator": "platform", "platform": "merchant"}[party]
+        self._act(i, action, party, True, move, ruling)
 
-    @rule(i=order_index, choice=st.integers(0, 99), coin=st.booleans())
-    def party_moves_the_order_forward(self, i, choice, coin):
+    @rule(i=order_index, choice=st.integers(0, 99), coin=st.booleans(), move=moves, ruling=rulings)
+    def party_moves_the_order_forward(self, i, choice, coin, move, ruling):
         """The rightful party does what brings the order closer to delivery."""
         order = self.orders[i]
         forward = {
@@ -254,20 +345,30 @@ class CooperationOrders(RuleBasedStateMachine):
             "live": ["deliver"],
             "delivered": ["review --fail", "review --fail", "review --pass"],
             "review_failed": ["deliver"],
+            "extension_requested": ["extend-confirm", "extend-decline"],
+            "closed_overdue": ["complain"],
+            "cancelled_unilaterally": ["complain"],
+            "completed": ["complain"],
+            "disputed": ["arbitrate"],
+            "ruled": ["appeal", "appeal", "arbitrate"],
         }.get(str(order.status))
+        if str(order.status) == "effective" and choice % 4 == 0:
+            forward = ["extend-request"]
         if not forward:
             return
         action = forward[choice % len(forward)]
-        self._act(i, action, rightful_party(order, action, coin), True)
+        self._act(i, action, rightful_party(order, action, coin), True, move, ruling)
 
-    def _act(self, i, action, party, right_id):
+    def _act(self, i, action, party, right_id, move=DAY, ruling="none"):
         order, model = self.orders[i], self.models[i]
-        party_enum = Party(party)
-        party_id = order.party_id(party_enum) if right_id else order.party_id(party_enum) + "x"
-        expected = model.act(action, party, right_id, self.now)
+        party_enum = None if party == "platform" else Party(party)
+        party_id = None if party_enum is None else order.party_id(party_enum) if right_id else order.party_id(party_enum) + "x"
+        proposal = order.terms.latest_start_at + move
+        expected = model.act(action, party, right_id, self.now, proposal, ruling)
         snapshot = replace(order)
         try:
-            out = act(order, Action(action), party_enum, party_id, self.now, OPERATOR, reason="理由")
+            out = act(order, Action(action), party_enum, party_id, self.now, OPERATOR, reason="理由",
+                      proposal=proposal, ruling=ruling)
         except Refused:
             assert expected is None, f"{action} by {party} refused but the spec allows it from {model.status}"
             assert order == snapshot  # a refused action changes nothing
@@ -275,7 +376,7 @@ class CooperationOrders(RuleBasedStateMachine):
         assert expected is not None, f"{action} by {party} allowed in {order.status} at {self.now} but the spec refuses it"
         kinds = [e.kind for e in out.events]
         assert kinds[-1] == ACTIONS[action][2]
-        assert all(k in {k for _, k in TIMEOUTS.values()} for k in kinds[:-1])
+        assert all(k in TIMEOUT_KINDS for k in kinds[:-1])
         action_note = [n for n in out.notifications if n.at == self.now and n.kind == ACTIONS[action][2]
                        and not n.recipient.startswith(party)]
         assert len(action_note) >= 1
@@ -328,6 +429,10 @@ class CooperationOrders(RuleBasedStateMachine):
             assert len(events) == model.n_events == order.last_seq
             if model.status in ("cancel_requested", "cancelled_unilaterally"):
                 assert order.cancel_requested_by == Party(model.requester)
+            assert order.terms.latest_start_at == model.latest_start and order.extensions == model.extensions
+            assert order.proposed_latest_start_at == model.proposal
+            assert order.extension_requested_by == (None if model.proposer is None else Party(model.proposer))
+            assert order.appeals == model.appeals
 
     @invariant()
     def deadline_is_none_exactly_in_terminal_statuses(self):
@@ -360,8 +465,8 @@ class CooperationOrders(RuleBasedStateMachine):
         for order, model in zip(self.orders, self.models):
             terms, liable = STATES[str(order.status)]
             assert str(order.terms_state) == terms
-            if liable == "requester":
-                liable = model.requester
+            if liable in ("requester", "opening", "ruling"):
+                liable = model.liable
             assert order.liable_party == (None if liable is None else Party(liable))
 
     @invariant()
