@@ -186,7 +186,7 @@ def _integrity(store: Store, report: Report) -> Finding:
 
 
 # The schema version that added each table after the first: an older database lacks it by design.
-ADDED_IN = {"tick_runs": 2, "order_products": 3, "seal_nodes": 3, "seal_heads": 3}
+ADDED_IN = {"tick_runs": 2, "order_products": 3, "seal_nodes": 3, "seal_heads": 3, "evidence_files": 4}
 
 
 def _shape(store: Store, version: int) -> list[Finding]:

@@ -20,8 +20,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from coopctl.errors import CoopError
+from coopctl.evidence import files_from_json
 from coopctl.lifecycle import (
     ACTION_OF_KIND,
+    EVIDENCE_KEY,
     GENESIS_HASH,
     SYSTEM,
     Event,
@@ -122,7 +124,8 @@ def _party_step(order: Order, e: Event, strict: bool) -> Outcome:
     try:
         return act(
             order, action, Party(party_text), party_id, e.at, e.operator,
-            reason=data.get("reason"), evidence=data.get("evidence"), strict=strict,
+            reason=data.get("reason"), evidence=data.get("evidence"),
+            evidence_files=files_from_json(data.get(EVIDENCE_KEY), strict=strict), strict=strict,
         )
     except CoopError as exc:
         raise Divergence(e.seq, f"not allowed at {iso(e.at)}: {exc}") from None

@@ -725,11 +725,14 @@ def act(
     *,
     reason: str | None = None,
     evidence: str | None = None,
+    evidence_files: tuple = (),
     tz: tzinfo = UTC,
     strict: bool = True,
 ) -> Outcome:
     """A party acts at `at`: due deadlines fire first, then the action if the rules allow it.
-    `strict=False` checks the reason and evidence by the older rules (a stored history rebuilt)."""
+    `strict=False` checks the reason and evidence by the older rules (a stored history rebuilt).
+    `evidence_files` (`evidence.EvidenceFile` records, already checked) are recorded in the
+    event's data as `evidence_files`, on the actions of EVIDENCE_ACTIONS only."""
     if party_id != order.party_id(party):
         raise Refused(f"{party} {party_id!r} is not the {party} of order {order.id} ({order.party_id(party)!r} is)")
     if at < order.last_event_at:
@@ -742,6 +745,8 @@ def act(
     evidence = describe(evidence, "evidence")
     if action is Action.REVIEW_FAIL and not (reason or "").strip():
         raise InvalidInput("a failed review needs a reason (--reason TEXT)")
+    if evidence_files and action not in EVIDENCE_ACTIONS:
+        raise InvalidInput(f"{action} takes no evidence files (--evidence-file goes with {', '.join(EVIDENCE_ACTIONS)})")
     fired = fire_due(order, at, operator, tz)
     current = fired.order
     rule = TRANSITIONS.get((current.status, action))
@@ -751,6 +756,8 @@ def act(
     if problem:
         raise Refused(f"order {order.id}: {problem}")
     data = _action_data(action, party, reason, evidence)
+    if evidence_files:
+        data[EVIDENCE_KEY] = [f.to_json() for f in evidence_files]
     changes = rule.effect(current, at, data)
     step = _record(current, rule.kind, at, actor_of(party, current), operator, data, changes, rule.target, tz)
     check_horizon(step.order, tz, action, at)
@@ -789,6 +796,12 @@ def check_horizon(order: Order, tz: tzinfo = UTC, action: "Action | None" = None
                 "nothing was changed (use shorter policy windows for such far dates)"
             )
         current = evolve(current, {"status": timer.target, "status_since": due})
+
+
+# The actions that may carry evidence files (SPEC section 1, "Evidence files"), and the key of the
+# event's data that lists them (`evidence.KEY`).
+EVIDENCE_ACTIONS: tuple[Action, ...] = (Action.DELIVER, Action.REVIEW_FAIL)
+EVIDENCE_KEY = "evidence_files"
 
 
 def _action_data(action: Action, party: Party, reason: str | None, evidence: str | None) -> dict:
