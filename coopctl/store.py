@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote
 
-from sqlalchemy import BigInteger, Integer, bindparam, case, create_engine, event, func, insert, literal_column, select, tuple_, update
+from sqlalchemy import BigInteger, Integer, LargeBinary, bindparam, case, cast, create_engine, event, func, insert, literal_column, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
@@ -1267,7 +1267,9 @@ class Tx:
 
     def evidence_content(self, sha: str) -> tuple[int, bytes | None] | None:
         """(size, content or None) of one stored content, or None when it has no row."""
-        row = self.conn.execute(select(EVIDENCE.c.size, EVIDENCE.c.content).where(EVIDENCE.c.sha256 == sha)).first()
+        # read as bytes whatever was written there (a TEXT value written by hand is not UTF-8 text to decode)
+        content = cast(EVIDENCE.c.content, LargeBinary) if self.is_sqlite else EVIDENCE.c.content
+        row = self.conn.execute(select(EVIDENCE.c.size, content).where(EVIDENCE.c.sha256 == sha)).first()
         if row is None:
             return None
         return row[0], None if row[1] is None else bytes(row[1])
