@@ -107,8 +107,9 @@ def to_json(files: Iterable[EvidenceFile]) -> list[dict]:
 
 
 def named_by(events) -> list[tuple[object, EvidenceFile]]:
-    """(event, file) for every file the events name, in seq order (events whose data holds none
-    are skipped; a value that cannot be read is skipped too: the rebuild reports it)."""
+    """(event, file) for every file the events name, in seq order. A stored value the checks
+    refuse (altered by hand: the chain check or the rebuild reports it) is still read where it
+    has the shape of a file, so that what is there can be shown (escaped); the rest is skipped."""
     found = []
     for e in events:
         data = e.data
@@ -116,9 +117,21 @@ def named_by(events) -> list[tuple[object, EvidenceFile]]:
             try:
                 files = files_from_json(data[KEY], strict=False)
             except InvalidInput:
-                continue
+                files = _as_stored(data[KEY])
             found += [(e, f) for f in files]
     return found
+
+
+def _as_stored(value) -> tuple[EvidenceFile, ...]:
+    """The entries of a refused `evidence_files` that still look like files (text name, whole
+    size, hex SHA-256), for display only."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        EvidenceFile(item["name"], item["size"], item["sha256"]) for item in value
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and type(item.get("size")) is int
+        and isinstance(item.get("sha256"), str) and SHA256.fullmatch(item["sha256"])
+    )
 
 
 # --------------------------------------------------------------------------- reading files

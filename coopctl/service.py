@@ -228,18 +228,20 @@ def keep_evidence(tx: Tx, held: list["HeldFile"]) -> None:
         tx.store_evidence(held)
 
 
-def evidence_of_order(svc: Service, order_id: int) -> list[tuple[Event, "EvidenceFile", bool]]:
+def evidence_of_order(svc: Service, order_id: int) -> tuple[list[tuple[Event, "EvidenceFile", bool]], "CheckedOrder"]:
     """`coopctl evidence ORDER`: (event, file, held here) for every file the order's events name,
-    in seq order; NotFound (exit 3) for an unknown order. No content is read."""
+    in seq order, and the order as `read_order` checked it (its hash chain and row: what is listed
+    is what was recorded, or `.refusal()` says so); NotFound (exit 3) for an unknown order. No
+    content is read."""
     from coopctl.evidence import named_by
 
-    svc.store.require()
-    with svc.store.read() as tx:
-        if tx.load(order_id) is None:
-            raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
-        named = named_by(tx.events(order_id))
-        state = tx.evidence_state(sorted({f.sha256 for _, f in named})) if named else {}
-    return [(e, f, state.get(f.sha256, (0, False))[1]) for e, f in named]
+    checked = read_order(svc, order_id)
+    named = named_by(checked.events)
+    state: dict = {}
+    if named:
+        with svc.store.read() as tx:
+            state = tx.evidence_state(sorted({f.sha256 for _, f in named}))
+    return [(e, f, state.get(f.sha256, (0, False))[1]) for e, f in named], checked
 
 
 def evidence_content(svc: Service, order_id: int, wanted: str) -> tuple["EvidenceFile", bytes]:
@@ -247,7 +249,8 @@ def evidence_content(svc: Service, order_id: int, wanted: str) -> tuple["Evidenc
     a prefix of it (at least 8 hex digits) that only one of the order's files has. InvalidInput
     (exit 2) for something that is not such a hash or a prefix that two files share; NotFound
     (exit 3) for an unknown order or a hash the order does not name; Refused (exit 1) for a file
-    recorded but not held here, or whose stored content no longer hashes to its SHA-256."""
+    recorded but not held here, or whose stored content no longer hashes to its SHA-256, and for an
+    order whose history does not hold (`read_order`): nothing is written then."""
     import re
 
     from coopctl.errors import InvalidInput
@@ -256,11 +259,12 @@ def evidence_content(svc: Service, order_id: int, wanted: str) -> tuple["Evidenc
     if not isinstance(wanted, str) or not re.fullmatch(r"[0-9a-fA-F]{8,64}", wanted):
         raise InvalidInput("--get: give the file's SHA-256 (64 hex digits, or at least its first 8) as `coopctl evidence ORDER` lists it")
     wanted = wanted.lower()
-    svc.store.require()
+    checked = read_order(svc, order_id)  # only a file a history that holds names is written out
+    refusal = checked.refusal()
+    if refusal is not None:
+        raise refusal
+    files = {f.sha256: f for _, f in reversed(named_by(checked.events))}  # the first name of each
     with svc.store.read() as tx:
-        if tx.load(order_id) is None:
-            raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
-        files = {f.sha256: f for _, f in reversed(named_by(tx.events(order_id)))}  # the first name of each
         matches = sorted(sha for sha in files if sha.startswith(wanted))
         if not matches:
             raise NotFound(f"order {order_id} names no evidence file {wanted}; `coopctl evidence {order_id}` lists its files")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -45,8 +46,12 @@ def evidence(
         if out is not None:
             raise InvalidInput("--out goes with --get SHA256 (which file to write out)")
         fmt = output_format(fmt, as_json)
-        rows = evidence_of_order(rt.service, order)
+        rows, checked = evidence_of_order(rt.service, order)  # the chain and the row, checked as they are read
         render.evidence_list((render.evidence_json(order, e, f, held, rt.tz) for e, f, held in rows), rt.tz, wide=wide, fmt=fmt)
+        refusal = checked.refusal()
+        if refusal is not None:  # printed what the events say, then: they are not what was recorded (exit 1)
+            sys.stdout.flush()
+            raise refusal
         return
     if out is None:
         raise InvalidInput("--get needs --out FILE (where to write it; --out /dev/stdout to pipe it)")
