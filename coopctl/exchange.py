@@ -367,23 +367,42 @@ def _order_chunks(
             summary.events += sum(len(e) for e in events.values())
             summary.notifications += sum(len(n) for n in notes.values())
         documents = [_order_document(order, events[order.id], notes[order.id], tz) for order in orders]
-        if with_evidence:  # a step of its own, after "notifications": the encoder does not know of it
-            _add_evidence(tx, documents, events)
         if sealing is not None:
             for document, (order_id, sealed) in zip(documents, _sealed_by_order(sealing, chunk)):
                 if sealed is not None:
                     document["sealed"] = sealed
-        yield documents
+        if with_evidence:  # a step of its own, after "notifications": the encoder does not know of it
+            yield from _with_evidence(tx, documents, events)
+        else:
+            yield documents
         after = chunk[-1]
 
 
-def _add_evidence(tx, documents: list[dict], events: dict[int, list[Event]]) -> None:
-    """`export --with-evidence` (SPEC section 2): each order's "evidence", the files its events
-    name that this database holds, with their contents in base64 (`evidence.embedded`)."""
+EVIDENCE_PIECE = 32 * 1024 * 1024  # base64 characters of evidence held at once while exporting (then written)
+
+
+def _with_evidence(tx, documents: list[dict], events: dict[int, list[Event]]) -> Iterator[list[dict]]:
+    """`export --with-evidence` (SPEC section 2): each order's "evidence" (after "notifications",
+    before "sealed"), the files its events name that this database holds, with their contents in
+    base64 (`evidence.embedded`). The documents come out in pieces holding about EVIDENCE_PIECE
+    of contents, each written before the next is read, so that memory stays bounded by one order's
+    files, not by a chunk's (the text written is the same: pieces are joined as chunks are)."""
     from coopctl.evidence import embedded
 
-    for document in documents:
-        document["evidence"] = embedded(tx, events[document["id"]])
+    piece: list[dict] = []
+    held = 0
+    for document in documents:  # copies: the chunk's own list does not keep the contents alive
+        shaped = {key: value for key, value in document.items() if key != "sealed"}
+        shaped["evidence"] = embedded(tx, events[document["id"]])
+        if "sealed" in document:
+            shaped["sealed"] = document["sealed"]
+        piece.append(shaped)
+        held += sum(len(e["content_base64"]) for e in shaped["evidence"])
+        if held >= EVIDENCE_PIECE:
+            yield piece
+            piece, held = [], 0
+    if piece:
+        yield piece
 
 
 def _sealed_by_order(sealing, chunk: list[int]):

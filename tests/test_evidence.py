@@ -427,6 +427,35 @@ def test_export_with_evidence_carries_each_distinct_file_after_the_notifications
     assert "evidence" not in _export(invoke)["orders"][0]  # without it: named by hash in the events only
 
 
+def test_export_with_evidence_writes_the_same_text_in_pieces_of_bounded_contents(invoke, tmp_path, db_path, monkeypatch):
+    """Contents are read and written a piece at a time (exchange.EVIDENCE_PIECE), not a chunk of
+    1,000 orders at a time; the text is the same however the pieces fall, seal included."""
+    from coopctl import exchange
+
+    _book(invoke, tmp_path)
+    key = tmp_path / "seal.key"
+    made = invoke("keygen", "--out", str(key), "--json")
+    assert made.exit_code == 0, made.stderr
+    assert invoke("seal", "--now", "2026-12-01T13:00:00+08:00", env={"COOPCTL_SIGNING_KEY": str(key)}).exit_code == 0
+    for i in range(2, 5):  # more orders, each with its own file
+        assert invoke("create", "--merchant", M, "--creator", C, "--product", "P", "--form", "video", "--commission", "5",
+                      "--latest-start", "2026-12-20T20:00:00+08:00", "--at", T0).exit_code == 0
+        assert invoke("accept", str(i), "--creator", C, "--at", "2026-12-01T11:00:00+08:00").exit_code == 0
+        proof = _file(tmp_path, f"p{i}.bin", os.urandom(1000 * i))
+        assert invoke("deliver", str(i), "--creator", C, "--evidence-file", str(proof), "--at", "2026-12-01T12:00:00+08:00").exit_code == 0
+    whole = invoke("export", "--all", "--with-evidence", "--at", "2026-12-02T00:00:00+08:00").stdout
+    monkeypatch.setattr(exchange, "EVIDENCE_PIECE", 1)  # a piece per order
+    pieces = invoke("export", "--all", "--with-evidence", "--at", "2026-12-02T00:00:00+08:00").stdout
+    assert pieces == whole
+    orders = json.loads(whole)["orders"]
+    assert [len(o["evidence"]) for o in orders] == [2, 1, 1, 1]
+    assert list(orders[0])[-2:] == ["evidence", "sealed"]
+    (tmp_path / "sealed.json").write_text(whole, encoding="utf-8")
+    public = json.loads(made.stdout)["public_key"]
+    verified = invoke("verify", str(tmp_path / "sealed.json"), "--public-key", public)
+    assert verified.exit_code == 0, verified.stderr
+
+
 def test_export_with_evidence_replays_and_imports_with_the_contents_on_both_backends(invoke, tmp_path, backend, request):
     run = _db(invoke, backend)
     contents = _book(run, tmp_path)
