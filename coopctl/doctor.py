@@ -125,7 +125,8 @@ def examine(
         report.findings.extend(_shape(store, version))
     report.findings.append(_version(version))
     try:
-        report.findings.extend(_orders(store, report, chunk, quick))
+        contents = _evidence_contents(store) if version >= 4 and not quick else None
+        report.findings.extend(_orders(store, report, chunk, quick, contents))
         report.findings.append(_overdue(store, now, tz, grace))
         if version >= 2:
             report.findings.append(_last_tick(store, tz))
@@ -188,9 +189,10 @@ def _integrity(store: Store, report: Report) -> Finding:
 # The schema version that added each table after the first: an older database lacks it by design.
 ADDED_IN = {
     "tick_runs": 2, "order_products": 3, "seal_nodes": 3, "seal_heads": 3, "events.log_index": 3,
-    # schema 4, issue 12: disputes and extensions
+    # schema 4, issue 12: disputes and extensions, evidence files
     "orders.extensions": 4, "orders.extension_requested_by": 4, "orders.proposed_latest_start_at": 4,
     "orders.disputed_by": 4, "orders.appeals": 4, "orders.ruling": 4, "orders.dispute_liable": 4,
+    "evidence_files": 4,
 }
 
 
@@ -278,9 +280,10 @@ class _Listed:
         return findings
 
 
-def _orders(store: Store, report: Report, chunk: int, quick: bool) -> list[Finding]:
+def _orders(store: Store, report: Report, chunk: int, quick: bool, contents: "_Contents | None" = None) -> list[Finding]:
     """Every order, `chunk` at a time (one short read per chunk: a long check never holds the WAL
-    back, and memory holds one chunk of rows and events)."""
+    back, and memory holds one chunk of rows and events). With `contents` (schema 4, not quick),
+    each evidence file an event names is looked up in the store (`_evidence_refs`)."""
     checks = {
         "hash_chain": _Listed(
             "hash_chain", "{orders} orders: every hash chain verifies", "have a broken history",
@@ -298,6 +301,8 @@ def _orders(store: Store, report: Report, chunk: int, quick: bool) -> list[Findi
         checks["instants"] = _Listed(
             "instants", "", "hold instants outside 1970-01-01 .. 9999-12-31 UTC", _FAR_INSTANT,
         )
+    if contents is not None:
+        checks["evidence"] = _Listed("evidence", "", "name evidence files that are not stored as recorded", _EVIDENCE_ACTION)
     after = 0
     while True:
         with store.read() as tx:
@@ -305,6 +310,9 @@ def _orders(store: Store, report: Report, chunk: int, quick: bool) -> list[Findi
             if not rows:
                 break
             events = tx.events_of([row[0] for row in rows])
+            if contents is not None:
+                for finding in _evidence_refs(tx, events, contents):
+                    checks["evidence"].add(finding)
         for row in rows:
             report.orders += 1
             if quick:
@@ -315,7 +323,100 @@ def _orders(store: Store, report: Report, chunk: int, quick: bool) -> list[Findi
                 checks[finding.check].add(finding)
         after = rows[-1][0]
         del rows, events
-    return [f for listed in checks.values() for f in listed.findings(report.orders)]
+    found = [f for listed in checks.values() for f in listed.findings(report.orders)]
+    if contents is not None:  # the altered contents no event names, or the healthy line (not per order)
+        found += contents.findings(listed=checks["evidence"].count)
+    return found
+
+
+# --------------------------------------------------------------------------- evidence files (schema 4)
+
+
+_EVIDENCE_ACTION = (
+    "the evidence store was changed outside coopctl (the events, whose hash chain holds, recorded "
+    "another file): restore evidence_files from a backup, or import the order again from an export "
+    "made --with-evidence"
+)
+EVIDENCE_CHUNK = 1000  # stored contents whose keys are read at once; each content is read alone
+MAX_BAD = 10_000  # altered contents remembered by key (to name the events that name them); the rest counted
+
+
+class _Contents:
+    """The stored evidence contents that are not what their key says (`_evidence_contents`), and
+    which of them an event was found to name."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.bad: dict[str, str] = {}  # sha256 -> why
+        self.unlisted = 0  # altered contents beyond MAX_BAD
+        self.named: set[str] = set()
+
+    def findings(self, listed: int) -> list[Finding]:
+        """The altered contents no event names (the others were reported with their event), and
+        the healthy line when there is evidence at all and nothing was found (`listed`: the
+        orders whose events name a file not stored as recorded)."""
+        found = [
+            Finding("evidence", False, f"evidence file {sha[:16]}…: {why} (no event names it)", _EVIDENCE_ACTION)
+            for sha, why in sorted(self.bad.items()) if sha not in self.named
+        ]
+        if self.unlisted:
+            found.append(Finding("evidence", False, f"{self.unlisted} more stored evidence contents do not hash to their sha256", _EVIDENCE_ACTION))
+        if not self.bad and not self.unlisted and not listed and self.rows:
+            found.append(Finding("evidence", True, f"{self.rows} evidence files: every stored content hashes to its sha256"))
+        return found
+
+
+def _evidence_contents(store: Store) -> _Contents:
+    """Every stored evidence content hashed again and compared with its key and size: the keys
+    are read EVIDENCE_CHUNK at a time, each content alone (memory: one file, at most 20 MiB)."""
+    from coopctl.evidence import content_problem
+
+    contents = _Contents()
+    after = ""
+    while True:
+        with store.read() as tx:
+            keys = tx.evidence_keys(after, EVIDENCE_CHUNK)
+            for sha, size, held in keys:
+                contents.rows += 1
+                if not held:
+                    continue
+                stored = tx.evidence_content(sha)
+                problem = content_problem(sha, size, None if stored is None else stored[1])
+                if problem is not None:
+                    if len(contents.bad) < MAX_BAD:
+                        contents.bad[sha] = problem
+                    else:
+                        contents.unlisted += 1
+        if len(keys) < EVIDENCE_CHUNK:
+            return contents
+        after = keys[-1][0]
+
+
+def _evidence_refs(tx, events: dict[int, list[Event]], contents: _Contents) -> list[Finding]:
+    """Each evidence file the events of a chunk name: its content has a row (it was stored, or
+    recorded as not held, with the event), of the size the event recorded, and is not one whose
+    stored bytes no longer hash to it."""
+    from coopctl.evidence import named_by
+
+    named = [(order_id, e, f) for order_id, evs in events.items() for e, f in named_by(evs)]
+    if not named:
+        return []
+    state = tx.evidence_state(sorted({f.sha256 for _, _, f in named}))
+    found: list[Finding] = []
+    for order_id, e, f in named:
+        where = f"order {order_id}: event seq {e.seq} names evidence file '{shown(f.name)}' ({f.sha256[:16]}…)"
+        have = state.get(f.sha256)
+        why = None
+        if have is None:
+            why = "which is not in the evidence store (its row was deleted)"
+        elif f.sha256 in contents.bad:
+            contents.named.add(f.sha256)
+            why = f"but {contents.bad[f.sha256]}"
+        elif have[0] != f.size:
+            why = f"of {f.size:,} bytes, the store says {shown(have[0])}"
+        if why is not None:
+            found.append(Finding("evidence", False, f"{where}, {why}", _EVIDENCE_ACTION, order=order_id, seq=e.seq))
+    return found
 
 
 def _chain_findings(order_id: int, events: list, last_seq: int, last_hash: str) -> list[Finding]:

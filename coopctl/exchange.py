@@ -37,9 +37,11 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, TextIO
 
 from coopctl.errors import CoopError, InvalidInput, NotFound, Refused
+from coopctl.evidence import files_from_json
 from coopctl.history import Divergence, Step, check_outbox, rebuild, recorded_action, verify_chain
 from coopctl.lifecycle import (
     ACTION_OF_KIND,
+    EVIDENCE_KEY,
     MAX_PRODUCTS,
     SYSTEM,
     Event,
@@ -100,6 +102,7 @@ class ExportedOrder:
     notifications: list[dict]  # rows for the outbox: order_id, recipient, channel, kind, at, text, sent_at
     reminders_sent: frozenset[str]
     sealed: object | None = None  # seal.Sealed: the inclusion proof of its last sealed event (SPEC section 6)
+    evidence: tuple = ()  # evidence.Embedded: the files `export --with-evidence` carried (content not yet checked)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class Verdict:
     steps: list[Step]  # the order after each event; only the reproduced prefix when it diverges
     rebuilt: Order | None  # the order the rules end with (None when the history itself diverges)
     divergence: Divergence | None = None
+    evidence: tuple = ()  # evidence.HeldFile: the embedded files, checked against their events (import keeps them)
 
     @property
     def order_id(self) -> int:
@@ -257,7 +261,7 @@ class ExportSummary:
     notifications: int = 0
 
 
-def export_document(svc, order_ids: list[int] | None, *, exported_at: int, tz: tzinfo) -> dict:
+def export_document(svc, order_ids: list[int] | None, *, exported_at: int, tz: tzinfo, with_evidence: bool = False) -> dict:
     """The export document of these orders (None: every order), read in one transaction. For many
     orders, `write_export` writes the same text without holding the document in memory."""
     svc.store.require()
@@ -265,7 +269,8 @@ def export_document(svc, order_ids: list[int] | None, *, exported_at: int, tz: t
         ids = _existing(tx, order_ids)
         _not_back_dated(tx, ids, exported_at, tz)
         sealing = _sealing(tx)
-        orders = [document for chunk in _order_chunks(tx, ids, tz, sealing=sealing) for document in chunk]
+        chunks = _order_chunks(tx, ids, tz, sealing=sealing, with_evidence=with_evidence)
+        orders = [document for chunk in chunks for document in chunk]
     return {**_header(exported_at, tz, sealing), "orders": orders}
 
 
@@ -278,12 +283,14 @@ def write_export(
     tz: tzinfo,
     total_hint: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    with_evidence: bool = False,
 ) -> ExportSummary:
     """Write the export of these orders (None: every order) to a text stream, or atomically to a
     file, as it is read: EXPORT_CHUNK orders at a time with their events and notifications, in one
     read transaction, so that memory stays bounded however many orders there are. The text is
     exactly `dumps(export_document(...))`. `total_hint` (if given) receives the number of orders
-    first, `progress` the number written after each chunk."""
+    first, `progress` the number written after each chunk. `with_evidence` adds each order's
+    evidence files with their contents (`evidence.embedded`)."""
     svc.store.require()
     with svc.store.read() as tx:
         ids = _existing(tx, order_ids)  # an unknown order is refused before anything is written
@@ -293,7 +300,7 @@ def write_export(
         sealing = _sealing(tx)
         header = _header(exported_at, tz, sealing)
         summary = ExportSummary(header["exported_at"])
-        chunks = _order_chunks(tx, ids, tz, summary, sealing=sealing)
+        chunks = _order_chunks(tx, ids, tz, summary, sealing=sealing, with_evidence=with_evidence)
         if isinstance(out, (str, os.PathLike)):
             with atomic_file(out) as handle:
                 _write_document(handle, header, chunks, progress)
@@ -340,7 +347,9 @@ def _sealing(tx):
     return sealing if sealing.head is not None else None
 
 
-def _order_chunks(tx, ids: list[int] | None, tz: tzinfo, summary: ExportSummary | None = None, *, sealing=None) -> Iterator[list[dict]]:
+def _order_chunks(
+    tx, ids: list[int] | None, tz: tzinfo, summary: ExportSummary | None = None, *, sealing=None, with_evidence: bool = False,
+) -> Iterator[list[dict]]:
     """The orders' documents, by id, EXPORT_CHUNK at a time: the orders by their key (a walk of the
     primary key for every order), their events and notifications by order_id IN (…)."""
     after, position = 0, 0
@@ -366,8 +375,38 @@ def _order_chunks(tx, ids: list[int] | None, tz: tzinfo, summary: ExportSummary 
             for document, (order_id, sealed) in zip(documents, _sealed_by_order(sealing, chunk)):
                 if sealed is not None:
                     document["sealed"] = sealed
-        yield documents
+        if with_evidence:  # a step of its own, after "notifications": the encoder does not know of it
+            yield from _with_evidence(tx, documents, events)
+        else:
+            yield documents
         after = chunk[-1]
+
+
+EVIDENCE_PIECE = 32 * 1024 * 1024  # base64 characters of evidence held at once while exporting (then written)
+
+
+def _with_evidence(tx, documents: list[dict], events: dict[int, list[Event]]) -> Iterator[list[dict]]:
+    """`export --with-evidence` (SPEC section 2): each order's "evidence" (after "notifications",
+    before "sealed"), the files its events name that this database holds, with their contents in
+    base64 (`evidence.embedded`). The documents come out in pieces holding about EVIDENCE_PIECE
+    of contents, each written before the next is read, so that memory stays bounded by one order's
+    files, not by a chunk's (the text written is the same: pieces are joined as chunks are)."""
+    from coopctl.evidence import embedded
+
+    piece: list[dict] = []
+    held = 0
+    for document in documents:  # copies: the chunk's own list does not keep the contents alive
+        shaped = {key: value for key, value in document.items() if key != "sealed"}
+        shaped["evidence"] = embedded(tx, events[document["id"]])
+        if "sealed" in document:
+            shaped["sealed"] = document["sealed"]
+        piece.append(shaped)
+        held += sum(len(e["content_base64"]) for e in shaped["evidence"])
+        if held >= EVIDENCE_PIECE:
+            yield piece
+            piece, held = [], 0
+    if piece:
+        yield piece
 
 
 def _sealed_by_order(sealing, chunk: list[int]):
@@ -844,8 +883,19 @@ def _parse_order(item, where: str) -> ExportedOrder:
         from coopctl.seal import sealed_from_json
 
         sealed = sealed_from_json(item.pop("sealed"), where)
+    evidence = _parse_evidence(item, where)
     del item["events"], item["notifications"]  # parsed above: the file's copies need not stay in memory
-    return ExportedOrder(order_id, item, events, notes, frozenset(sent), sealed)
+    return ExportedOrder(order_id, item, events, notes, frozenset(sent), sealed, evidence)
+
+
+def _parse_evidence(item: dict, where: str) -> tuple:
+    """`export --with-evidence`'s "evidence" (absent: none), shape checked and taken out of the
+    order's fields; the contents are checked against the events by the replay (`_evidence_compared`)."""
+    if "evidence" not in item:
+        return ()
+    from coopctl.evidence import parse_embedded
+
+    return parse_embedded(item.pop("evidence"), where)
 
 
 def _parse_event(order_id: int, item, where: str) -> Event:
@@ -1033,6 +1083,8 @@ def _replayed(orders: list[ExportedOrder], *, keep_steps: bool, progress: Callab
                     verdict = _compared(verdict, stored[verdict.order_id])
                 if verdict.ok:
                     verdict = _outbox_compared(verdict)
+                if verdict.ok:
+                    verdict = _evidence_compared(verdict)
                 verdicts.append(verdict if keep_steps else replace(verdict, steps=[]))
             if progress is not None:
                 progress(len(part))
@@ -1072,6 +1124,22 @@ def _outbox_compared(verdict: Verdict) -> Verdict:
     except Divergence as divergence:
         return replace(verdict, divergence=divergence)
     return verdict
+
+
+def _evidence_compared(verdict: Verdict) -> Verdict:
+    """The verdict once every embedded evidence file was checked against the record its event made
+    of it (`evidence.check_embedded`: named by an event, its name and size, valid base64, its
+    SHA-256): a divergence at that event's seq otherwise. The checked contents go with the verdict."""
+    exported = verdict.exported
+    if not exported.evidence:
+        return verdict
+    from coopctl.evidence import EvidenceMismatch, check_embedded
+
+    try:
+        held = check_embedded(exported.events, exported.evidence)
+    except EvidenceMismatch as mismatch:
+        return replace(verdict, divergence=Divergence(mismatch.seq, mismatch.why))
+    return replace(verdict, evidence=tuple(held))
 
 
 def _unique_keys(verdicts: list[Verdict], owner: dict[str, int]) -> list[Verdict]:
@@ -1169,8 +1237,12 @@ def _what_if_one(verdict: Verdict, policy: Policy, exported_at: int) -> WhatIf:
         except ValueError as exc:
             result.refused.append((e, str(exc)))
             continue
+        data = e.data if isinstance(e.data, dict) else {}
         try:
-            step = act(order, action, party, party_id, e.at, e.operator, **values)
+            step = act(
+                order, action, party, party_id, e.at, e.operator,
+                evidence_files=files_from_json(data.get(EVIDENCE_KEY)), **values,
+            )
         except CoopError as exc:
             result.refused.append((e, str(exc)))
             continue
@@ -1242,8 +1314,22 @@ def import_orders(
                 [e for v in part for e in v.exported.events],
                 [n for v in part for n in v.exported.notifications],
             )
+            _import_evidence(tx, part)
             if progress is not None:
                 progress(len(part))
         tx.follow_explicit_ids()
         current.done(verdicts)
     return verdicts
+
+
+def _import_evidence(tx, verdicts: list[Verdict]) -> None:
+    """The evidence files of imported orders: the embedded contents (checked by the replay) kept,
+    every other file their events name recorded as not held here (SPEC section 2)."""
+    from coopctl.evidence import not_held
+
+    held = [h for v in verdicts for h in v.evidence]
+    if held:
+        tx.store_evidence(held)
+    missing = [f for v in verdicts for f in not_held(v.exported.events, v.evidence)]
+    if missing:
+        tx.record_evidence(missing)

@@ -20,10 +20,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from coopctl.errors import CoopError
+from coopctl.evidence import files_from_json
 from coopctl.lifecycle import (
     ACTION_OF_KIND,
     PLATFORM,
     Action,
+    EVIDENCE_KEY,
     GENESIS_HASH,
     SYSTEM,
     Event,
@@ -158,7 +160,10 @@ def _party_step(order: Order, e: Event, strict: bool) -> Outcome:
     if e.kind == Kind.DELIVERED and data.get("mode") != "manual":
         raise Divergence(e.seq, "a delivery by a party must be manual")
     try:
-        return act(order, action, party, party_id, e.at, e.operator, strict=strict, **values)
+        return act(
+            order, action, party, party_id, e.at, e.operator,
+            evidence_files=files_from_json(data.get(EVIDENCE_KEY), strict=strict), strict=strict, **values,
+        )
     except CoopError as exc:
         raise Divergence(e.seq, f"not allowed at {iso(e.at)}: {exc}") from None
 

@@ -1044,6 +1044,7 @@ def act(
     proposal: int | None = None,
     ruling: str | None = None,
     amount=None,
+    evidence_files: tuple = (),
     tz: tzinfo = UTC,
     strict: bool = True,
 ) -> Outcome:
@@ -1051,7 +1052,8 @@ def act(
     first, then the action if the rules allow it. `proposal` is the latest start an
     `extend-request` proposes; `ruling` ('merchant', 'creator' or 'none') and `amount` (yuan) are
     an `arbitrate`'s. `strict=False` checks the reason and evidence by the older rules (a stored
-    history rebuilt)."""
+    history rebuilt). `evidence_files` (`evidence.EvidenceFile` records, already checked) are
+    recorded in the event's data as `evidence_files`, on the actions of EVIDENCE_ACTIONS only."""
     if action in _NEEDS_REASON and not (reason or "").strip():
         raise InvalidInput(_NEEDS_REASON[action])
     extra = _checked_extra(action, proposal, ruling, amount)  # input first: invalid is exit 2 whatever the order
@@ -1065,6 +1067,8 @@ def act(
     describe = check_text if strict else check_stored_text
     reason = describe(reason, "reason")
     evidence = describe(evidence, "evidence")
+    if evidence_files and action not in EVIDENCE_ACTIONS:
+        raise InvalidInput(f"{action} takes no evidence files (--evidence-file goes with {', '.join(EVIDENCE_ACTIONS)})")
     fired = fire_due(order, at, operator, tz)
     current = fired.order
     rule = TRANSITIONS.get((current.status, action))
@@ -1074,6 +1078,8 @@ def act(
     if problem:
         raise Refused(f"order {order.id}: {problem}")
     data = _action_data(action, party, reason, evidence, extra, current)
+    if evidence_files:
+        data[EVIDENCE_KEY] = [f.to_json() for f in evidence_files]
     problem = rule.check(current, at, data, tz)
     if problem:
         raise Refused(f"order {order.id}: {problem}")
@@ -1117,6 +1123,14 @@ def check_horizon(order: Order, tz: tzinfo = UTC, action: "Action | None" = None
                 "nothing was changed (use shorter policy windows for such far dates)"
             )
         current = evolve(current, {"status": timer.target, "status_since": due})
+
+
+# The actions that may carry evidence files (SPEC section 1, "Evidence files"), and the key of the
+# event's data that lists them (`evidence.KEY`).
+EVIDENCE_ACTIONS: tuple[Action, ...] = (
+    Action.DELIVER, Action.REVIEW_FAIL, Action.COMPLAIN, Action.APPEAL, Action.ARBITRATE,
+)
+EVIDENCE_KEY = "evidence_files"
 
 
 def _checked_extra(action: Action, proposal, ruling, amount) -> dict:

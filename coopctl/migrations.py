@@ -202,8 +202,27 @@ def _v4_disputes(conn: Connection) -> None:
         conn.execute(text_sql("UPDATE orders SET policy = :new WHERE policy = :old"), {"new": upgraded, "old": text})
 
 
+_V4 = MetaData()
+_V4_EVIDENCE = Table(  # frozen: evidence_files as version 4 defines it (models.EvidenceContent)
+    "evidence_files",
+    _V4,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("content", LargeBinary),
+)
+
+
+def _v4_evidence(conn: Connection) -> None:
+    """Evidence files (SPEC section 1): the table of their contents, once per distinct content
+    (NULL content: recorded, not held here). Events name them in their data, so no existing row
+    changes; a database that already has the table (an earlier, interrupted upgrade cannot leave
+    one: the step runs in the upgrade's one transaction) is left as it is."""
+    _V4_EVIDENCE.create(conn, checkfirst=True)
+
+
 def _to_v4(conn: Connection) -> None:
     _v4_disputes(conn)
+    _v4_evidence(conn)
 
 
 # --------------------------------------------------------------------------- the list
@@ -211,7 +230,7 @@ def _to_v4(conn: Connection) -> None:
 STEPS: tuple[Step, ...] = (
     Step(1, "add tick_runs: one row per tick run, so that `doctor` can tell when cron last ran", _add_tick_runs),
     Step(2, "add the indexes of `list` and `board`, order_products, and sealed histories (events.log_index, seal_nodes, seal_heads)", _to_v3),
-    Step(3, "add disputes and extensions: the order columns of extensions, complaints, rulings and appeals, and the new policy keys' defaults on every order", _to_v4),
+    Step(3, "add disputes and extensions (order columns, the new policy keys' defaults on every order) and evidence_files (the contents of evidence files, once per distinct content)", _to_v4),
 )
 
 

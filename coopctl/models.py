@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Index, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 4  # 2: tick_runs; 3: the indexes of `list` and `board`, order_products, sealed histories; 4: disputes and extensions (coopctl/migrations.py upgrades older databases in place)
+SCHEMA_VERSION = 4  # 2: tick_runs; 3: the indexes of `list` and `board`, order_products, sealed histories; 4: disputes and extensions, evidence files, outbox delivery (coopctl/migrations.py upgrades older databases in place)
 APPLICATION = "coopctl"
 
 
@@ -166,6 +166,18 @@ class SealHead(SQLModel, table=True):
     signature: str = Field(max_length=128)  # base64 of the 64-byte Ed25519 signature
 
 
+class EvidenceContent(SQLModel, table=True):
+    """Schema 4: the contents of evidence files (SPEC section 1), once per distinct content. Events
+    name a file by its SHA-256 in their data (`evidence_files`); this row holds its bytes, or NULL
+    for a file recorded elsewhere and never given to this database (an import without contents)."""
+
+    __tablename__ = "evidence_files"
+
+    sha256: str = Field(primary_key=True, max_length=64)  # lowercase hex
+    size: int = Field(sa_type=BigInteger)
+    content: bytes | None = Field(default=None, sa_type=LargeBinary)  # BLOB on SQLite, bytea on PostgreSQL
+
+
 ORDERS = OrderRow.__table__
 EVENTS = EventRow.__table__
 NOTIFICATIONS = NotificationRow.__table__
@@ -174,3 +186,4 @@ TICK_RUNS = TickRun.__table__
 ORDER_PRODUCTS = OrderProduct.__table__
 SEAL_NODES = SealNode.__table__
 SEAL_HEADS = SealHead.__table__
+EVIDENCE = EvidenceContent.__table__

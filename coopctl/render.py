@@ -407,7 +407,15 @@ def _details_of(kind: str, data, tz: tzinfo) -> str:
         return f"latest start {latest}, commission {terms.get('commission_pct', '?')}%"
     if not isinstance(data, dict):
         return "" if data is None else str(data)
-    return ", ".join(f"{k}={v}" for k, v in data.items())
+    return ", ".join(_detail(k, v) for k, v in data.items())
+
+
+def _detail(key: str, value) -> str:
+    """One item of an event's data in a timeline; evidence files by their names (`coopctl evidence` lists them whole)."""
+    if key == "evidence_files" and isinstance(value, list):
+        names = [str(f.get("name", "?")) if isinstance(f, dict) else "?" for f in value]
+        return f"evidence files: {', '.join(names)}"
+    return f"{key}={value}"
 
 
 def print_table(spec, records, *, tz: tzinfo, wide: bool = False, title: str | None = None, now: int | None = None,
@@ -1159,3 +1167,62 @@ class notification_records:
         for _id, order_id, recipient, channel, kind, at, text, sent_at in self.rows:
             yield (f'{{"order":{order_id},"recipient":{quoted(recipient)},"channel":{known(channel)},'
                    f'"kind":{known(kind)},"at":{when(at)},"text":{quoted(text)},"sent_at":{when(sent_at)}}}')
+
+
+# --------------------------------------------------------------------------- evidence files
+
+
+def evidence_json(order_id: int, event: Event, file, held: bool, tz: tzinfo) -> dict:
+    """One file an order's event names (`coopctl evidence ORDER`, machine formats)."""
+    return {
+        "order": order_id,
+        "seq": event.seq,
+        "kind": event.kind,
+        "at": iso(event.at, tz),
+        "name": file.name,
+        "size": file.size,
+        "sha256": file.sha256,
+        "held": held,
+    }
+
+
+def file_size(size: int) -> str:
+    """A size for a table: bytes below 1 KiB, else KiB or MiB with one decimal (JSON has the bytes)."""
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def _evidence_table():
+    """`evidence`: rows are `evidence_json` dicts. The SHA-256 shows its first 16 hex digits (what
+    `--get` needs: a unique prefix) unless --wide."""
+    return _spec(
+        "evidence",
+        _col("seq", "number", 0, lambda r, c: r["seq"], "right"),
+        _col("kind", "status", 0, lambda r, c: r["kind"]),
+        _col("sha256", "id", 0, lambda r, c: r["sha256"] if c.wide else r["sha256"][:16]),
+        _col("held", "status", 1, lambda r, c: "yes" if r["held"] else "no"),
+        _col("name", "text", 2, lambda r, c: r["name"]),
+        _col("size", "number", 3, lambda r, c: file_size(r["size"]), "right"),
+        _col("at", "instant", 4, _when_field("at")),
+    )
+
+
+EVIDENCE_TABLE = _evidence_table()
+
+
+def evidence_list(records, tz: tzinfo, *, wide: bool = False, fmt: str = "table") -> int:
+    """`evidence ORDER` in `fmt`; the table's footer counts the files and those held here."""
+    if fmt != "table":
+        return print_records(records, fmt=fmt, table=EVIDENCE_TABLE, tz=tz, wide=wide)
+    records = list(records)
+    held = sum(1 for r in records if r["held"])
+    footer = (f"{len(records)} evidence file{'s' if len(records) != 1 else ''}, {held} held here; "
+              f"times in {_tz_name(tz)}")
+    return print_records(records, fmt=fmt, table=EVIDENCE_TABLE, tz=tz, wide=wide, footer=footer)
+
+
+def evidence_written(path: str, file, order_id: int) -> None:
+    _say(f"wrote {file.name} ({file.size:,} bytes, sha256 {file.sha256[:16]}…) of order {order_id} to {path}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from coopctl import lifecycle
 from coopctl.config import Settings
@@ -21,6 +21,7 @@ from coopctl.store import FULL_ORDER_COLUMNS, ListQuery, Store, Tx
 
 if TYPE_CHECKING:
     from coopctl.doctor import CheckedOrder
+    from coopctl.evidence import EvidenceFile, HeldFile
     from coopctl.tickwork import Decided
 
 # Orders per committed batch. SQLite has one writer at a time anyway: larger batches mean fewer
@@ -177,12 +178,17 @@ def perform(
     *,
     reason: str | None = None,
     evidence: str | None = None,
+    evidence_files: Sequence[str] = (),
     report: Report | None = None,
     **values,
 ) -> Outcome:
     """A party (or, `party` None, the platform) acts on an order: due deadlines fire first, then
     the action, all in one transaction; `report(outcome)` is written before it commits. `values`
-    are what some actions carry (`proposal`, `ruling`, `amount`: see `lifecycle.act`)."""
+    are what some actions carry (`proposal`, `ruling`, `amount`: see `lifecycle.act`).
+    `evidence_files` are paths (`--evidence-file`): read and hashed before the transaction
+    (`read_evidence`), recorded on the action's event and their contents kept in the same
+    transaction."""
+    held = read_evidence(evidence_files)
     svc.store.require()
     with change(svc.store, report) as current:
         tx = current.tx
@@ -190,12 +196,95 @@ def perform(
         if order is None:
             raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
         outcome = lifecycle.act(
-            order, action, party, party_id, at, svc.operator, reason=reason, evidence=evidence, tz=svc.settings.tz,
-            **values,
+            order, action, party, party_id, at, svc.operator, reason=reason, evidence=evidence,
+            evidence_files=files_of(held), tz=svc.settings.tz, **values,
         )
         tx.save([order], [outcome])
+        keep_evidence(tx, held)
         current.done(outcome)
     return outcome
+
+
+# ----------------------------------------------------------------------------- evidence files
+
+
+def read_evidence(paths: Sequence[str] | None) -> list["HeldFile"]:
+    """The files a command attaches (`--evidence-file`), read whole, hashed and checked, BEFORE
+    its transaction: a missing, unreadable, non-regular or too large file is InvalidInput (exit 2)
+    and nothing has changed. Any action that takes evidence files goes through these three steps:
+    `held = read_evidence(paths)` first; `evidence_files=files_of(held)` to the rules
+    (`lifecycle.act` records them in the event's data); `keep_evidence(tx, held)` in the same
+    transaction as the event."""
+    from coopctl.evidence import read_files
+
+    return read_files(paths)
+
+
+def files_of(held: list["HeldFile"]) -> tuple:
+    """The records (`evidence.EvidenceFile`) of files read by `read_evidence`, as the event names them."""
+    return tuple(h.file for h in held)
+
+
+def keep_evidence(tx: Tx, held: list["HeldFile"]) -> None:
+    """Store the contents of these files in this transaction, once per distinct content."""
+    if held:
+        tx.store_evidence(held)
+
+
+def evidence_of_order(svc: Service, order_id: int) -> tuple[list[tuple[Event, "EvidenceFile", bool]], "CheckedOrder"]:
+    """`coopctl evidence ORDER`: (event, file, held here) for every file the order's events name,
+    in seq order, and the order as `read_order` checked it (its hash chain and row: what is listed
+    is what was recorded, or `.refusal()` says so); NotFound (exit 3) for an unknown order. No
+    content is read."""
+    from coopctl.evidence import named_by
+
+    checked = read_order(svc, order_id)
+    named = named_by(checked.events)
+    state: dict = {}
+    if named:
+        with svc.store.read() as tx:
+            state = tx.evidence_state(sorted({f.sha256 for _, f in named}))
+    return [(e, f, state.get(f.sha256, (0, False))[1]) for e, f in named], checked
+
+
+def evidence_content(svc: Service, order_id: int, wanted: str) -> tuple["EvidenceFile", bytes]:
+    """The content of one file the order names (`evidence ORDER --get SHA256`), by its SHA-256 or
+    a prefix of it (at least 8 hex digits) that only one of the order's files has. InvalidInput
+    (exit 2) for something that is not such a hash or a prefix that two files share; NotFound
+    (exit 3) for an unknown order or a hash the order does not name; Refused (exit 1) for a file
+    recorded but not held here, or whose stored content no longer hashes to its SHA-256, and for an
+    order whose history does not hold (`read_order`): nothing is written then."""
+    import re
+
+    from coopctl.errors import InvalidInput
+    from coopctl.evidence import content_problem, named_by
+
+    if not isinstance(wanted, str) or not re.fullmatch(r"[0-9a-fA-F]{8,64}", wanted):
+        raise InvalidInput("--get: give the file's SHA-256 (64 hex digits, or at least its first 8) as `coopctl evidence ORDER` lists it")
+    wanted = wanted.lower()
+    checked = read_order(svc, order_id)  # only a file a history that holds names is written out
+    refusal = checked.refusal()
+    if refusal is not None:
+        raise refusal
+    files = {f.sha256: f for _, f in reversed(named_by(checked.events))}  # the first name of each
+    with svc.store.read() as tx:
+        matches = sorted(sha for sha in files if sha.startswith(wanted))
+        if not matches:
+            raise NotFound(f"order {order_id} names no evidence file {wanted}; `coopctl evidence {order_id}` lists its files")
+        if len(matches) > 1:
+            raise InvalidInput(f"--get {wanted} matches {len(matches)} files of order {order_id}; give more of the SHA-256")
+        sha = matches[0]
+        stored = tx.evidence_content(sha)
+    file = files[sha]
+    if stored is None or stored[1] is None:
+        raise Refused(
+            f"evidence file {sha[:16]}… ({file.name!r}) of order {order_id} is recorded but not held in this database "
+            "(it came from an export without --with-evidence); get it from the database it was attached in"
+        )
+    problem = content_problem(sha, file.size, stored[1])
+    if problem is not None:
+        raise Refused(f"evidence file {sha[:16]}… of order {order_id}: {problem}; nothing was written (run `coopctl doctor`)")
+    return file, stored[1]
 
 
 def tick(

@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote
 
-from sqlalchemy import BigInteger, Integer, bindparam, case, create_engine, event, func, insert, literal, literal_column, null, select, tuple_, update
+from sqlalchemy import BigInteger, Integer, LargeBinary, bindparam, case, cast, create_engine, event, func, insert, literal, literal_column, null, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from coopctl.errors import Busy, InvalidInput, KeyTaken, StorageError
 from coopctl.lifecycle import Event, Order, Outcome
-from coopctl.models import APPLICATION, EVENTS, META, NOTIFICATIONS, ORDER_PRODUCTS, ORDERS, SCHEMA_VERSION, TICK_RUNS, SQLModel
+from coopctl.models import APPLICATION, EVENTS, EVIDENCE, META, NOTIFICATIONS, ORDER_PRODUCTS, ORDERS, SCHEMA_VERSION, TICK_RUNS, SQLModel
 from coopctl.policy import SECOND
 from coopctl.rows import (  # noqa: F401  (re-exported: the row layout belongs to storage)
     EVENT_COLUMNS,
@@ -1219,6 +1219,75 @@ class Tx:
     def last_tick_run(self):
         """The latest tick run row (id, started_at, finished_at, now, applied, reminders, operator), or None."""
         return self.conn.execute(select(TICK_RUNS).order_by(TICK_RUNS.c.id.desc()).limit(1)).first()
+
+    # ---------------------------------------------------------------- evidence files (schema 4)
+
+    def _evidence_insert(self):
+        """INSERT … ON CONFLICT for evidence_files, in the dialect's own words (both SQLite and
+        PostgreSQL take the same clause; SQLAlchemy spells it per dialect)."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        return dialect_insert(EVIDENCE)
+
+    def store_evidence(self, held: list) -> None:
+        """Keep these contents (`evidence.HeldFile`), once per distinct content: a content already
+        held stays as it is; a row that only recorded the file (NULL: not held) gets its content."""
+        from coopctl.evidence import distinct
+
+        for h in distinct(held):
+            statement = self._evidence_insert().values(sha256=h.file.sha256, size=h.file.size, content=h.content)
+            self.conn.execute(statement.on_conflict_do_update(
+                index_elements=[EVIDENCE.c.sha256], set_={"content": statement.excluded.content},
+                where=EVIDENCE.c.content.is_(None),
+            ))
+
+    def record_evidence(self, files: list) -> None:
+        """Record these files (`evidence.EvidenceFile`) as known but not held here, unless a row
+        for their content exists already (import without contents)."""
+        seen: dict[str, object] = {}
+        for f in files:
+            seen.setdefault(f.sha256, f)
+        for f in seen.values():
+            statement = self._evidence_insert().values(sha256=f.sha256, size=f.size, content=None)
+            self.conn.execute(statement.on_conflict_do_nothing(index_elements=[EVIDENCE.c.sha256]))
+
+    def evidence_state(self, shas: list[str]) -> dict[str, tuple[int, bool]]:
+        """sha256 -> (size, held) for those of these contents that have a row (no content is read)."""
+        found: dict[str, tuple[int, bool]] = {}
+        for start in range(0, len(shas), 500):
+            chunk = shas[start : start + 500]
+            query = select(EVIDENCE.c.sha256, EVIDENCE.c.size, EVIDENCE.c.content.is_not(None)).where(EVIDENCE.c.sha256.in_(chunk))
+            found.update((sha, (size, bool(held))) for sha, size, held in self.conn.execute(query))
+        return found
+
+    def evidence_contents(self, shas: list[str]) -> dict[str, bytes | None]:
+        """sha256 -> content (None: not held) of those that have a row, read one at a time."""
+        found: dict[str, bytes | None] = {}
+        for sha in dict.fromkeys(shas):
+            row = self.evidence_content(sha)
+            if row is not None:
+                found[sha] = row[1]
+        return found
+
+    def evidence_content(self, sha: str) -> tuple[int, bytes | None] | None:
+        """(size, content or None) of one stored content, or None when it has no row."""
+        # read as bytes whatever was written there (a TEXT value written by hand is not UTF-8 text to decode)
+        content = cast(EVIDENCE.c.content, LargeBinary) if self.is_sqlite else EVIDENCE.c.content
+        row = self.conn.execute(select(EVIDENCE.c.size, content).where(EVIDENCE.c.sha256 == sha)).first()
+        if row is None:
+            return None
+        return row[0], None if row[1] is None else bytes(row[1])
+
+    def evidence_keys(self, after: str, limit: int) -> list[tuple[str, int, bool]]:
+        """(sha256, size, held) of the next `limit` stored contents after `after`, by key: doctor
+        walks them in chunks and reads each content alone (memory: one file at a time)."""
+        query = (
+            select(EVIDENCE.c.sha256, EVIDENCE.c.size, EVIDENCE.c.content.is_not(None))
+            .where(EVIDENCE.c.sha256 > after).order_by(EVIDENCE.c.sha256).limit(limit)
+        )
+        return [(sha, size, bool(held)) for sha, size, held in self.conn.execute(query)]
 
     # ---------------------------------------------------------------- doctor
 

@@ -144,6 +144,26 @@ def check_text(value, what: str, *, limit: int = MAX_TEXT_LENGTH, nullable: bool
     return value
 
 
+MAX_FILE_NAME = 255  # characters of an evidence file's name (what most file systems allow, in bytes)
+
+
+def check_file_name(value, what: str = "file name") -> str:
+    """An evidence file's name (its base name, recorded on the event and printed in `evidence`):
+    1 to 255 characters, one line, no control or format characters (no bidirectional override
+    can make `exe.pdf` of `fdp.exe`), no `/`, not `.` or `..`. A name that is not valid UTF-8 on
+    disk reaches Python as lone surrogates, which are refused the same way."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{what} must be 1 to {MAX_FILE_NAME} characters")
+    if len(value) > MAX_FILE_NAME:
+        raise InvalidInput(f"{what} is {len(value)} characters long; at most {MAX_FILE_NAME} are allowed")
+    bad = _first_bad(value)
+    if bad is not None:
+        raise InvalidInput(f"{what} '{shown(value)}' contains the character {code_point(bad)} ({_name(bad)}), which is not allowed; rename the file")
+    if "/" in value or value in (".", ".."):
+        raise InvalidInput(f"{what} '{shown(value)}' is not a file name")
+    return value
+
+
 def check_operator(value, what: str = "--operator") -> str:
     """Who typed a command: 1 to 256 characters, one line, no control or format characters."""
     if not isinstance(value, str) or not value:

@@ -38,6 +38,7 @@ LONG_ASCII_ID = "c" * 128
 HOSTILE = ("[bold]M[/bold]", ":smile:<b>", "'; DROP TABLE orders; --")
 LONG_NOTE = ("双十二预热直播，" * 120) + "\nsecond line\tafter a tab"
 REASON = "档期已满，" * 300
+EVIDENCE_NAME = "直播截图-" * 15 + ".png"  # 75 characters, 150 cells, 199 bytes (a file name holds 255)
 INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 BOX = set("─━│┃╭╮╰╯┌┐└┘├┤┬┴┼═║")
@@ -90,6 +91,11 @@ def book(tmp_path_factory) -> dict:
         cli(db, "accept", 5, "--creator", "达人大刘", "--at", "2026-11-01T11:00:00+08:00")
         cli(db, "go-live", 5, "--creator", "达人大刘", "--at", "2026-11-01T12:00:00+08:00")
         cli(db, "cancel-request", 1, "--merchant", "商家A-美妆旗舰店", "--reason", REASON, "--at", "2026-11-01T12:00:00+08:00")
+        proofs = []  # evidence files: a long Chinese name, markup in a name, the same content twice
+        for name, content in ((EVIDENCE_NAME, b"x" * 3_000_000), ("[bold]proof[red] :smile:.png", b"p"), ("copy.png", b"p")):
+            (base / name).write_bytes(content)
+            proofs += ["--evidence-file", str(base / name)]
+        cli(db, "deliver", 5, "--creator", "达人大刘", *proofs, "--at", "2026-11-01T12:30:00+08:00")
         cli(db, "export", "--all", "--out", str(base / "book.json"), "--at", "2026-11-01T13:00:00+08:00")
         (base / "other.toml").write_text('[policy]\naccept_window = "1d"\ncancel_response_window = "12h"\n')
     finally:
@@ -111,8 +117,9 @@ TABLES = [
     ("doctor", ["doctor", "--now", NOW]),
     ("demo", ["--db", "{fresh}", "demo"]),
     ("tick", ["tick", "--now", NOW, "--dry-run"]),
+    ("evidence", ["evidence", "5"]),
 ]
-LISTS = {"list", "history", "notifications"}
+LISTS = {"list", "history", "notifications", "evidence"}
 
 
 def _args(book, args, tmp_path) -> list[str]:
@@ -154,7 +161,7 @@ def _check_piped_rules(text: str, name: str) -> None:
         assert "" not in lines, f"{name}: a list has no blank lines"
 
 
-HEADERS = {"list": "id", "history": "seq", "notifications": "order"}
+HEADERS = {"list": "id", "history": "seq", "notifications": "order", "evidence": "seq"}
 
 
 @pytest.mark.parametrize("width", [80, 200])
@@ -223,6 +230,21 @@ def test_hostile_ids_are_shown_as_typed_never_as_markup(book):
     out = cli(book["db"], "list", columns=200).stdout + cli(book["db"], "show", "3", columns=200).stdout
     for text in HOSTILE[:2]:
         assert text in out
+
+
+def test_the_evidence_table_shows_names_as_typed_and_a_sha256_prefix_that_get_takes(book, tmp_path):
+    import hashlib
+
+    narrow = cli(book["db"], "evidence", "5", columns=80).stdout
+    rows = narrow.splitlines()[1:]
+    assert len(rows) == 3 and all(line.split()[:2] == ["4", "delivered"] for line in rows)
+    prefix = hashlib.sha256(b"p").hexdigest()[:16]
+    assert "[bold]proof[red] :smile:.png" in narrow and prefix in narrow and "2.9 MiB" in narrow
+    wide = cli(book["db"], "evidence", "5", "--wide").stdout
+    assert EVIDENCE_NAME in wide and hashlib.sha256(b"p").hexdigest() in wide
+    out = tmp_path / "p.png"
+    assert cli(book["db"], "evidence", "5", "--get", prefix, "--out", str(out)).exit_code == 0
+    assert out.read_bytes() == b"p"
 
 
 def test_relative_times_beside_deadlines_in_list_and_show(book):

@@ -21,7 +21,7 @@ from typing import Callable
 import typer
 
 from coopctl.cli.base import FORMS, PARTIES, STATUSES, TERMS, RootGroup, _discard_stdout, _fail, app  # noqa: F401  the choices: named by the tests
-from coopctl.cli import orders, disputes, clock, reading, databases, moving, overview, sealing  # noqa: E402,F401  each registers its commands on `app`, in this order (help lists them so)
+from coopctl.cli import orders, disputes, clock, reading, evidence, databases, moving, overview, sealing  # noqa: E402,F401  each registers its commands on `app`, in this order (help lists them so)
 
 
 def main() -> None:

@@ -140,6 +140,9 @@ OrderArg = Annotated[int, typer.Argument(metavar="ORDER", help="The order id.", 
 MerchantOpt = Annotated[Optional[str], typer.Option("--merchant", metavar="ID", help="The merchant acting (must be the order's merchant).", show_default=False)]
 CreatorOpt = Annotated[Optional[str], typer.Option("--creator", metavar="ID", help="The creator acting (must be the order's creator).", show_default=False)]
 ReasonOpt = Annotated[Optional[str], typer.Option("--reason", metavar="TEXT", help="Why, recorded on the event.", show_default=False)]
+# SPEC section 1, "Evidence files": on any action that takes them, `evidence_file: EvidenceFileOpt = None`
+# and `evidence_files=evidence_file` passed on to `_act` (-> service.perform: read, hashed, kept).
+EvidenceFileOpt = Annotated[Optional[list[str]], typer.Option("--evidence-file", metavar="FILE", help="A file proving it (at most 20 MiB), hashed into the event and kept in the database; repeat for several.", show_default=False)]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ def export(
     all_orders: Annotated[bool, typer.Option("--all", help="Export every order.")] = False,
     out: Annotated[Optional[str], typer.Option("--out", help="Write the export to this file (atomically) instead of stdout.", show_default=False)] = None,
     at: Annotated[Optional[str], typer.Option("--at", help="The instant recorded as exported_at (ISO 8601) [default: now].", show_default=False)] = None,
+    with_evidence: Annotated[bool, typer.Option("--with-evidence", help="Carry the contents of the orders' evidence files (base64); without it they are named by hash only.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write orders with their terms, policy, events and notifications as a versioned JSON document.
@@ -58,7 +59,7 @@ def export(
     with render.counted_progress("export", show=out is not None or not sys.stdout.isatty()) as (total_hint, advance):
         summary = exchange.write_export(
             rt.service, None if all_orders else orders, sys.stdout if out is None else out,
-            exported_at=exported_at, tz=rt.tz, total_hint=total_hint, progress=advance,
+            exported_at=exported_at, tz=rt.tz, total_hint=total_hint, progress=advance, with_evidence=with_evidence,
         )
     if out is None:
         return

@@ -10,6 +10,7 @@ import typer
 from coopctl.cli.base import (
     AtOpt,
     CreatorOpt,
+    EvidenceFileOpt,
     JsonOpt,
     MerchantOpt,
     OrderArg,
@@ -212,14 +213,14 @@ def go_live(ctx: typer.Context, order: OrderArg, creator: CreatorOpt = None, at:
 
 
 @command()
-def deliver(ctx: typer.Context, order: OrderArg, creator: CreatorOpt = None, evidence: Annotated[Optional[str], typer.Option("--evidence", help="A link or a note proving the delivery.", show_default=False)] = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+def deliver(ctx: typer.Context, order: OrderArg, creator: CreatorOpt = None, evidence: Annotated[Optional[str], typer.Option("--evidence", help="A link or a note proving the delivery.", show_default=False)] = None, evidence_file: EvidenceFileOpt = None, at: AtOpt = None, as_json: JsonOpt = False) -> None:
     """The creator delivers (also a make-up after a failed review); the merchant reviews it.
 
-    Example: coopctl deliver 12 --creator 达人小王 --evidence https://v.douyin.com/abc
+    Example: coopctl deliver 12 --creator 达人小王 --evidence https://v.douyin.com/abc --evidence-file screen.png
     """
     from coopctl.lifecycle import Action, Party
 
-    _act(ctx, order, Action.DELIVER, Party.CREATOR, creator, at, as_json, evidence=evidence)
+    _act(ctx, order, Action.DELIVER, Party.CREATOR, creator, at, as_json, evidence=evidence, evidence_files=evidence_file)
 
 
 @command()
@@ -230,12 +231,13 @@ def review(
     passed: Annotated[bool, typer.Option("--pass", help="Accept the delivery.")] = False,
     failed: Annotated[bool, typer.Option("--fail", help="Reject the delivery (needs --reason).")] = False,
     reason: ReasonOpt = None,
+    evidence_file: EvidenceFileOpt = None,
     at: AtOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The merchant reviews a delivery: --pass completes it, --fail asks for a make-up.
 
-    Example: coopctl review 12 --merchant 商家A --fail --reason "product not shown"
+    Example: coopctl review 12 --merchant 商家A --fail --reason "product not shown" --evidence-file replay.mp4
     """
     from coopctl.errors import InvalidInput
     from coopctl.lifecycle import Action, Party
@@ -246,5 +248,7 @@ def review(
         raise InvalidInput("review --fail needs --reason TEXT")
     if passed and reason is not None:
         raise InvalidInput("--reason goes with --fail, not --pass")
+    if passed and evidence_file:
+        raise InvalidInput("--evidence-file goes with --fail, not --pass")
     action = Action.REVIEW_PASS if passed else Action.REVIEW_FAIL
-    _act(ctx, order, action, Party.MERCHANT, merchant, at, as_json, reason=reason)
+    _act(ctx, order, action, Party.MERCHANT, merchant, at, as_json, reason=reason, evidence_files=evidence_file)
