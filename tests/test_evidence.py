@@ -565,18 +565,10 @@ V3_DDL = Path(__file__).parent / "fixtures" / "schema_v3.sql"
 
 
 def _build_v3(path: Path) -> None:
-    from coopctl.store import Store, locate
-    from dbtools import BASE, SCENARIOS, scenario_outcome
-    from coopctl.policy import DAY
+    """A version-3 database as coopctl 0.3 left it (tests/test_migrations.py's builder)."""
+    from test_migrations import build_v3
 
-    conn = sqlite3.connect(path)
-    conn.executescript(V3_DDL.read_text())
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.close()
-    store = Store(locate(str(path)))
-    with store.write() as tx:
-        tx.insert_new([scenario_outcome(i, BASE + i * 60_000_000, BASE + 5 * DAY, SCENARIOS[i % len(SCENARIOS)]) for i in range(1, 5)])
-    store.dispose()
+    build_v3(path, orders=4)
 
 
 def _schema(path: Path) -> dict[str, str]:
@@ -596,7 +588,11 @@ def test_a_version_3_database_is_upgraded_in_place_with_the_evidence_table(run_c
     assert result.returncode == 0, result.stderr
     after = read_rows(db_path)
     assert after["evidence_files"] == []
-    assert {k: v for k, v in after.items() if k not in ("coopctl_meta", "evidence_files")} == {k: v for k, v in before.items() if k != "coopctl_meta"}
+    from test_migrations import V4_ADDED
+
+    assert {k: v for k, v in after.items() if k != "coopctl_meta"} == {
+        **{k: v for k, v in before.items() if k != "coopctl_meta"}, **V4_ADDED(before),
+    }
     assert dict(after["coopctl_meta"])["schema_version"] == "4"
     fresh = tmp_path / "fresh.db"
     assert run_coopctl("init", env={"COOPCTL_DB": str(fresh)}).returncode == 0
