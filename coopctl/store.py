@@ -1491,9 +1491,7 @@ class Tx:
         the oldest pending one in one probe."""
         c = NOTIFICATIONS.c
         names = ("pending", "failed", "dead", "sent")
-        counts = dict(zip(names, self._partition_counts(
-            NOTIFICATIONS, [c.state == name for name in names[:-1]] + [c.state.not_in(names[:-1])]
-        )))
+        counts = dict(zip(names, self._partition_counts(NOTIFICATIONS, [c.state == name for name in names])))
         oldest = None
         if counts["pending"]:
             oldest = self.conn.execute(select(func.min(c.at)).where(c.state == "pending")).scalar()
