@@ -49,6 +49,7 @@ from coopctl.trust import error_line
 CHANNELS = ("inbox", "sms")
 FLUSH_EVERY = 0.05  # seconds: finished deliveries are recorded at least this often (one transaction each time)
 FLUSH_AT = 200  # ...or as soon as this many have finished
+CLAIM_AT_MOST = 500  # notifications claimed in one transaction (8 per delivery slot, at least 64)
 RECORD_TRIES = 5  # a batch of results the database stayed locked for is tried again this often before exit 4
 
 
@@ -303,11 +304,11 @@ def dispatch(
         while True:
             room = None if options.limit is None else options.limit - run.summary.claimed
             if not stop.is_set() and not exhausted and len(run.queued) < options.concurrency and room != 0:
-                want = max(2 * options.concurrency, 16)
+                want = min(max(8 * options.concurrency, 64), CLAIM_AT_MOST)
                 if room is not None:
                     want = min(want, room)
                 got = _claim(svc, run, options, clock(), wall(), want)
-                if len(got) < want:
+                if got is not None and len(got) < want:
                     exhausted = True  # nothing more is due now; in flight may still be
             while run.queued and len(run.flying) < options.concurrency and not stop.is_set():
                 held = run.queued.popleft()
@@ -352,14 +353,28 @@ def dispatch(
     return run.summary
 
 
-def _claim(svc, run: _Run, options: Options, now: int, wall_now: int, want: int) -> list[tuple]:
-    with svc.store.write() as tx:
-        rows = tx.claim_notifications(
-            run.owner, now=now, wall=wall_now, lease_until=wall_now + options.lease, limit=want, channels=options.channels,
-        )
+def _claim(svc, run: _Run, options: Options, now: int, wall_now: int, want: int) -> list[tuple] | None:
+    """One write transaction: the deliveries that ended are recorded (one commit for both: each
+    commit is an fsync), then `want` more are claimed. None: the database stayed locked."""
+    batch, run.finished, run.first_finished = run.finished, [], None
+    try:
+        with svc.store.write() as tx:
+            tx.record_deliveries(run.owner, batch)
+            rows = tx.claim_notifications(
+                run.owner, now=now, wall=wall_now, lease_until=wall_now + options.lease, limit=want, channels=options.channels,
+            )
+    except Busy:
+        run.finished = batch + run.finished  # recorded by the next flush (which retries)
+        return None
+    _count(run, batch)
     run.queued.extend(_Held(row) for row in rows)
     run.summary.claimed += len(rows)
     return rows
+
+
+def _count(run: _Run, batch: list) -> None:
+    for _nid, state, *_ in batch:
+        setattr(run.summary, state, getattr(run.summary, state) + 1)
 
 
 def _record(svc, run: _Run) -> None:
@@ -376,8 +391,7 @@ def _record(svc, run: _Run) -> None:
                 run.finished = batch + run.finished
                 raise
             time.sleep(0.1 * (attempt + 1))
-    for _nid, state, *_ in batch:
-        setattr(run.summary, state, getattr(run.summary, state) + 1)
+    _count(run, batch)
 
 
 def _renew(svc, run: _Run, lease_until: int) -> None:
