@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from coopctl.cli.base import (
+    CHANNELS,
+    DELIVERY_STATES as STATES,
     FormatOpt,
     JsonOpt,
     WideOpt,
@@ -22,8 +24,6 @@ from coopctl.cli.base import (
     runtime,
 )
 
-STATES = ("pending", "sent", "failed", "dead")
-CHANNELS = ("inbox", "sms")
 MAX_CONCURRENCY = 256
 
 
