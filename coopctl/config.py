@@ -27,7 +27,15 @@ DEFAULT_BUSY_TIMEOUT = 10 * SECOND
 # larger one into no wait at all: every lock would be exit 4 at once). One bound for both.
 MAX_BUSY_TIMEOUT = (2**31 - 1) * SECOND // 1000
 
-_SECTIONS = {"database": {"url", "busy_timeout"}, "policy": None, "reminders": None, "display": {"timezone"}, "evidence": {"signing_key"}}
+_SECTIONS = {
+    "database": {"url", "busy_timeout"}, "policy": None, "reminders": None, "display": {"timezone"},
+    "delivery": {"backoff", "max_backoff", "max_attempts", "webhook_secret"}, "evidence": {"signing_key"},
+}
+# [delivery] (SPEC section 5): the dispatcher's retries
+DEFAULT_BACKOFF = 60 * SECOND
+DEFAULT_MAX_BACKOFF = 3600 * SECOND
+DEFAULT_MAX_ATTEMPTS = 8
+MAX_ATTEMPTS_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,17 @@ class Settings:
     reminders: ReminderOffsets = field(default_factory=ReminderOffsets)
     timezone: str = DEFAULT_TIMEZONE
     signing_key: str | None = None  # [evidence] signing_key: a key file's path (SPEC section 6); never its content
+    backoff: int = DEFAULT_BACKOFF  # [delivery]: the wait after the first failed attempt, doubled after each further one
+    max_backoff: int = DEFAULT_MAX_BACKOFF
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # then the notification is dead
+    webhook_secret: str | None = field(default=None, repr=False)  # never printed: see `webhook_key`
+
+    @property
+    def webhook_key(self) -> str | None:
+        """The HMAC key of webhook signatures: COOPCTL_WEBHOOK_SECRET wins over the configuration;
+        empty = unset."""
+        env = os.environ.get("COOPCTL_WEBHOOK_SECRET")
+        return env if env else self.webhook_secret
 
     @property
     def signing_key_path(self) -> str | None:
@@ -114,6 +133,7 @@ def parse_settings(data: dict, *, source: str = "config") -> Settings:
     display = data.get("display", {})
     if "timezone" in display:
         settings["timezone"] = check_timezone(display["timezone"], f"{source}: 'display.timezone'")
+    settings.update(_delivery(data.get("delivery", {}), source))
     evidence = data.get("evidence", {})
     if "signing_key" in evidence:
         key = evidence["signing_key"]
@@ -121,6 +141,30 @@ def parse_settings(data: dict, *, source: str = "config") -> Settings:
             raise InvalidInput(f"{source}: 'evidence.signing_key' must be the path of a key file (text)")
         settings["signing_key"] = key or None
     return Settings(**settings)
+
+
+def _delivery(delivery: dict, source: str) -> dict:
+    """[delivery]: backoff and max_backoff durations (more than zero, max_backoff not below
+    backoff), max_attempts a whole number from 1 to MAX_ATTEMPTS_LIMIT, webhook_secret text."""
+    found: dict = {}
+    for key in ("backoff", "max_backoff"):
+        if key in delivery:
+            found[key] = _duration(delivery[key], f"delivery.{key}", source, allow_zero=False)
+    if found.get("max_backoff", DEFAULT_MAX_BACKOFF) < found.get("backoff", DEFAULT_BACKOFF):
+        raise InvalidInput(f"{source}: 'delivery.max_backoff' must not be shorter than 'delivery.backoff'")
+    if "max_attempts" in delivery:
+        value = delivery["max_attempts"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidInput(
+                f"{source}: 'delivery.max_attempts' must be a whole number from 1 to {MAX_ATTEMPTS_LIMIT}, got {str(value)[:40]!r}"
+            )
+        found["max_attempts"] = value
+    if "webhook_secret" in delivery:
+        secret = delivery["webhook_secret"]
+        if not isinstance(secret, str) or "\x00" in secret:
+            raise InvalidInput(f"{source}: 'delivery.webhook_secret' must be text")  # the value itself is never echoed
+        found["webhook_secret"] = secret or None
+    return found
 
 
 def check_timezone(name, what: str) -> str:

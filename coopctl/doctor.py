@@ -22,7 +22,9 @@ The checks:
 - instants: stored instants outside 1970-01-01 .. 9999-12-31 UTC;
 - overdue: orders whose next deadline or reminder passed more than `grace` ago, which a
   running cron would have applied ("cron is not running");
-- last tick: when `tick` last completed a run (tick_runs), for information.
+- last tick: when `tick` last completed a run (tick_runs), for information;
+- outbox (SPEC section 5), once it is delivered here: dead notifications, and pending ones
+  written more than `grace` ago ("is the dispatcher running?").
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ def examine(
             report.findings.append(_last_tick(store, tz))
         if version >= 3:
             report.findings.extend(_sealing(store, now, tz, grace, signing_key))
+        if version >= 4:
+            report.findings.extend(_outbox(store, now, tz, grace))
     except StorageError as exc:
         if not damaged:
             raise
@@ -187,12 +191,16 @@ def _integrity(store: Store, report: Report) -> Finding:
 
 
 # The schema version that added each table after the first: an older database lacks it by design.
+# Columns added to an existing table are named table.column.
 ADDED_IN = {
     "tick_runs": 2, "order_products": 3, "seal_nodes": 3, "seal_heads": 3, "events.log_index": 3,
     # schema 4, issue 12: disputes and extensions, evidence files
     "orders.extensions": 4, "orders.extension_requested_by": 4, "orders.proposed_latest_start_at": 4,
     "orders.disputed_by": 4, "orders.appeals": 4, "orders.ruling": 4, "orders.dispute_liable": 4,
     "evidence_files": 4,
+    # schema 4, issue 13: the outbox delivered
+    "notifications.state": 4, "notifications.attempts": 4, "notifications.next_attempt_at": 4,
+    "notifications.last_error": 4, "notifications.claimed_by": 4, "notifications.lease_until": 4,
 }
 
 
@@ -715,6 +723,35 @@ def _overdue(store: Store, now: int, tz: tzinfo, grace: int) -> Finding:
         f"cron is not running: {count} order{'s' if count != 1 else ''} overdue since {_at(oldest, tz)} ({ran})",
         "run `coopctl tick` and check the crontab (* * * * * coopctl tick)",
     )
+
+
+def _outbox(store: Store, now: int, tz: tzinfo, grace: int) -> list[Finding]:
+    """SPEC section 5: dead notifications (given up after max_attempts) and pending ones written
+    more than `grace` ago (a backlog: is the dispatcher running?), through the index on (state, at).
+    As for sealing: once the outbox is delivered here (something was sent, failed or died), not
+    before; a database whose outbox nobody delivers yet gets no outbox finding."""
+    with store.read() as tx:
+        in_use, dead, late, oldest = tx.outbox_backlog(now - grace)
+    if not in_use:
+        return []
+    findings = []
+    if dead:
+        findings.append(Finding(
+            "outbox_dead", False, f"{dead} notification{'s are' if dead != 1 else ' is'} dead (delivery given up after [delivery] max_attempts)",
+            "see why: coopctl notifications --state dead; once the receiver is fixed: coopctl notifications retry --dead",
+        ))
+    else:
+        findings.append(Finding("outbox_dead", True, "no dead notification"))
+    if late:
+        findings.append(Finding(
+            "outbox_backlog", False,
+            f"{late} notification{'s' if late != 1 else ''} pending for more than {format_duration(grace)} "
+            f"(the oldest from {_at(oldest, tz)}): is the dispatcher running?",
+            "run `coopctl dispatch --exec CMD` (or --webhook URL), from cron or with --loop under systemd",
+        ))
+    else:
+        findings.append(Finding("outbox_backlog", True, f"no notification pending for more than {format_duration(grace)}"))
+    return findings
 
 
 def _last_tick(store: Store, tz: tzinfo) -> Finding:

@@ -964,6 +964,7 @@ def _parse_notification(order_id: int, item, where: str) -> dict:
         _instant(item, "next_attempt_at", where, nullable=True)
     if "last_error" in item:
         _checked(check_text, _text(item, "last_error", where, nullable=True), where, "last_error")
+    sent_at = _instant(item, "sent_at", where, nullable=True)
     return {
         "order_id": order_id,
         "recipient": recipient,
@@ -971,7 +972,9 @@ def _parse_notification(order_id: int, item, where: str) -> dict:
         "kind": kind,
         "at": _instant(item, "at", where),
         "text": text,
-        "sent_at": _instant(item, "sent_at", where, nullable=True),
+        "sent_at": sent_at,
+        # SPEC section 5: what was sent stays sent; everything else is delivered from here, afresh
+        "state": "pending" if sent_at is None else "sent",
     }
 
 

@@ -220,9 +220,47 @@ def _v4_evidence(conn: Connection) -> None:
     _V4_EVIDENCE.create(conn, checkfirst=True)
 
 
+_V4_OUT = MetaData()
+_V4_NOTIFICATIONS = Table(  # frozen: the columns the indexes of version 4 name (the table exists)
+    "notifications",
+    _V4_OUT,
+    Column("id", Integer, primary_key=True),
+    Column("at", BigInteger, nullable=False),
+    Column("state", String(8), nullable=False),
+)
+_V4_OUTBOX_COLUMNS = (  # frozen: what version 4 adds to notifications (models.NotificationRow), in order
+    "state VARCHAR(8) DEFAULT 'pending' NOT NULL",
+    "attempts INTEGER DEFAULT 0 NOT NULL",
+    "next_attempt_at BIGINT",
+    "last_error TEXT",
+    "claimed_by VARCHAR(64)",
+    "lease_until BIGINT",
+)
+_V4_OUTBOX_INDEXES = (  # frozen: claims and the board (models.NotificationRow)
+    Index("ix_notifications_state_id", _V4_NOTIFICATIONS.c.state, _V4_NOTIFICATIONS.c.id),
+    Index("ix_notifications_state_at", _V4_NOTIFICATIONS.c.state, _V4_NOTIFICATIONS.c.at),
+)
+
+
+def _v4_outbox(conn: Connection) -> None:
+    """The outbox's delivery (SPEC section 5): each notification's state, attempts, next attempt,
+    last error and the lease of the dispatcher holding it. What was marked sent is `sent`,
+    everything else `pending` (due at once). The indexes on (state, id) and (state, at) replace
+    those on sent_at: claims and the board read them only. ADD COLUMN appends each column after
+    the last one, where a new database declares it."""
+    for column in _V4_OUTBOX_COLUMNS:
+        conn.exec_driver_sql(f"ALTER TABLE notifications ADD COLUMN {column}")
+    conn.exec_driver_sql("UPDATE notifications SET state = 'sent' WHERE sent_at IS NOT NULL")
+    conn.exec_driver_sql("DROP INDEX ix_notifications_sent")
+    conn.exec_driver_sql("DROP INDEX ix_notifications_pending_at")
+    for index in _V4_OUTBOX_INDEXES:
+        index.create(conn)
+
+
 def _to_v4(conn: Connection) -> None:
     _v4_disputes(conn)
     _v4_evidence(conn)
+    _v4_outbox(conn)
 
 
 # --------------------------------------------------------------------------- the list
@@ -230,7 +268,7 @@ def _to_v4(conn: Connection) -> None:
 STEPS: tuple[Step, ...] = (
     Step(1, "add tick_runs: one row per tick run, so that `doctor` can tell when cron last ran", _add_tick_runs),
     Step(2, "add the indexes of `list` and `board`, order_products, and sealed histories (events.log_index, seal_nodes, seal_heads)", _to_v3),
-    Step(3, "add disputes and extensions (order columns, the new policy keys' defaults on every order) and evidence_files (the contents of evidence files, once per distinct content)", _to_v4),
+    Step(3, "add disputes and extensions (order columns, the new policy keys' defaults on every order), evidence_files (the contents of evidence files, once per distinct content) and the outbox's delivery (notifications.state, attempts, next_attempt_at, last_error and leases, with their indexes)", _to_v4),
 )
 
 

@@ -7,6 +7,7 @@ lists and maps are canonical JSON text. Nothing here is SQLite-only, so PostgreS
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Index, LargeBinary, Text
+from sqlalchemy import text as sql_text
 from sqlmodel import Field, SQLModel
 
 SCHEMA_VERSION = 4  # 2: tick_runs; 3: the indexes of `list` and `board`, order_products, sealed histories; 4: disputes and extensions, evidence files, outbox delivery (coopctl/migrations.py upgrades older databases in place)
@@ -108,13 +109,17 @@ class EventRow(SQLModel, table=True):
 
 
 class NotificationRow(SQLModel, table=True):
-    """The outbox: written with the event that causes it; `sent_at` is set when dispatched."""
+    """The outbox: written with the event that causes it, delivered by `coopctl dispatch` (SPEC
+    section 5). `state` is pending, sent, failed or dead; a dispatcher holds what it claimed by
+    `claimed_by` and `lease_until` (the wall clock), renewed while it delivers."""
 
     __tablename__ = "notifications"
     __table_args__ = (
         Index("ix_notifications_order", "order_id"),
-        Index("ix_notifications_sent", "sent_at", "id"),
-        Index("ix_notifications_pending_at", "sent_at", "at"),  # schema 3: the board's oldest pending one, one probe
+        # schema 4: claims (oldest first within a state) and the board (counts per state, the
+        # oldest pending one) read these two indexes only
+        Index("ix_notifications_state_id", "state", "id"),
+        Index("ix_notifications_state_at", "state", "at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -125,6 +130,14 @@ class NotificationRow(SQLModel, table=True):
     at: int = Field(sa_type=BigInteger)
     text: str = Field(sa_type=Text)
     sent_at: int | None = Field(default=None, sa_type=BigInteger)
+    # schema 4 (ADD COLUMN puts them here, after sent_at, as a new database declares them)
+    # (server defaults only, so that the bulk inserts of new notifications need not name them)
+    state: str = Field(default=None, max_length=8, nullable=False, sa_column_kwargs={"server_default": sql_text("'pending'")})
+    attempts: int = Field(default=None, nullable=False, sa_column_kwargs={"server_default": sql_text("0")})
+    next_attempt_at: int | None = Field(default=None, sa_type=BigInteger)  # failed: when it is due again
+    last_error: str | None = Field(default=None, sa_type=Text)  # one line, checked and escaped
+    claimed_by: str | None = Field(default=None, max_length=64)  # the dispatcher holding it
+    lease_until: int | None = Field(default=None, sa_type=BigInteger)  # wall clock, microseconds
 
 
 class TickRun(SQLModel, table=True):

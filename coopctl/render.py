@@ -338,16 +338,24 @@ def _order_table():
 
 
 def _notification_table():
-    """`notifications`: rows are `notification_json` dicts."""
+    """`notifications`: rows are `notification_json` dicts. What goes first at 80 columns: the
+    delivery details (last error, sent, next attempt, attempts, channel), then the kind (the text
+    says it too), then the recipient; id, order, state and instant stay, and the text fills what
+    is left (shortened with `…`)."""
     return _spec(
         "notifications",
+        _col("id", "id", 0, lambda r, c: r["id"], "right"),
         _col("order", "id", 0, lambda r, c: r["order"], "right"),
-        _col("at", "instant", 0, _when_field("at")),
-        _col("kind", "status", 1, lambda r, c: r["kind"]),
-        _col("recipient", "id", 2, lambda r, c: r["recipient"]),
-        _col("text", "text", 3, lambda r, c: r["text"]),
-        _col("sent", "instant", 4, lambda r, c: "pending" if r.get("sent_at") is None else when(_instant_of(r["sent_at"], c.tz), c.tz)),
+        _col("state", "status", 0, lambda r, c: r["state"]),
+        _col("at", "instant", 1, _when_field("at")),
+        _col("text", "text", 2, lambda r, c: r["text"]),
+        _col("recipient", "id", 3, lambda r, c: r["recipient"]),
+        _col("kind", "status", 4, lambda r, c: r["kind"]),
         _col("channel", "status", 5, lambda r, c: r["channel"]),
+        _col("attempts", "number", 6, lambda r, c: r["attempts"], "right"),
+        _col("next attempt", "instant", 7, _when_field("next_attempt_at")),
+        _col("sent", "instant", 8, _when_field("sent_at")),
+        _col("last error", "text", 9, lambda r, c: r["last_error"]),
     )
 
 
@@ -694,14 +702,21 @@ def demo_view(orders: list[Order], tz: tzinfo, where: str, *, wide: bool = False
 
 
 def notification_json(row, tz: tzinfo) -> dict:
+    """A notification as `notifications --json` prints it (SPEC section 2) and as `dispatch` hands
+    it to a command or a webhook: from a stored row (the table's columns by name)."""
     return {
+        "id": row.id,
         "order": row.order_id,
         "recipient": row.recipient,
         "channel": row.channel,
         "kind": row.kind,
         "at": iso(row.at, tz),
         "text": row.text,
+        "state": row.state,
+        "attempts": row.attempts,
         "sent_at": None if row.sent_at is None else iso(row.sent_at, tz),
+        "next_attempt_at": None if row.next_attempt_at is None else iso(row.next_attempt_at, tz),
+        "last_error": row.last_error,
     }
 
 
@@ -1139,17 +1154,18 @@ def _reminders_text(text: str, compact) -> str:
 
 
 class notification_records:
-    """`notification_json` of each stored outbox row (id, order_id, recipient, channel, kind, at,
-    text, sent_at), made from the row itself; `json_lines()` as for `order_records`."""
+    """`notification_json` of each stored outbox row (LISTED_NOTIFICATION_COLUMNS), made from the
+    row itself; `json_lines()` as for `order_records`."""
 
     def __init__(self, rows, tz: tzinfo):
         self.rows, self.tz = rows, tz
 
     def __iter__(self):
         write = _iso_writer(self.tz)
-        for _id, order_id, recipient, channel, kind, at, text, sent_at in self.rows:
-            yield {"order": order_id, "recipient": recipient, "channel": channel, "kind": kind, "at": write(at),
-                   "text": text, "sent_at": write(sent_at)}
+        for nid, order_id, recipient, channel, kind, at, text, state, attempts, sent_at, next_at, error in self.rows:
+            yield {"id": nid, "order": order_id, "recipient": recipient, "channel": channel, "kind": kind, "at": write(at),
+                   "text": text, "state": state, "attempts": attempts, "sent_at": write(sent_at),
+                   "next_attempt_at": write(next_at), "last_error": error}
 
     def json_lines(self):
         from json.encoder import encode_basestring as quoted
@@ -1157,16 +1173,19 @@ class notification_records:
         when = _iso_writer(self.tz, quoted=True)
         cache: dict = {}
 
-        def known(value):  # channels and kinds: a handful of values, encoded once
+        def known(value):  # channels, kinds and states: a handful of values, encoded once
             try:
                 return cache[value]
             except KeyError:
                 text = cache[value] = quoted(value)
                 return text
 
-        for _id, order_id, recipient, channel, kind, at, text, sent_at in self.rows:
-            yield (f'{{"order":{order_id},"recipient":{quoted(recipient)},"channel":{known(channel)},'
-                   f'"kind":{known(kind)},"at":{when(at)},"text":{quoted(text)},"sent_at":{when(sent_at)}}}')
+        for nid, order_id, recipient, channel, kind, at, text, state, attempts, sent_at, next_at, error in self.rows:
+            yield (f'{{"id":{nid},"order":{order_id},"recipient":{quoted(recipient)},"channel":{known(channel)},'
+                   f'"kind":{known(kind)},"at":{when(at)},"text":{quoted(text)},"state":{known(state)},'
+                   f'"attempts":{int(attempts)},"sent_at":{when(sent_at)},"next_attempt_at":{when(next_at)},'
+                   f'"last_error":{"null" if error is None else quoted(error)}}}')
+
 
 
 # --------------------------------------------------------------------------- evidence files

@@ -159,7 +159,12 @@ def order_values(order: Order) -> dict:
 
 EVENT_COLUMNS = ("order_id", "seq", "kind", "at", "actor", "operator", "data", "prev_hash", "hash")
 NOTIFICATION_COLUMNS = ("order_id", "recipient", "channel", "kind", "at", "text")
-STORED_NOTIFICATION_COLUMNS = NOTIFICATION_COLUMNS + ("sent_at",)  # an imported outbox keeps what was sent
+STORED_NOTIFICATION_COLUMNS = NOTIFICATION_COLUMNS + ("sent_at", "state")  # an imported outbox keeps what was sent
+# What `notifications` lists and `dispatch` delivers (SPEC section 5), in this order.
+LISTED_NOTIFICATION_COLUMNS = (
+    "id", "order_id", "recipient", "channel", "kind", "at", "text", "state", "attempts", "sent_at", "next_attempt_at",
+    "last_error",
+)
 
 
 def event_tuple(e: Event) -> tuple:

@@ -560,15 +560,19 @@ def iter_order_rows(svc: Service, *, limit: int | None = None):
     return _walk(svc, lambda tx, after, n: tx.listing_rows(after, n), limit)
 
 
-def iter_notification_rows(svc: Service, *, order_id: int | None = None, pending: bool = False, limit: int | None = None):
-    """Outbox rows oldest first, (id, order_id, recipient, channel, kind, at, text, sent_at), read
-    in chunks by id; nothing written."""
+def iter_notification_rows(
+    svc: Service, *, order_id: int | None = None, states: tuple[str, ...] | None = None,
+    channels: tuple[str, ...] | None = None, limit: int | None = None,
+):
+    """Outbox rows oldest first (LISTED_NOTIFICATION_COLUMNS), read in chunks by id inside one
+    read transaction; nothing written."""
     svc.store.require()
     if order_id is not None:
         with svc.store.read() as tx:
             if tx.load(order_id) is None:
                 raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
-    return _walk(svc, lambda tx, after, n: tx.notification_listing_rows(after, n, order_id=order_id, pending=pending), limit)
+    return _walk(svc, lambda tx, after, n: tx.notification_listing_rows(
+        after, n, order_id=order_id, states=states, channels=channels), limit)
 
 
 def _walk(svc: Service, chunk_after, limit: int | None):
@@ -587,12 +591,13 @@ def _walk(svc: Service, chunk_after, limit: int | None):
 
 def notifications(
     svc: Service, *, order_id: int | None = None, pending: bool = False, mark_sent_at: int | None = None,
-    report: Report | None = None,
+    report: Report | None = None, wall: int | None = None,
 ):
     """Outbox rows, oldest first; with `mark_sent_at`, the listed pending ones are marked sent
     atomically, and only once `report(rows)` handed them out (written and flushed): a reader that
-    got nothing, or a part, leaves every one of them pending. Without `mark_sent_at` nothing is
-    written and `report` is not called (the caller prints the rows)."""
+    got nothing, or a part, leaves every one of them pending. Those a dispatcher holds under a
+    lease running at `wall` are left to it. Without `mark_sent_at` nothing is written and `report`
+    is not called (the caller prints the rows)."""
     svc.store.require()
     if mark_sent_at is None:
         with svc.store.read() as tx:
@@ -603,10 +608,34 @@ def notifications(
         tx = current.tx
         if order_id is not None and tx.load(order_id) is None:
             raise NotFound(f"no order {order_id}; `coopctl list` shows the orders")
-        rows = tx.notification_rows(None if order_id is None else [order_id], pending=True, claim=True)
+        rows = tx.notification_rows(None if order_id is None else [order_id], pending=True, claim=True, wall=wall)
         tx.mark_sent([r.id for r in rows], mark_sent_at)
         current.done(rows)
     return rows
+
+
+def retry_notifications(svc: Service, ids: list[int] | None, report: Report | None = None) -> int:
+    """`notifications retry`: the dead or failed notifications `ids` (None: every dead one) are
+    pending again, due at once, attempts back to 0. An unknown id is NotFound (exit 3), one that
+    is neither dead nor failed Refused (exit 1); then nothing changes. `report(count)` is written
+    inside the transaction."""
+    svc.store.require()
+    with change(svc.store, report) as current:
+        tx = current.tx
+        if ids is not None:
+            ids = list(dict.fromkeys(ids))
+            states = tx.notification_states(ids)
+            unknown = [i for i in ids if i not in states]
+            if unknown:
+                raise NotFound(f"no notification {unknown[0]}; `coopctl notifications` lists them with their ids")
+            other = [i for i in ids if states[i] not in ("dead", "failed")]
+            if other:
+                raise Refused(
+                    f"notification {other[0]} is {states[other[0]]}, neither dead nor failed: only those are retried"
+                )
+        count = tx.retry_notifications(ids)
+        current.done(count)
+    return count
 
 
 def initialise(svc: Service, report: Report | None = None) -> bool:

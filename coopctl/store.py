@@ -42,6 +42,7 @@ from coopctl.models import APPLICATION, EVENTS, EVIDENCE, META, NOTIFICATIONS, O
 from coopctl.policy import SECOND
 from coopctl.rows import (  # noqa: F401  (re-exported: the row layout belongs to storage)
     EVENT_COLUMNS,
+    LISTED_NOTIFICATION_COLUMNS,
     NOTIFICATION_COLUMNS,
     ORDER_COLUMNS,
     STATE_COLUMNS,
@@ -1013,27 +1014,167 @@ class Tx:
         return found
 
     def notification_rows(
-        self, order_ids: list[int] | None = None, *, pending: bool = False, limit: int | None = None, claim: bool = False
+        self, order_ids: list[int] | None = None, *, pending: bool = False, limit: int | None = None, claim: bool = False,
+        wall: int | None = None,
     ):
-        """Outbox rows by id. `claim` (to mark them sent): on PostgreSQL the rows are locked, skipping
-        those another dispatcher holds, so that two `--mark-sent` at once never hand out the same one."""
-        query = select(NOTIFICATIONS).order_by(NOTIFICATIONS.c.id)
+        """Outbox rows by id. `pending`: state pending. `claim` (to mark them sent): those a
+        dispatcher holds under a running lease (on the wall clock `wall`) are left out, and on
+        PostgreSQL the rows are locked, skipping those another command holds, so that two
+        `--mark-sent` at once never hand out the same one."""
+        c = NOTIFICATIONS.c
+        query = select(NOTIFICATIONS).order_by(c.id)
         if claim and not self.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         if order_ids is not None:
-            query = query.where(NOTIFICATIONS.c.order_id.in_(order_ids))
+            query = query.where(c.order_id.in_(order_ids))
         if pending:
-            query = query.where(NOTIFICATIONS.c.sent_at.is_(None))
+            query = query.where(c.state == "pending")
+        if claim and wall is not None:
+            query = query.where((c.lease_until.is_(None)) | (c.lease_until < wall))
         if limit is not None:
             query = query.limit(limit)
         return list(self.conn.execute(query))
 
     def mark_sent(self, ids: list[int], at: int) -> None:
+        c = NOTIFICATIONS.c
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             self.conn.execute(
-                update(NOTIFICATIONS).where(NOTIFICATIONS.c.id.in_(chunk), NOTIFICATIONS.c.sent_at.is_(None)).values(sent_at=at)
+                update(NOTIFICATIONS).where(c.id.in_(chunk), c.state.in_(("pending", "failed")))
+                .values(sent_at=at, state="sent", claimed_by=None, lease_until=None, next_attempt_at=None)
             )
+
+    # ---------------------------------------------------------------- the outbox (SPEC section 5)
+    # A claim takes the due notifications oldest first (by id): `pending` ones (next_attempt_at
+    # NULL or come), `failed` ones whose next attempt has come, both without a running lease. Each
+    # state is read through the index on (state, id); on PostgreSQL the rows are locked FOR UPDATE
+    # SKIP LOCKED, so that dispatchers claiming at once take different ones; on SQLite the claim is
+    # one UPDATE … RETURNING in a write transaction (one writer at a time).
+
+    def _due_ids(self, state: str, now: int, wall: int, limit: int, channels: tuple[str, ...] | None):
+        c = NOTIFICATIONS.c
+        query = select(c.id).where(
+            c.state == state, (c.next_attempt_at.is_(None)) | (c.next_attempt_at <= now),
+            (c.lease_until.is_(None)) | (c.lease_until < wall),
+        )
+        if channels:
+            query = query.where(c.channel.in_(channels))
+        return query.order_by(c.state, c.id).limit(limit)
+
+    def claim_notifications(
+        self, owner: str, *, now: int, wall: int, lease_until: int, limit: int, channels: tuple[str, ...] | None = None,
+    ) -> list[tuple]:
+        """Claim at most `limit` due notifications for `owner` until `lease_until` (wall clock);
+        returns their LISTED_NOTIFICATION_COLUMNS rows, by id."""
+        c = NOTIFICATIONS.c
+        listed = [c[name] for name in LISTED_NOTIFICATION_COLUMNS]
+        if self.is_sqlite:
+            pending = self._due_ids("pending", now, wall, limit, channels).subquery()
+            failed = self._due_ids("failed", now, wall, limit, channels).subquery()
+            both = select(pending.c.id).union_all(select(failed.c.id)).subquery()
+            chosen = select(both.c.id).order_by(both.c.id).limit(limit)
+            statement = (
+                update(NOTIFICATIONS).where(c.id.in_(chosen)).values(claimed_by=owner, lease_until=lease_until)
+                .returning(*listed)
+            )
+            rows = _tuples(self.conn, "claim notifications", self.conn.execute(statement))
+            return sorted(rows)
+        ids: list[int] = []
+        for state in ("pending", "failed"):
+            query = self._due_ids(state, now, wall, limit, channels).with_for_update(skip_locked=True)
+            ids += [r[0] for r in self.conn.execute(query)]
+        ids = sorted(ids)[:limit]
+        if not ids:
+            return []
+        statement = (
+            update(NOTIFICATIONS).where(c.id.in_(ids)).values(claimed_by=owner, lease_until=lease_until).returning(*listed)
+        )
+        return sorted(_tuples(self.conn, "claim notifications", self.conn.execute(statement)))
+
+    def renew_leases(self, owner: str, ids: list[int], lease_until: int) -> None:
+        c = NOTIFICATIONS.c
+        for start in range(0, len(ids), 500):
+            self.conn.execute(
+                update(NOTIFICATIONS).where(c.id.in_(ids[start : start + 500]), c.claimed_by == owner)
+                .values(lease_until=lease_until)
+            )
+
+    def release_claims(self, owner: str, ids: list[int]) -> None:
+        """Give back what `owner` claimed and did not start: due again at once for any dispatcher."""
+        c = NOTIFICATIONS.c
+        for start in range(0, len(ids), 500):
+            self.conn.execute(
+                update(NOTIFICATIONS).where(c.id.in_(ids[start : start + 500]), c.claimed_by == owner)
+                .values(claimed_by=None, lease_until=None)
+            )
+
+    def record_deliveries(self, owner: str, outcomes: list[tuple]) -> int:
+        """Each (id, state, attempts, sent_at, next_attempt_at, last_error) of a delivery that
+        ended. A success is recorded whoever holds the claim now (the message went out); a failure
+        only while `owner` still holds it and it is not sent. Returns the rows changed."""
+        if not outcomes:
+            return 0
+        c = NOTIFICATIONS.c
+        changed = 0
+        sent = [o for o in outcomes if o[1] == "sent"]
+        other = [o for o in outcomes if o[1] != "sent"]
+        if sent:
+            statement = (
+                update(NOTIFICATIONS)
+                .where(c.id == bindparam("b_id"), (c.state == "pending") | (c.state == "failed"))
+                .values(state="sent", attempts=bindparam("b_attempts"), sent_at=bindparam("b_sent_at"),
+                        next_attempt_at=None, claimed_by=None, lease_until=None)
+            )
+            result = self.conn.execute(statement, [{"b_id": o[0], "b_attempts": o[2], "b_sent_at": o[3]} for o in sent])
+            changed += result.rowcount
+        if other:
+            statement = (
+                update(NOTIFICATIONS)
+                .where(c.id == bindparam("b_id"), c.claimed_by == owner, (c.state == "pending") | (c.state == "failed"))
+                .values(state=bindparam("b_state"), attempts=bindparam("b_attempts"),
+                        next_attempt_at=bindparam("b_next"), last_error=bindparam("b_error"),
+                        claimed_by=None, lease_until=None)
+            )
+            result = self.conn.execute(statement, [
+                {"b_id": o[0], "b_state": o[1], "b_attempts": o[2], "b_next": o[4], "b_error": o[5]} for o in other
+            ])
+            changed += result.rowcount
+        return changed
+
+    def notification_states(self, ids: list[int]) -> dict[int, str]:
+        c = NOTIFICATIONS.c
+        found: dict[int, str] = {}
+        for start in range(0, len(ids), 500):
+            found.update(self.conn.execute(select(c.id, c.state).where(c.id.in_(ids[start : start + 500]))).all())
+        return found
+
+    def retry_notifications(self, ids: list[int] | None) -> int:
+        """Make the dead or failed notifications `ids` (None: every dead one) pending again, due at
+        once, with attempts back to 0. Returns how many."""
+        c = NOTIFICATIONS.c
+        values = dict(state="pending", attempts=0, next_attempt_at=None, claimed_by=None, lease_until=None)
+        if ids is None:
+            return self.conn.execute(update(NOTIFICATIONS).where(c.state == "dead").values(**values)).rowcount
+        changed = 0
+        for start in range(0, len(ids), 500):
+            changed += self.conn.execute(
+                update(NOTIFICATIONS).where(c.id.in_(ids[start : start + 500]), c.state.in_(("dead", "failed"))).values(**values)
+            ).rowcount
+        return changed
+
+    def outbox_backlog(self, older_than: int) -> tuple[bool, int, int, int | None]:
+        """(whether the outbox is delivered here at all: a notification sent, failed or dead, or one
+        that failed once and was retried; dead
+        notifications; pending ones whose `at` is before `older_than`; the oldest pending `at`),
+        through the index on (state, at): `doctor`."""
+        c = NOTIFICATIONS.c
+        in_use = self.conn.execute(select(c.id).where(c.state.in_(("sent", "failed", "dead"))).limit(1)).first() is not None
+        if not in_use:  # retried ones keep their last error
+            in_use = self.conn.execute(select(c.id).where(c.last_error.is_not(None)).limit(1)).first() is not None
+        dead = self._count(NOTIFICATIONS, c.state == "dead")
+        late = self._count(NOTIFICATIONS, (c.state == "pending") & (c.at < older_than))
+        oldest = self.conn.execute(select(func.min(c.at)).where(c.state == "pending")).scalar()
+        return in_use, dead, late, oldest
 
     def due(self, now: int, *, limit: int, after: tuple[int, int] | None = None, skip_locked: bool = False) -> list[Order]:
         """The first `limit` orders by (wake_at, id) whose next deadline or reminder is at or before
@@ -1330,15 +1471,21 @@ class Tx:
         )
         return _tuples(self.conn, "listing rows", self.conn.execute(query))
 
-    def notification_listing_rows(self, after_id: int, limit: int, *, order_id: int | None = None, pending: bool = False) -> list[tuple]:
-        """(id, order_id, recipient, channel, kind, at, text, sent_at) of the next `limit` outbox
-        rows after `after_id`, by id, as plain tuples: `notifications` streams in chunks."""
+    def notification_listing_rows(
+        self, after_id: int, limit: int, *, order_id: int | None = None, states: tuple[str, ...] | None = None,
+        channels: tuple[str, ...] | None = None,
+    ) -> list[tuple]:
+        """LISTED_NOTIFICATION_COLUMNS of the next `limit` outbox rows after `after_id`, by id, as
+        plain tuples: `notifications` streams in chunks. A filter by state reads the index on
+        (state, id)."""
         c = NOTIFICATIONS.c
-        query = select(c.id, c.order_id, c.recipient, c.channel, c.kind, c.at, c.text, c.sent_at).where(c.id > after_id)
+        query = select(*[c[name] for name in LISTED_NOTIFICATION_COLUMNS]).where(c.id > after_id)
         if order_id is not None:
             query = query.where(c.order_id == order_id)
-        if pending:
-            query = query.where(c.sent_at.is_(None))
+        if states:
+            query = query.where(c.state.in_(states))
+        if channels:
+            query = query.where(c.channel.in_(channels))
         return _tuples(self.conn, "notification rows", self.conn.execute(query.order_by(c.id).limit(limit)))
 
     def order_row(self, order_id: int) -> tuple | None:
@@ -1428,15 +1575,14 @@ class Tx:
                 late += 1
         return count, late, oldest
 
-    def board_outbox(self) -> tuple[int, int | None]:
-        """(pending notifications, the `at` of the oldest pending one), through the index on
-        (sent_at, id): the count of the smaller side, the oldest among the pending rows."""
-        pending, _sent = self._partition_counts(
-            NOTIFICATIONS, [NOTIFICATIONS.c.sent_at.is_(None), NOTIFICATIONS.c.sent_at.is_not(None)]
-        )
+    def board_outbox(self) -> dict:
+        """{"pending", "oldest_pending", "failed", "dead"} of the outbox, through the index on
+        (state, at): the states counted part by part (the sent ones are the rest of the table),
+        the oldest pending one in one probe."""
+        c = NOTIFICATIONS.c
+        names = ("pending", "failed", "dead", "sent")
+        counts = dict(zip(names, self._partition_counts(NOTIFICATIONS, [c.state == name for name in names])))
         oldest = None
-        if pending:
-            oldest = self.conn.execute(
-                select(func.min(NOTIFICATIONS.c.at)).where(NOTIFICATIONS.c.sent_at.is_(None))
-            ).scalar()
-        return pending, oldest
+        if counts["pending"]:
+            oldest = self.conn.execute(select(func.min(c.at)).where(c.state == "pending")).scalar()
+        return {"pending": counts["pending"], "oldest_pending": oldest, "failed": counts["failed"], "dead": counts["dead"]}

@@ -280,3 +280,14 @@ def u_escape(ch: str) -> str:
         return f"\\u{point:04x}"
     point -= 0x10000
     return f"\\u{0xD800 + (point >> 10):04x}\\u{0xDC00 + (point & 0x3FF):04x}"
+
+
+MAX_ERROR_LINE = 500  # characters of a notification's `last_error` (SPEC section 5)
+
+
+def error_line(text, *, limit: int = MAX_ERROR_LINE) -> str:
+    """What went wrong outside (a command's stderr, a server's answer) as one line that is safe to
+    store and to print: whitespace runs (newlines too) become one space, control and format
+    characters are escaped as `shown` writes them, and it is cut to `limit` characters with `…`."""
+    line = shown(" ".join(str(text).split()))
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -58,7 +58,7 @@ class Board:
     oldest_dispute: int | None
     outbox_pending: int
     oldest_pending: int | None
-    outbox_failed: int = 0  # section 5 (the dispatcher) does not exist yet: nothing fails or dies
+    outbox_failed: int = 0  # SPEC section 5: failed, to be tried again; dead, given up
     outbox_dead: int = 0
     last_tick: tuple[int, int, int] | None = None  # (now, finished_at, applied)
 
@@ -123,12 +123,13 @@ def board(svc: "Service", now: int) -> Board:
             if kind is not None:
                 kinds[kind] += n
         opened, late, oldest_dispute = tx.board_disputes(str(Status.DISPUTED), now, _arbitration_window)
-        pending, oldest_pending = tx.board_outbox()
+        outbox = tx.board_outbox()
         last = tx.last_tick_run()
     return Board(
         now=now, by_status={s: by_status.get(s, 0) for s in statuses}, overdue=overdue, oldest_overdue=oldest_overdue,
         due=due, due_24h_by_kind=kinds, disputes_open=opened, disputes_past_window=late, oldest_dispute=oldest_dispute,
-        outbox_pending=pending, oldest_pending=oldest_pending,
+        outbox_pending=outbox["pending"], oldest_pending=outbox["oldest_pending"],
+        outbox_failed=outbox["failed"], outbox_dead=outbox["dead"],
         last_tick=None if last is None else (last.now, last.finished_at, last.applied),
     )
 
@@ -270,11 +271,6 @@ class Origins:
     file_keys: frozenset[str] = field(default_factory=frozenset)  # dotted keys the file sets
 
 
-# SPEC section 2's [delivery] and [evidence]: not read from the file by this version (section 5 and
-# 6 bring them); shown as the defaults the SPEC gives them, secrets by whether they are set.
-DELIVERY_DEFAULTS = (("delivery.backoff", "1m"), ("delivery.max_backoff", "1h"), ("delivery.max_attempts", 8))
-
-
 def file_keys(path: str | None) -> frozenset[str]:
     """The dotted keys a configuration file sets (it was read and checked already)."""
     if path is None:
@@ -308,18 +304,27 @@ def settings_view(settings: "Settings", origins: Origins, environ: dict | None =
     for section, values in (("policy", settings.policy.to_json()), ("reminders", settings.reminders.to_json())):
         for key, value in values.items():
             out.append(Setting(f"{section}.{key}", value, from_file(f"{section}.{key}")))
-    out += [Setting(key, value, "default") for key, value in DELIVERY_DEFAULTS]
-    out.append(_secret("delivery.webhook_secret", "COOPCTL_WEBHOOK_SECRET", env, path=False))
-    out.append(_secret("evidence.signing_key", "COOPCTL_SIGNING_KEY", env, path=True))
+    out += [
+        Setting("delivery.backoff", format_duration(settings.backoff), from_file("delivery.backoff")),
+        Setting("delivery.max_backoff", format_duration(settings.max_backoff), from_file("delivery.max_backoff")),
+        Setting("delivery.max_attempts", settings.max_attempts, from_file("delivery.max_attempts")),
+    ]
+    out.append(_secret("delivery.webhook_secret", "COOPCTL_WEBHOOK_SECRET", env, path=False,
+                       configured=settings.webhook_secret, source=from_file("delivery.webhook_secret")))
+    out.append(_secret("evidence.signing_key", "COOPCTL_SIGNING_KEY", env, path=True,
+                       configured=settings.signing_key, source=from_file("evidence.signing_key")))
     return out
 
 
-def _secret(key: str, variable: str, env, *, path: bool) -> Setting:
-    """A secret is never shown: "set" or "unset" (a key file: its path, never its content)."""
+def _secret(key: str, variable: str, env, *, path: bool, configured: str | None = None, source: str = "default") -> Setting:
+    """A secret is never shown: "set" or "unset" (a key file: its path, never its content). The
+    environment wins over the configuration file."""
     value = env.get(variable) or ""
-    if not value:
-        return Setting(key, "unset", "default")
-    return Setting(key, value if path else "set", f"env {variable}")
+    if value:
+        return Setting(key, value if path else "set", f"env {variable}")
+    if configured:
+        return Setting(key, configured if path else "set", source)
+    return Setting(key, "unset", "default")
 
 
 def settings_json(entries: Iterable[Setting]) -> dict:

@@ -37,7 +37,9 @@ def book(tmp_path_factory) -> Path:
     finally:
         store.dispose()
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE notifications SET sent_at = at WHERE id % 3 = 0")
+        conn.execute("UPDATE notifications SET sent_at = at, state = 'sent' WHERE id % 3 = 0")
+        conn.execute("UPDATE notifications SET state = 'failed', attempts = 1, next_attempt_at = at WHERE id % 7 = 1")
+        conn.execute("UPDATE notifications SET state = 'dead', attempts = 8 WHERE id % 11 = 2")
     return path
 
 
@@ -46,7 +48,7 @@ def independent(path: Path, now: int) -> dict:
     conn = sqlite3.connect(path)
     try:
         orders = conn.execute("SELECT status, deadline, status_since, policy FROM orders").fetchall()
-        notes = conn.execute("SELECT at, sent_at FROM notifications").fetchall()
+        notes = conn.execute("SELECT at, state FROM notifications").fetchall()
         last = conn.execute("SELECT now, finished_at, applied FROM tick_runs ORDER BY id DESC LIMIT 1").fetchone()
     finally:
         conn.close()
@@ -63,7 +65,7 @@ def independent(path: Path, now: int) -> dict:
     disputed = [o[2] for o in orders if o[0] == "disputed"]
     # each dispute against its own order's arbitration_window (5d when its policy predates the key)
     windows = [parse_duration(json.loads(o[3]).get("arbitration_window", "5d")) for o in orders if o[0] == "disputed"]
-    pending = [n[0] for n in notes if n[1] is None]
+    pending = [n[0] for n in notes if n[1] == "pending"]
     ts = lambda t: None if t is None else iso(t, TZ)  # noqa: E731
     return {
         "now": iso(now, TZ),
@@ -78,7 +80,8 @@ def independent(path: Path, now: int) -> dict:
             "past_arbitration_window": sum(1 for since, window in zip(disputed, windows) if since + window <= now),
             "oldest": ts(min(disputed, default=None)),
         },
-        "outbox": {"pending": len(pending), "oldest_pending": ts(min(pending, default=None)), "failed": 0, "dead": 0},
+        "outbox": {"pending": len(pending), "oldest_pending": ts(min(pending, default=None)),
+                   "failed": sum(1 for n in notes if n[1] == "failed"), "dead": sum(1 for n in notes if n[1] == "dead")},
         "last_tick": None if last is None else {"now": iso(last[0], TZ), "finished_at": iso(last[1], TZ), "applied": last[2]},
     }
 

@@ -514,7 +514,7 @@ def test_usage_errors_exit_2_without_a_traceback(invoke, command):
          "auto_deliver_after, cancel_response_window, complaint_window, extension_response_window, makeup_window, "
          "max_appeals, max_extension, max_extensions, max_failed_reviews, review_window)"),
         ("[database]\ntimeout = 3\n", "coopctl.toml: unknown key 'database.timeout' (known: busy_timeout, url)"),
-        ('[polcy]\naccept_window = "1d"\n', "coopctl.toml: unknown section '[polcy]' (known: database, policy, reminders, display, evidence)"),
+        ('[polcy]\naccept_window = "1d"\n', "coopctl.toml: unknown section '[polcy]' (known: database, policy, reminders, display, delivery, evidence)"),
         ('[policy]\naccept_window = "3 days"\n',
          "coopctl.toml: [policy] 'accept_window': expected a duration such as '3d', '48h', '90m', '30s' or '1d12h', got '3 days'"),
         ('[display]\ntimezone = "Mars/Olympus"\n', "coopctl.toml: 'display.timezone': unknown time zone 'Mars/Olympus'"),
@@ -680,7 +680,9 @@ def test_notifications_json_shape_and_the_created_pair(invoke):
     create(invoke)
     ok(invoke("accept", 1, "--creator", C, "--at", "2026-11-01T11:00:00+08:00"))
     rows = as_json(invoke("notifications", "--json"))
-    assert all(set(n) == {"order", "recipient", "channel", "kind", "at", "text", "sent_at"} for n in rows)
+    assert all(list(n) == ["id", "order", "recipient", "channel", "kind", "at", "text", "state", "attempts", "sent_at",
+                           "next_attempt_at", "last_error"] for n in rows)  # SPEC section 2
+    assert [(n["id"], n["state"], n["attempts"]) for n in rows] == [(1, "pending", 0), (2, "pending", 0), (3, "pending", 0)]
     assert [(n["order"], n["recipient"], n["channel"], n["kind"], n["at"]) for n in rows] == [
         (1, f"creator:{C}", "inbox", "created", T0),
         (1, f"creator:{C}", "sms", "created", T0),

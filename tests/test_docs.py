@@ -12,7 +12,7 @@ from coopctl.cli import app
 
 SPEC_COMMANDS = {
     "create", "accept", "reject", "withdraw", "cancel-request", "cancel-confirm", "cancel-decline", "go-live",
-    "deliver", "review", "tick", "show", "history", "list", "notifications", "init", "demo",
+    "deliver", "review", "tick", "show", "history", "list", "notifications", "dispatch", "init", "demo",
 }
 EXAMPLE = re.compile(r"^\s*Example\b[^:\n]*:\s*(.+(?:\n(?!\s*$).+)*)", re.MULTILINE)
 

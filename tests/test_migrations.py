@@ -35,18 +35,25 @@ V4_DEFAULTS = {
 }  # SPEC section 1's defaults, copied here
 
 
+def OUTBOX_ADDED(before: dict) -> dict:
+    """What version 4 adds to each notification (SPEC section 5): its state (sent when it had a
+    sent_at, else pending), attempts 0, and no next attempt, error or lease."""
+    return {"notifications": sorted(
+        (row + ("pending" if row[7] is None else "sent", 0, None, None, None, None) for row in before["notifications"]),
+        key=repr,
+    )}
+
+
 def V4_ADDED(before: dict) -> dict:
-    """What version 4 does to the order rows of an older database: each policy gets the new keys'
-    defaults, and each row the new columns as an order without extensions or disputes has them."""
+    """What version 4 does to the rows of an older database: each order's policy gets the new keys'
+    defaults, and each row the new columns as an order without extensions or disputes has them;
+    the empty table of evidence contents; each notification its delivery state (OUTBOX_ADDED)."""
     policy_at = 9  # orders.policy, the tenth column of every version
     rows = []
     for row in before["orders"]:
         policy = json.dumps({**json.loads(row[policy_at]), **V4_DEFAULTS}, sort_keys=True, separators=(",", ":"))
         rows.append(row[:policy_at] + (policy,) + row[policy_at + 1 :] + (0, None, None, None, 0, None, None))
-    return {"orders": sorted(rows, key=repr), "evidence_files": []}
-
-
-# What version 4 adds to the rows of an older database: the empty table of evidence contents.
+    return {"orders": sorted(rows, key=repr), "evidence_files": [], **OUTBOX_ADDED(before)}
 
 
 def build_v1(path: Path, orders: int = 6) -> None:
@@ -477,3 +484,117 @@ def test_a_version_3_database_on_postgresql_is_upgraded_with_the_policy_defaults
             assert set(V4_COLUMNS) <= columns
     finally:
         engine.dispose()
+
+
+# --------------------------------------------------------------------------- 3 -> 4 (the outbox)
+
+def build_v3_outbox(path: Path, orders: int = 6) -> None:
+    """A version-3 database as coopctl 0.3 left it: the frozen DDL, WAL, a few orders; the
+    notifications of the first two orders marked sent (as `--mark-sent` did)."""
+    conn = sqlite3.connect(path)
+    conn.executescript(V3_DDL.read_text())
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    _insert_old(path, orders)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE notifications SET sent_at = ? WHERE order_id IN (1, 2)", (BASE + DAY,))
+    conn.commit()
+    conn.close()
+
+
+def test_the_frozen_v3_fixture_is_version_3_with_the_old_outbox(db_path):
+    build_v3_outbox(db_path)
+    assert meta(db_path)["schema_version"] == "3"
+    assert "ix_notifications_state_id" not in schema(db_path)
+    rows = read_rows(db_path)["notifications"]
+    assert rows and {len(r) for r in rows} == {8}
+
+
+@pytest.mark.parametrize("args", [["notifications", "--json"], ["list"], ["init"]], ids=lambda a: a[0])
+def test_any_command_upgrades_a_version_3_database_sent_ones_sent_others_pending(run_coopctl, db_path, args):
+    build_v3_outbox(db_path)
+    before = read_rows(db_path)
+    result = run_coopctl(*args)
+    assert result.returncode == 0, result.stderr
+    assert meta(db_path)["schema_version"] == str(SCHEMA_VERSION)
+    after = read_rows(db_path)
+    assert {k: v for k, v in after.items() if k != "coopctl_meta"} == {
+        **{k: v for k, v in before.items() if k != "coopctl_meta"}, **V4_ADDED(before),
+    }
+    states = {r[0]: r[8] for r in after["notifications"]}
+    assert {states[r[0]] for r in before["notifications"] if r[1] in (1, 2)} == {"sent"}
+    assert {states[r[0]] for r in before["notifications"] if r[1] not in (1, 2)} == {"pending"}
+    verify_all(db_path)
+
+
+def test_an_upgraded_version_3_outbox_has_exactly_the_schema_of_a_new_one(run_coopctl, tmp_path, db_path):
+    build_v3_outbox(db_path)
+    assert run_coopctl("list").returncode == 0
+    fresh = tmp_path / "fresh.db"
+    assert run_coopctl("init", env={"COOPCTL_DB": str(fresh)}).returncode == 0
+    assert schema(db_path) == schema(fresh)
+    assert "ix_notifications_sent" not in schema(db_path) and "ix_notifications_state_at" in schema(db_path)
+
+
+def test_the_v4_upgrade_is_atomic_a_failing_outbox_step_leaves_version_3(db_path, monkeypatch):
+    build_v3_outbox(db_path)
+    before = read_rows(db_path)
+
+    def half_then_fail(conn):
+        conn.exec_driver_sql(f"ALTER TABLE notifications ADD COLUMN {migrations._V4_OUTBOX_COLUMNS[0]}")
+        raise StorageError("simulated failure in the middle of the outbox step")
+
+    monkeypatch.setattr(migrations, "_v4_outbox", half_then_fail)
+    store = Store(locate(str(db_path)))
+    with pytest.raises(StorageError, match="simulated failure"):
+        store.require()
+    store.dispose()
+    assert meta(db_path)["schema_version"] == "3"
+    assert read_rows(db_path) == before
+
+
+def test_an_upgraded_version_3_database_is_dispatched(run_coopctl, db_path):
+    build_v3_outbox(db_path)
+    pending = sum(1 for r in read_rows(db_path)["notifications"] if r[7] is None)
+    result = run_coopctl("dispatch", "--exec", "true", "--now", iso(BASE + 2 * DAY), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"claimed": pending, "sent": pending, "failed": 0, "dead": 0} and pending
+    assert {r[8] for r in read_rows(db_path)["notifications"]} == {"sent"}
+
+
+def test_the_v4_upgrade_on_postgresql_keeps_sent_ones_sent(pg_server):
+    """The same step on PostgreSQL: a database made with the version-3 tables (the frozen SQLite
+    DDL is not PostgreSQL's, so the version-3 notifications table is made by hand, its old
+    indexes too), upgraded by `require`."""
+    from sqlalchemy import create_engine, text
+
+    url = pg_server()
+    engine = create_engine(url)
+    from coopctl.models import SQLModel
+    from coopctl.store import Store
+
+    with engine.begin() as conn:  # a version-4 schema, turned back into version 3 for the outbox
+        SQLModel.metadata.create_all(conn)
+        conn.execute(text("INSERT INTO coopctl_meta (key, value) VALUES ('application', 'coopctl'), ('schema_version', '3'), ('made_by', 'init')"))
+        conn.execute(text("DROP INDEX ix_notifications_state_id"))
+        conn.execute(text("DROP INDEX ix_notifications_state_at"))
+        for column in ("state", "attempts", "next_attempt_at", "last_error", "claimed_by", "lease_until"):
+            conn.execute(text(f"ALTER TABLE notifications DROP COLUMN {column}"))
+        conn.execute(text("CREATE INDEX ix_notifications_sent ON notifications (sent_at, id)"))
+        conn.execute(text("CREATE INDEX ix_notifications_pending_at ON notifications (sent_at, at)"))
+    engine.dispose()
+    store = Store(locate(url))
+    with store.write() as tx:
+        tx._insert_products = lambda orders: None
+        tx.insert_new([scenario_outcome(i, BASE + i * 60_000_000, BASE + 5 * DAY, SCENARIOS[i % len(SCENARIOS)]) for i in (1, 2, 3)])
+    with store.write() as tx:
+        tx.conn.exec_driver_sql("UPDATE notifications SET sent_at = 1 WHERE order_id = 1")
+    store.dispose()
+    store = Store(locate(url))
+    assert store.require() == SCHEMA_VERSION
+    with store.read() as tx:
+        rows = tx.conn.exec_driver_sql("SELECT order_id, state, attempts FROM notifications").fetchall()
+        indexes = {r[0] for r in tx.conn.exec_driver_sql("SELECT indexname FROM pg_indexes WHERE tablename = 'notifications'")}
+    store.dispose()
+    assert rows and {(o, s, a) for o, s, a in rows} == {(o, "sent" if o == 1 else "pending", 0) for o, _, _ in rows}
+    assert {"ix_notifications_state_id", "ix_notifications_state_at"} <= indexes and "ix_notifications_sent" not in indexes

@@ -489,8 +489,11 @@ def test_a_version_2_database_on_postgresql_is_upgraded_with_order_products(invo
         with engine.begin() as conn:  # back to version 2: no order_products, none of list's indexes
             conn.execute(text("DROP TABLE order_products"))
             for name in ("ix_orders_created", "ix_orders_liable", "ix_orders_status_deadline", "ix_orders_status_created",
-                         "ix_notifications_pending_at"):
+                         "ix_notifications_state_id", "ix_notifications_state_at"):
                 conn.execute(text(f"DROP INDEX {name}"))
+            for column in ("state", "attempts", "next_attempt_at", "last_error", "claimed_by", "lease_until"):  # schema 4's outbox
+                conn.execute(text(f"ALTER TABLE notifications DROP COLUMN {column}"))
+            conn.execute(text("CREATE INDEX ix_notifications_sent ON notifications (sent_at, id)"))
             conn.execute(text("DROP TABLE seal_nodes"))  # and none of the seal's tables and column
             conn.execute(text("DROP TABLE seal_heads"))
             conn.execute(text("ALTER TABLE events DROP COLUMN log_index"))
@@ -501,5 +504,6 @@ def test_a_version_2_database_on_postgresql_is_upgraded_with_order_products(invo
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM order_products")).scalar() == 18
             assert conn.execute(text("SELECT value FROM coopctl_meta WHERE key = 'schema_version'")).scalar() == str(SCHEMA_VERSION)
+            assert conn.execute(text("SELECT count(*) FROM notifications WHERE state = 'pending'")).scalar() > 0
     finally:
         engine.dispose()

@@ -161,7 +161,7 @@ def _check_piped_rules(text: str, name: str) -> None:
         assert "" not in lines, f"{name}: a list has no blank lines"
 
 
-HEADERS = {"list": "id", "history": "seq", "notifications": "order", "evidence": "seq"}
+HEADERS = {"list": "id", "history": "seq", "notifications": "id", "evidence": "seq"}
 
 
 @pytest.mark.parametrize("width", [80, 200])
@@ -545,3 +545,17 @@ def test_jsonl_on_a_stream_that_cannot_take_utf8_is_ascii_and_the_same_records(b
         service.store.dispose()
     assert fast.getvalue().isascii() and fast.getvalue() == plain.getvalue()
     assert [json.loads(line)["merchant"] for line in fast.getvalue().splitlines()][:3] == ["商家A-美妆旗舰店", LONG_CHINESE_ID, HOSTILE[0]]
+
+
+def test_notifications_at_80_columns_keep_their_text_beside_chinese_ids(book):
+    """The outbox table drops the delivery details first and keeps id, order, state, instant and
+    the text (shortened) at 80 columns, whatever the recipients' ids."""
+    from coopctl.render import NOTIFICATION_TABLE
+
+    out = cli(book["db"], "notifications", columns=80).stdout
+    header = out.splitlines()[0].split()
+    assert header[:5] == ["id", "order", "state", "at", "text"]
+    assert header == NOTIFICATION_TABLE.order_of_importance()[: len(header)]
+    assert any("商家A" in line and "…" in line for line in out.splitlines()[1:])
+    wide = cli(book["db"], "notifications", "--wide").stdout.splitlines()[0]
+    assert wide.split()[-2:] == ["last", "error"] and "attempts" in wide

@@ -4,8 +4,8 @@ Heavy libraries (SQLModel/SQLAlchemy, rich tables) are imported inside the comma
 them, so `coopctl --help` starts as fast as Typer itself. The clock is read once per command,
 here, and passed down as an instant.
 
-The commands live by area in this package (`orders`, `clock`, `reading`, `databases`, `moving`,
-`overview`, `sealing`), on the one `app` of `coopctl.cli.base`; this module is the console
+The commands live by area in this package (`orders`, `clock`, `reading`, `outbox`, `databases`,
+`moving`, `overview`, `sealing`), on the one `app` of `coopctl.cli.base`; this module is the console
 script's entry point.
 """
 
@@ -21,7 +21,7 @@ from typing import Callable
 import typer
 
 from coopctl.cli.base import FORMS, PARTIES, STATUSES, TERMS, RootGroup, _discard_stdout, _fail, app  # noqa: F401  the choices: named by the tests
-from coopctl.cli import orders, disputes, clock, reading, evidence, databases, moving, overview, sealing  # noqa: E402,F401  each registers its commands on `app`, in this order (help lists them so)
+from coopctl.cli import orders, disputes, clock, reading, outbox, evidence, databases, moving, overview, sealing  # noqa: E402,F401  each registers its commands on `app`, in this order (help lists them so)
 
 
 def main() -> None:

@@ -40,6 +40,8 @@ RULINGS = ("merchant", "creator", "none")
 SORT_KEYS = ("id", "-id", "created", "-created", "deadline", "-deadline")
 FORMATS = ("table", "json", "jsonl", "csv", "tsv")  # list, notifications, history (SPEC section 4)
 VIEW_FORMATS = ("table", "json")  # board, config
+DELIVERY_STATES = ("pending", "sent", "failed", "dead")  # notifications --state (SPEC section 5)
+CHANNELS = ("inbox", "sms")
 CHOICES: dict[tuple[str | None, str], tuple[str, ...]] = {
     (None, "--form"): FORMS,
     (None, "--status"): STATUSES,
@@ -48,6 +50,8 @@ CHOICES: dict[tuple[str | None, str], tuple[str, ...]] = {
     (None, "--ruling"): RULINGS,
     (None, "--sort"): SORT_KEYS,
     (None, "--format"): FORMATS,
+    (None, "--state"): DELIVERY_STATES,
+    (None, "--channel"): CHANNELS,
     ("board", "--format"): VIEW_FORMATS,
     ("config", "--format"): VIEW_FORMATS,
 }

@@ -1,4 +1,4 @@
-"""Reading orders: show, history, list, notifications."""
+"""Reading orders: show, history, list (the outbox's `notifications` is in `coopctl.cli.outbox`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from coopctl.cli.base import (
     emit_json,
     instant,
     output_format,
-    report,
     runtime,
 )
 
@@ -247,40 +246,3 @@ def _print_orders(orders, *, fmt: str, tz, wide: bool, footer: str | None = None
     if footer and fmt != "table":
         sys.stdout.flush()
         sys.stderr.write(shown(footer) + "\n")
-
-
-@command()
-def notifications(
-    ctx: typer.Context,
-    order: Annotated[Optional[int], typer.Option("--order", help="Only this order's notifications.", parser=_number("--order", order_id=True), show_default=False)] = None,
-    pending: Annotated[bool, typer.Option("--pending", help="Only those not yet marked sent.")] = False,
-    mark_sent: Annotated[bool, typer.Option("--mark-sent", help="Mark the pending ones listed as sent (for the dispatcher).")] = False,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many notifications (not with --mark-sent).", parser=_number("--limit"), show_default=False)] = None,
-    fmt: FormatOpt = None,
-    wide: WideOpt = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """The notification outbox (in-app messages and SMS), oldest first.
-
-    Example: coopctl notifications --pending --mark-sent --json   # hand them to the dispatcher
-    """
-    from coopctl.service import iter_notification_rows
-    from coopctl.service import notifications as outbox
-
-    fmt = output_format(fmt, as_json)
-    rt = runtime(ctx)
-    from coopctl import render
-
-    def show(rows) -> None:
-        render.notifications_table(rows, rt.tz, wide=wide, fmt=fmt)
-
-    if not mark_sent:  # read only: the rows stream from the database
-        rows = iter_notification_rows(rt.service, order_id=order, pending=pending, limit=limit)
-        render.notification_list(render.notification_records(rows, rt.tz), rt.tz, wide=wide, fmt=fmt)
-        return
-    if limit is not None:
-        from coopctl.errors import InvalidInput
-
-        raise InvalidInput("--limit: not with --mark-sent (every pending notification listed is marked sent)")
-    # --mark-sent: what is handed out is written and flushed before it is marked sent
-    outbox(rt.service, order_id=order, pending=True, mark_sent_at=instant(None, rt), report=report(show))
