@@ -248,13 +248,16 @@ def _v4_outbox(conn: Connection) -> None:
     everything else `pending` (due at once). The indexes on (state, id) and (state, at) replace
     those on sent_at: claims and the board read them only. ADD COLUMN appends each column after
     the last one, where a new database declares it."""
+    present = {c["name"] for c in inspect(conn).get_columns("notifications")}
+    if "state" in present:  # a database whose outbox is already delivered (the other parts of 4 were not)
+        return
     for column in _V4_OUTBOX_COLUMNS:
         conn.exec_driver_sql(f"ALTER TABLE notifications ADD COLUMN {column}")
     conn.exec_driver_sql("UPDATE notifications SET state = 'sent' WHERE sent_at IS NOT NULL")
-    conn.exec_driver_sql("DROP INDEX ix_notifications_sent")
-    conn.exec_driver_sql("DROP INDEX ix_notifications_pending_at")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_notifications_sent")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_notifications_pending_at")
     for index in _V4_OUTBOX_INDEXES:
-        index.create(conn)
+        index.create(conn, checkfirst=True)
 
 
 def _to_v4(conn: Connection) -> None:
