@@ -483,6 +483,8 @@ def test_list_filters_sorts_and_pages_alike_on_both_backends(invoke, tmp_path, p
 def test_a_version_2_database_on_postgresql_is_upgraded_with_order_products(invoke, pg_url):
     from sqlalchemy import create_engine, text
 
+    from coopctl.models import SCHEMA_VERSION
+
     _history(invoke, pg_url)
     engine = create_engine(pg_url)
     try:
@@ -497,6 +499,7 @@ def test_a_version_2_database_on_postgresql_is_upgraded_with_order_products(invo
             conn.execute(text("DROP TABLE seal_nodes"))  # and none of the seal's tables and column
             conn.execute(text("DROP TABLE seal_heads"))
             conn.execute(text("ALTER TABLE events DROP COLUMN log_index"))
+            conn.execute(text("DROP TABLE evidence_files"))  # and version 4's evidence contents
             conn.execute(text("UPDATE coopctl_meta SET value = '2' WHERE key = 'schema_version'"))
         result = invoke("list", "--product", "P2", "--json", env={"COOPCTL_DB": pg_url})
         assert result.exit_code == 0, result.stderr
@@ -505,5 +508,6 @@ def test_a_version_2_database_on_postgresql_is_upgraded_with_order_products(invo
             assert conn.execute(text("SELECT count(*) FROM order_products")).scalar() == 18
             assert conn.execute(text("SELECT value FROM coopctl_meta WHERE key = 'schema_version'")).scalar() == str(SCHEMA_VERSION)
             assert conn.execute(text("SELECT count(*) FROM notifications WHERE state = 'pending'")).scalar() > 0
+            assert conn.execute(text("SELECT count(*) FROM evidence_files")).scalar() == 0
     finally:
         engine.dispose()
