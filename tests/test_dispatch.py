@@ -390,11 +390,14 @@ def test_loop_stops_on_sigterm_finishing_what_is_in_flight_and_releasing_the_res
 
 def test_loop_without_anything_due_sleeps_and_exits_0_on_sigint(tmp_path, db_path):
     total = make_book(str(db_path), 1)
-    command, _ = receiver(tmp_path)
+    command, log = receiver(tmp_path)
     proc = subprocess.Popen([coopctl_executable(), "dispatch", "--exec", command, "--loop", "--interval", "1s",
                              "--now", iso(T)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=base_env(db_path),
                             cwd=tmp_path, text=True)
-    time.sleep(3)
+    deadline = time.monotonic() + 60  # on a loaded machine start-up alone can take seconds
+    while len(deliveries(log)) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # everything delivered: it now sleeps and claims again every second
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
