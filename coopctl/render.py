@@ -1037,63 +1037,74 @@ class order_records:
                 "reminders": _reminders_json(reminders), "idempotency_key": key, "last_event_at": write(last_at),
             }
 
-    def json_lines(self):
-        """Each record as `json.dumps(record, ensure_ascii=False, separators=(",", ":"))` writes it
-        (not yet escaped for a terminal: the printer does that)."""
+    def json_lines(self, escape: Callable[[str], str] | None = None):
+        """Each record as `json.dumps(record, ensure_ascii=False, separators=(",", ":"))` writes it.
+        `escape` (the printer's `json_escaped`) is applied to what holds a character `str.isprintable`
+        rejects (every character a terminal could act on is one): the values that repeat
+        (statuses, forms, product lists, policies) once, when first met; a line whose own texts
+        (ids, note, amounts, key) hold one, whole. None: nothing is escaped."""
         from json.encoder import encode_basestring as quoted
 
         from coopctl.lifecycle import TERMS_OF, TIMERS
 
-        when = _iso_writer(self.tz, quoted=True)
+        safe = (lambda text: text) if escape is None else (lambda text: text if text.isprintable() else escape(text))
+        when, seen = _iso_writer(self.tz, quoted=True), {None: "null"}
         terms_of = {s.value: quoted(str(t)) for s, t in TERMS_OF.items()}
         label_of = {s.value: (quoted(TIMERS[s].label) if s in TIMERS else "null") for s in Status}
         compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-        cache: dict = {}
+        cache: dict = {None: "null"}
+        products_of: dict = {}
+        policies: dict = {}
 
         def known(value):  # the few values that repeat (statuses, forms, parties): encoded once
-            try:
-                return cache[value]
-            except KeyError:
-                text = cache[value] = "null" if value is None else quoted(value)
-                return text
+            text = cache[value] = safe(quoted(value))
+            return text
 
-        def texts(value):
-            return "null" if value is None else quoted(value)
+        def instant(t):
+            if len(seen) > 4096:
+                seen.clear()
+                seen[None] = "null"
+            text = seen[t] = when(t)
+            return text
 
+        def products_text(text):
+            if len(products_of) > 4096:
+                products_of.clear()
+            found = products_of[text] = safe(compact(list(_products_json(text))))
+            return found
+
+        def policy_text(text, reminders: bool):
+            found = policies[text, reminders] = safe(compact(_reminders_json(text) if reminders else _policy_json(text)))
+            return found
+
+        get, pget, sget, lget = cache.get, products_of.get, seen.get, policies.get
         for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
              status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
              liable, deadline, _wake) in self.rows:
-            yield (
+            line = (
                 f'{{"id":{oid},"merchant":{quoted(merchant)},"creator":{quoted(creator)},'
-                f'"products":{_products_text(products, compact)},"form":{known(form)},'
-                f'"commission_pct":{quoted(commission)},"ad_budget":{quoted(budget)},"latest_start_at":{when(latest)},'
-                f'"note":{texts(note)},"status":{known(status)},"terms":{terms_of[status]},"liable_party":{known(liable)},'
-                f'"created_at":{when(created)},"deadline":{when(deadline)},"at_deadline":{label_of[status]},'
-                f'"cancel_requested_by":{known(requested_by)},"went_live_at":{when(went_live)},'
-                f'"delivered_at":{when(delivered)},"delivery_mode":{known(mode)},"failed_reviews":{int(failed)},'
-                f'"policy":{_policy_text(policy, compact)},"reminders":{_reminders_text(reminders, compact)},'
-                f'"idempotency_key":{texts(key)},"last_event_at":{when(last_at)}}}'
+                f'"products":{pget(products) or products_text(products)},"form":{get(form) or known(form)},'
+                f'"commission_pct":{quoted(commission)},"ad_budget":{quoted(budget)},'
+                f'"latest_start_at":{sget(latest) or instant(latest)},'
+                f'"note":{"null" if note is None else quoted(note)},"status":{get(status) or known(status)},'
+                f'"terms":{terms_of[status]},"liable_party":{get(liable) or known(liable)},'
+                f'"created_at":{sget(created) or instant(created)},"deadline":{sget(deadline) or instant(deadline)},'
+                f'"at_deadline":{label_of[status]},"cancel_requested_by":{get(requested_by) or known(requested_by)},'
+                f'"went_live_at":{sget(went_live) or instant(went_live)},"delivered_at":{sget(delivered) or instant(delivered)},'
+                f'"delivery_mode":{get(mode) or known(mode)},"failed_reviews":{int(failed)},'
+                f'"policy":{lget((policy, False)) or policy_text(policy, False)},'
+                f'"reminders":{lget((reminders, True)) or policy_text(reminders, True)},'
+                f'"idempotency_key":{"null" if key is None else quoted(key)},'
+                f'"last_event_at":{sget(last_at) or instant(last_at)}}}'
             )
-
-
-@functools.lru_cache(maxsize=4096)
-def _products_text(text: str, compact) -> str:
-    return compact(list(_products_json(text)))
-
-
-@functools.lru_cache(maxsize=256)
-def _policy_text(text: str, compact) -> str:
-    return compact(_policy_json(text))
-
-
-@functools.lru_cache(maxsize=256)
-def _reminders_text(text: str, compact) -> str:
-    return compact(_reminders_json(text))
+            if escape is not None and not f"{merchant}{creator}{commission}{budget}{note or ''}{key or ''}".isprintable():
+                line = escape(line)
+            yield line
 
 
 class notification_records:
     """`notification_json` of each stored outbox row (id, order_id, recipient, channel, kind, at,
-    text, sent_at), made from the row itself; `json_lines()` as for `order_records`."""
+    text, sent_at), made from the row itself; `json_lines(escape)` as for `order_records`."""
 
     def __init__(self, rows, tz: tzinfo):
         self.rows, self.tz = rows, tz
@@ -1104,19 +1115,24 @@ class notification_records:
             yield {"order": order_id, "recipient": recipient, "channel": channel, "kind": kind, "at": write(at),
                    "text": text, "sent_at": write(sent_at)}
 
-    def json_lines(self):
+    def json_lines(self, escape: Callable[[str], str] | None = None):
         from json.encoder import encode_basestring as quoted
 
         when = _iso_writer(self.tz, quoted=True)
         cache: dict = {}
 
-        def known(value):  # channels and kinds: a handful of values, encoded once
+        def known(value):  # channels and kinds: a handful of values, encoded once (escaped, if need be)
             try:
                 return cache[value]
             except KeyError:
                 text = cache[value] = quoted(value)
+                if escape is not None and not text.isprintable():
+                    text = cache[value] = escape(text)
                 return text
 
         for _id, order_id, recipient, channel, kind, at, text, sent_at in self.rows:
-            yield (f'{{"order":{order_id},"recipient":{quoted(recipient)},"channel":{known(channel)},'
-                   f'"kind":{known(kind)},"at":{when(at)},"text":{quoted(text)},"sent_at":{when(sent_at)}}}')
+            line = (f'{{"order":{order_id},"recipient":{quoted(recipient)},"channel":{known(channel)},'
+                    f'"kind":{known(kind)},"at":{when(at)},"text":{quoted(text)},"sent_at":{when(sent_at)}}}')
+            if escape is not None and not f"{recipient}{text}".isprintable():
+                line = escape(line)
+            yield line

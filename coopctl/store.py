@@ -1085,22 +1085,25 @@ class Tx:
             return [o for o, _ in self.list_page(query, after=None, limit=limit)]
         return list(self.walk(query, after=None))
 
-    def list_page(self, query: "ListQuery", *, after: tuple | None, limit: int) -> list[tuple[Order, tuple]]:
+    def list_page(self, query: "ListQuery", *, after: tuple | None, limit: int, rows: bool = False) -> list[tuple[Order, tuple]]:
         """The first `limit` orders that `query` selects, in its order, after the key `after` (keyset
-        paging): each with its key (sort value, id), the cursor of the page that follows it.
+        paging): each with its key (sort value, id), the cursor of the page that follows it. With
+        `rows`, each order is its stored row (FULL_ORDER_COLUMNS, the driver's plain tuple, not
+        decoded): the fast path of the machine formats (`render.order_records`).
 
         Each run is one index search that stops after `limit` rows: several statuses (or a
         `--terms`) are one search per status, merged here, so that no run sorts what it found; a
         sort by deadline reads the orders with a deadline, then those without (they come last)."""
-        runs = [self._run(query, status, after, limit) for status in (query.statuses if query.statuses is not None else (None,))]
+        runs = [self._run(query, status, after, limit, rows) for status in (query.statuses if query.statuses is not None else (None,))]
         if len(runs) <= 1:
             return runs[0] if runs else []
         return list(islice(heapq.merge(*runs, key=lambda found: _merge_key(query, found[1])), limit))
 
-    def walk(self, query: "ListQuery", *, after: tuple | None, page: int = 1000) -> Iterator[Order]:
-        """Every order `query` selects after `after`, in its order, a page at a time (memory flat)."""
+    def walk(self, query: "ListQuery", *, after: tuple | None, page: int = 1000, rows: bool = False) -> Iterator[Order]:
+        """Every order `query` selects after `after`, in its order, a page at a time (memory flat);
+        with `rows`, their stored rows (as `list_page` gives them)."""
         while True:
-            found = self.list_page(query, after=after, limit=page)
+            found = self.list_page(query, after=after, limit=page, rows=rows)
             for order, _ in found:
                 yield order
             if len(found) < page:
@@ -1118,25 +1121,27 @@ class Tx:
         inner = select(literal_column("1")).select_from(ORDERS).where(*conditions).limit(cap + 1)
         return self.conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
 
-    def _run(self, query: "ListQuery", status: str | None, after: tuple | None, limit: int) -> list[tuple[Order, tuple]]:
+    def _run(self, query: "ListQuery", status: str | None, after: tuple | None, limit: int, rows: bool) -> list[tuple[Order, tuple]]:
         conditions = _list_conditions(query, status)
         if query.sort != "deadline":
-            return self._segment(query, conditions, _sort_column(query.sort), after, limit)
+            return self._segment(query, conditions, _sort_column(query.sort), after, limit, rows)
         found: list[tuple[Order, tuple]] = []
         if after is None or after[0] is not None:  # the orders with a deadline, in deadline order
-            found = self._segment(query, conditions + [ORDERS.c.deadline.is_not(None)], ORDERS.c.deadline, after, limit)
+            found = self._segment(query, conditions + [ORDERS.c.deadline.is_not(None)], ORDERS.c.deadline, after, limit, rows)
         if len(found) < limit and query.due_before is None and query.overdue_at is None:  # then those without
             rest_after = None if after is None or after[0] is not None else (None, after[1])
-            rest = self._segment(query, conditions + [ORDERS.c.deadline.is_(None)], None, rest_after, limit - len(found))
+            rest = self._segment(query, conditions + [ORDERS.c.deadline.is_(None)], None, rest_after, limit - len(found), rows)
             found.extend(rest)
         return found
 
-    def _segment(self, query: "ListQuery", conditions: list, column, after: tuple | None, limit: int):
+    def _segment(self, query: "ListQuery", conditions: list, column, after: tuple | None, limit: int, rows: bool = False):
         """One index search: `conditions`, ordered by (column, id) (id alone when column is None or
-        the id), after the key `after`, at most `limit` rows."""
+        the id), after the key `after`, at most `limit` rows (as Orders, or with `rows` as the
+        stored rows of FULL_ORDER_COLUMNS)."""
         desc = query.descending
         key_column = ORDERS.c.deadline if query.sort == "deadline" else _sort_column(query.sort)
-        statement = select(*[ORDERS.c[name] for name in ORDER_COLUMNS], key_column.label("sort_key"))
+        names = FULL_ORDER_COLUMNS if rows else ORDER_COLUMNS
+        statement = select(*[ORDERS.c[name] for name in names], key_column.label("sort_key"))
         order_id = ORDERS.c.id
         if query.product is not None and not query.product.endswith("*"):
             # drive from order_products (product, order_id): the product's orders in id order
@@ -1153,6 +1158,8 @@ class Tx:
                 conditions = conditions + [pair < mark if desc else pair > mark]
             ordering = [column.desc(), order_id.desc()] if desc else [column, order_id]
         statement = statement.where(*conditions).order_by(*ordering).limit(limit)
+        if rows:  # the driver's tuples, without SQLAlchemy's Row objects (as `listing_rows`)
+            return [(row[:-1], (row[-1], row[0])) for row in _tuples(self.conn, "list rows", self.conn.execute(statement))]
         return [(order_from_row(row[:-1]), (row[-1], row[0])) for row in self.conn.execute(statement)]
 
     def all_order_ids(self) -> list[int]:
