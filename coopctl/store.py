@@ -1306,9 +1306,16 @@ class Tx:
         if large:
             for i in large[:-1]:
                 counts[i] = self._count(table, parts[i])
-            total = self.conn.execute(select(func.count()).select_from(table)).scalar_one()
-            counts[large[-1]] = total - sum(n for n in counts if n is not None)
+            counts[large[-1]] = self._rows_of(table) - sum(n for n in counts if n is not None)
         return counts  # type: ignore[return-value]
+
+    def _rows_of(self, table) -> int:
+        """Rows of `table`, counted once per transaction (the board splits the orders twice, by
+        status and by deadline: one pass over the smallest index, not two)."""
+        counted = self.__dict__.setdefault("_table_rows", {})
+        if table.name not in counted:
+            counted[table.name] = self.conn.execute(select(func.count()).select_from(table)).scalar_one()
+        return counted[table.name]
 
     def board_status_counts(self, statuses: list[str]) -> dict[str, int]:
         """Orders per status, through the index on status. Every status the rules know is named
@@ -1321,7 +1328,8 @@ class Tx:
 
     def board_deadline_counts(self, bounds: list[int]) -> list[int]:
         """Orders whose deadline is at or before each of the increasing `bounds` and after the one
-        before it (the first part: at or before bounds[0]), through the index on deadline."""
+        before it (the first part: at or before bounds[0]), through the index on deadline (the
+        table's count, when a part is large, is the one `board_status_counts` already made)."""
         c = ORDERS.c.deadline
         parts = [c.is_(None), c <= bounds[0]]
         parts += [(c > low) & (c <= high) for low, high in zip(bounds, bounds[1:])]
@@ -1350,10 +1358,15 @@ class Tx:
 
     def board_outbox(self) -> tuple[int, int | None]:
         """(pending notifications, the `at` of the oldest pending one), through the index on
-        (sent_at, id): the count of the smaller side, the oldest among the pending rows."""
-        pending, _sent = self._partition_counts(
-            NOTIFICATIONS, [NOTIFICATIONS.c.sent_at.is_(None), NOTIFICATIONS.c.sent_at.is_not(None)]
-        )
+        (sent_at, id): the pending entries are counted up to BOARD_PROBE (all of them when the
+        dispatcher keeps up: the sent ones are never read); beyond that, the table's count minus
+        the sent ones when those are few, else every pending entry. The oldest is one probe of the
+        index on (sent_at, at)."""
+        pending_rows, sent_rows = NOTIFICATIONS.c.sent_at.is_(None), NOTIFICATIONS.c.sent_at.is_not(None)
+        pending = self._count(NOTIFICATIONS, pending_rows, cap=self.BOARD_PROBE)
+        if pending >= self.BOARD_PROBE:
+            sent = self._count(NOTIFICATIONS, sent_rows, cap=self.BOARD_PROBE)
+            pending = self._rows_of(NOTIFICATIONS) - sent if sent < self.BOARD_PROBE else self._count(NOTIFICATIONS, pending_rows)
         oldest = None
         if pending:
             oldest = self.conn.execute(
