@@ -783,6 +783,15 @@ def _matches(column, value: str):
     return [column >= prefix, column < prefix + _PREFIX_END, func.substr(column, 1, len(prefix)) == prefix]
 
 
+def _distinct_ids(merged):
+    """Merged (order, key) pairs with an order met twice in a row (two runs found it) kept once."""
+    last = None
+    for found in merged:
+        if found[1] != last:
+            last = found[1]
+            yield found
+
+
 def _list_conditions(query: ListQuery, status: str | None, *, counting: bool = False) -> list:
     """The WHERE of a run of `list_page` (one status, or any) or of its count. An exact product is
     a join that drives the page (`Tx._segment`); a prefix, or the count, asks order_products."""
@@ -1094,10 +1103,61 @@ class Tx:
         Each run is one index search that stops after `limit` rows: several statuses (or a
         `--terms`) are one search per status, merged here, so that no run sorts what it found; a
         sort by deadline reads the orders with a deadline, then those without (they come last)."""
-        runs = [self._run(query, status, after, limit, rows) for status in (query.statuses if query.statuses is not None else (None,))]
+        statuses = query.statuses if query.statuses is not None else (None,)
+        exact = self._prefixes_as_values(query) if statuses else None
+        runs = [self._run(q, status, after, limit, rows) for q in (exact or [query]) for status in statuses]
         if len(runs) <= 1:
             return runs[0] if runs else []
-        return list(islice(heapq.merge(*runs, key=lambda found: _merge_key(query, found[1])), limit))
+        merged = heapq.merge(*runs, key=lambda found: _merge_key(query, found[1]))
+        if exact is not None and query.product is not None:  # an order with two of the products: once
+            merged = _distinct_ids(merged)
+        return list(islice(merged, limit))
+
+    PREFIX_VALUES = 32  # a prefix matching at most this many distinct values is searched value by value
+    PREFIX_RUNS = 64  # ... when the searches (values x statuses) are at most this many
+
+    def _prefixes_as_values(self, query: "ListQuery") -> list["ListQuery"] | None:
+        """A merchant, creator or product prefix that matches few distinct values (the common case:
+        `商家A*` names a handful of shops, each with many orders) as one exact query per value: each
+        an index search already in the page's order that stops after the page, merged by
+        `list_page` like the statuses, instead of one range that must read (and sort) every match.
+        None when there is no prefix, or it matches too many values (then the range is searched).
+        The values are found by a probe of the index each (the next value after the last)."""
+        from dataclasses import replace
+
+        choices: list[list[tuple[str, str]]] = []
+        for name, column in (("merchant", ORDERS.c.merchant), ("creator", ORDERS.c.creator), ("product", ORDER_PRODUCTS.c.product)):
+            value = getattr(query, name)
+            if value is None or not value.endswith("*") or value == "*":
+                continue
+            values = self._values_with_prefix(column, value[:-1])
+            if values is None:
+                return None
+            choices.append([(name, v) for v in values])
+        if not choices:
+            return None
+        combos = [()]
+        for options in choices:
+            combos = [c + (o,) for c in combos for o in options]
+            if len(combos) * len(query.statuses or (None,)) > self.PREFIX_RUNS:
+                return None
+        return [replace(query, **dict(combo)) for combo in combos]
+
+    def _values_with_prefix(self, column, prefix: str) -> list[str] | None:
+        """The distinct values of an indexed column starting with `prefix`, in index order, or None
+        beyond PREFIX_VALUES (or when one ends in `*`, which an exact query would read as a prefix)."""
+        found: list[str] = []
+        low = column >= prefix
+        while len(found) <= self.PREFIX_VALUES:
+            value = self.conn.execute(select(func.min(column)).where(low, column < prefix + _PREFIX_END)).scalar()
+            if value is None:
+                return found
+            if value.endswith("*"):
+                return None
+            if value.startswith(prefix):  # a collation other than C may put others in the range
+                found.append(value)
+            low = column > value
+        return None
 
     def walk(self, query: "ListQuery", *, after: tuple | None, page: int = 1000, rows: bool = False) -> Iterator[Order]:
         """Every order `query` selects after `after`, in its order, a page at a time (memory flat);
