@@ -111,6 +111,11 @@ TABLES = [
     ("doctor", ["doctor", "--now", NOW]),
     ("demo", ["--db", "{fresh}", "demo"]),
     ("tick", ["tick", "--now", NOW, "--dry-run"]),
+    ("tick-list", ["tick", "--now", NOW, "--dry-run", "--list"]),
+    ("board", ["board", "--now", NOW]),
+    ("config", ["config"]),
+    ("show-as-of", ["show", "3", "--as-of", NOW]),
+    ("show-hostile-as-of", ["show", "2", "--as-of", NOW]),
 ]
 LISTS = {"list", "history", "notifications"}
 
