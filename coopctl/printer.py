@@ -470,6 +470,16 @@ def write_delimited(records: Iterable[dict], stream, fmt: str) -> int:
     count, keys = 0, None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n") if fmt == "csv" else None
+    made = getattr(records, "delimited", None)
+    if made is not None:  # records that make their own cells (render.order_records): the header first
+        for chunk in _chunks(made(compact)):
+            for cells in chunk:
+                _write_row(writer, buffer, [safe(c) for c in cells], fmt)
+            stream.write(buffer.getvalue())
+            buffer.seek(0)
+            buffer.truncate()
+            count += len(chunk)
+        return max(count - 1, 0)
     for chunk in _chunks(records):
         for record in chunk:
             if keys is None:

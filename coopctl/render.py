@@ -15,6 +15,7 @@ control, format and separator characters written as `\\uXXXX`.
 from __future__ import annotations
 
 import functools
+from itertools import chain
 import json
 import os
 import sys
@@ -1100,6 +1101,43 @@ class order_records:
             if escape is not None and not f"{merchant}{creator}{commission}{budget}{note or ''}{key or ''}".isprintable():
                 line = escape(line)
             yield line
+
+
+def _order_cells(self, compact):
+    """csv/tsv: the header (the JSON's keys, in order), then each record's cells as
+    `printer.flat` writes its fields (null empty, arrays joined with `;`, objects as `compact`
+    JSON), made from the row itself; nothing yielded for no rows. Not yet made safe for a
+    terminal: the printer does that, cell by cell."""
+    from coopctl.lifecycle import TERMS_OF, TIMERS
+
+    write = _iso_writer(self.tz)
+    terms_of = {s.value: str(t) for s, t in TERMS_OF.items()}
+    label_of = {s.value: (TIMERS[s].label if s in TIMERS else "") for s in Status}
+    texts: dict = {}
+
+    def of(text, reminders: bool):
+        found = texts[text, reminders] = compact(_reminders_json(text) if reminders else _policy_json(text))
+        return found
+
+    rows = iter(self.rows)
+    first = next(rows, None)
+    if first is None:
+        return
+    yield list(next(iter(order_records([first], self.tz))))
+    get = texts.get
+    for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
+         status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
+         liable, deadline, _wake) in chain((first,), rows):
+        yield [
+            str(oid), merchant, creator, ";".join(_products_json(products)), form, commission, budget, write(latest) or "",
+            note or "", status, terms_of[status], liable or "", write(created) or "", write(deadline) or "",
+            label_of[status], requested_by or "", write(went_live) or "", write(delivered) or "", mode or "",
+            str(failed), get((policy, False)) or of(policy, False), get((reminders, True)) or of(reminders, True),
+            key or "", write(last_at) or "",
+        ]
+
+
+order_records.delimited = _order_cells
 
 
 class notification_records:
