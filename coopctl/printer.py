@@ -396,6 +396,15 @@ def _indented(stream) -> Callable[[Any], str]:
 def write_json(records: Iterable[dict], stream) -> int:
     """A JSON array, streamed: the same text as `json_text(list(records))` (indent 2)."""
     dump, count = _indented(stream), 0
+    texts = getattr(records, "json_texts", None)
+    if texts is not None:  # records that write their own indented JSON (render.order_records), escaped as made
+        ascii_only = not _unicode_ok(stream)
+        for chunk in _chunks(texts(None if ascii_only else json_escaped)):
+            text = "".join(("[\n  " if count + k == 0 else ",\n  ") + t.replace("\n", "\n  ") for k, t in enumerate(chunk))
+            stream.write(_ascii_json(text) if ascii_only else text)
+            count += len(chunk)
+        stream.write("[]\n" if count == 0 else "\n]\n")
+        return count
     for chunk in _chunks(records):
         stream.write("".join(("[\n  " if count + k == 0 else ",\n  ") + dump(r).replace("\n", "\n  ") for k, r in enumerate(chunk)))
         count += len(chunk)

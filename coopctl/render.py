@@ -1140,6 +1140,73 @@ def _order_cells(self, compact):
 order_records.delimited = _order_cells
 
 
+def _order_json_texts(self, escape: Callable[[str], str] | None = None):
+    """`--format json`: each record as the printer's indented JSON writes it (indent 2, `": "`),
+    made from the row itself; escaped as `json_lines` escapes (None: not at all)."""
+    from json.encoder import encode_basestring as quoted
+
+    from coopctl.lifecycle import TERMS_OF, TIMERS
+
+    safe = (lambda text: text) if escape is None else (lambda text: text if text.isprintable() else escape(text))
+    when, seen = _iso_writer(self.tz, quoted=True), {None: "null"}
+    terms_of = {s.value: quoted(str(t)) for s, t in TERMS_OF.items()}
+    label_of = {s.value: (quoted(TIMERS[s].label) if s in TIMERS else "null") for s in Status}
+    scalar = json.JSONEncoder(ensure_ascii=False).encode
+    cache: dict = {None: "null"}
+    nested: dict = {}
+
+    def known(value):
+        text = cache[value] = safe(quoted(value))
+        return text
+
+    def instant(t):
+        if len(seen) > 4096:
+            seen.clear()
+            seen[None] = "null"
+        text = seen[t] = when(t)
+        return text
+
+    def block(text, kind: int):  # a nested array or object at depth 1, as the indenting printer writes it
+        if len(nested) > 4096:
+            nested.clear()
+        if kind == 0:
+            items = [scalar(v) for v in _products_json(text)]
+            made = "[\n    " + ",\n    ".join(items) + "\n  ]" if items else "[]"
+        else:
+            value = _reminders_json(text) if kind == 2 else _policy_json(text)
+            made = ("{\n    " + ",\n    ".join(f"{scalar(str(k))}: {scalar(v)}" for k, v in value.items()) + "\n  }"
+                    if value else "{}")
+        found = nested[text, kind] = safe(made)
+        return found
+
+    get, sget, nget = cache.get, seen.get, nested.get
+    for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
+         status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
+         liable, deadline, _wake) in self.rows:
+        text = (
+            f'{{\n  "id": {oid},\n  "merchant": {quoted(merchant)},\n  "creator": {quoted(creator)},'
+            f'\n  "products": {nget((products, 0)) or block(products, 0)},\n  "form": {get(form) or known(form)},'
+            f'\n  "commission_pct": {quoted(commission)},\n  "ad_budget": {quoted(budget)},'
+            f'\n  "latest_start_at": {sget(latest) or instant(latest)},'
+            f'\n  "note": {"null" if note is None else quoted(note)},\n  "status": {get(status) or known(status)},'
+            f'\n  "terms": {terms_of[status]},\n  "liable_party": {get(liable) or known(liable)},'
+            f'\n  "created_at": {sget(created) or instant(created)},\n  "deadline": {sget(deadline) or instant(deadline)},'
+            f'\n  "at_deadline": {label_of[status]},\n  "cancel_requested_by": {get(requested_by) or known(requested_by)},'
+            f'\n  "went_live_at": {sget(went_live) or instant(went_live)},\n  "delivered_at": {sget(delivered) or instant(delivered)},'
+            f'\n  "delivery_mode": {get(mode) or known(mode)},\n  "failed_reviews": {int(failed)},'
+            f'\n  "policy": {nget((policy, 1)) or block(policy, 1)},'
+            f'\n  "reminders": {nget((reminders, 2)) or block(reminders, 2)},'
+            f'\n  "idempotency_key": {"null" if key is None else quoted(key)},'
+            f'\n  "last_event_at": {sget(last_at) or instant(last_at)}\n}}'
+        )
+        if escape is not None and not f"{merchant}{creator}{commission}{budget}{note or ''}{key or ''}".isprintable():
+            text = escape(text)
+        yield text
+
+
+order_records.json_texts = _order_json_texts
+
+
 class notification_records:
     """`notification_json` of each stored outbox row (id, order_id, recipient, channel, kind, at,
     text, sent_at), made from the row itself; `json_lines(escape)` as for `order_records`."""
