@@ -949,7 +949,6 @@ def doctor_report(report, tz: tzinfo, *, wide: bool = False) -> None:
 # `_iso_writer`, at a few microseconds each. tests/test_tables.py checks that they equal
 # `Order.to_json(tz)` and `notification_json` field for field, in the same key order.
 
-LISTING_COLUMNS = None  # FULL_ORDER_COLUMNS of coopctl.store, in that order (set on first use)
 _YEAR_2000 = 946_684_800_000_000
 _YEAR_2100 = 4_102_444_800_000_000
 
@@ -1011,7 +1010,7 @@ def _products_json(text: str) -> tuple:
 
 
 class order_records:
-    """`Order.to_json(tz)` of each stored row (FULL_ORDER_COLUMNS), made from the row itself: an
+    """`Order.to_json(tz)` of each stored row (store.LISTED_COLUMNS), made from the row itself: an
     iterable of dicts, which also offers `json_lines()`, the same records as compact JSON text
     written straight from the row (what `--format jsonl` prints, at twice the speed of encoding
     each dict)."""
@@ -1026,8 +1025,8 @@ class order_records:
         terms_of = {s.value: str(t) for s, t in TERMS_OF.items()}
         label_of = {s.value: (TIMERS[s].label if s in TIMERS else None) for s in Status}
         for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
-             status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
-             liable, deadline, _wake) in self.rows:
+             status, requested_by, went_live, delivered, mode, failed, last_at, key, liable,
+             deadline) in self.rows:
             yield {
                 "id": oid, "merchant": merchant, "creator": creator, "products": list(_products_json(products)),
                 "form": form, "commission_pct": commission, "ad_budget": budget, "latest_start_at": write(latest),
@@ -1080,8 +1079,8 @@ class order_records:
 
         get, pget, sget, lget = cache.get, products_of.get, seen.get, policies.get
         for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
-             status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
-             liable, deadline, _wake) in self.rows:
+             status, requested_by, went_live, delivered, mode, failed, last_at, key, liable,
+             deadline) in self.rows:
             line = (
                 f'{{"id":{oid},"merchant":{quoted(merchant)},"creator":{quoted(creator)},'
                 f'"products":{pget(products) or products_text(products)},"form":{get(form) or known(form)},'
@@ -1126,8 +1125,8 @@ def _order_cells(self, compact):
     yield list(next(iter(order_records([first], self.tz))))
     get = texts.get
     for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
-         status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
-         liable, deadline, _wake) in chain((first,), rows):
+         status, requested_by, went_live, delivered, mode, failed, last_at, key, liable,
+         deadline) in chain((first,), rows):
         yield [
             str(oid), merchant, creator, ";".join(_products_json(products)), form, commission, budget, write(latest) or "",
             note or "", status, terms_of[status], liable or "", write(created) or "", write(deadline) or "",
@@ -1181,8 +1180,8 @@ def _order_json_texts(self, escape: Callable[[str], str] | None = None):
 
     get, sget, nget = cache.get, seen.get, nested.get
     for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
-         status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
-         liable, deadline, _wake) in self.rows:
+         status, requested_by, went_live, delivered, mode, failed, last_at, key, liable,
+         deadline) in self.rows:
         text = (
             f'{{\n  "id": {oid},\n  "merchant": {quoted(merchant)},\n  "creator": {quoted(creator)},'
             f'\n  "products": {nget((products, 0)) or block(products, 0)},\n  "form": {get(form) or known(form)},'

@@ -440,7 +440,7 @@ def decode_cursor(query: ListQuery, text: str) -> tuple:
 def list_page(svc: Service, query: ListQuery, *, after: str | None, limit: int, count: bool = True, rows: bool = False) -> Page:
     """One page of `list`: at most `limit` orders after the cursor `after`, and the count of every
     match (up to COUNT_CAP) in the same read transaction. With `rows`, the page holds the stored
-    rows (FULL_ORDER_COLUMNS) instead of Orders, for `render.order_records`."""
+    rows (LISTED_COLUMNS) instead of Orders, for `render.order_records`."""
     key = None if after is None else decode_cursor(query, after)
     svc.store.require()
     with svc.store.read() as tx:
@@ -454,7 +454,7 @@ def list_page(svc: Service, query: ListQuery, *, after: str | None, limit: int, 
 def walk_orders(svc: Service, query: ListQuery, *, after: str | None, rows: bool = False) -> Iterator[Order]:
     """Every order `query` selects after the cursor `after`, streamed a page at a time in one read
     transaction (memory flat in the number of orders). With `rows`, their stored rows
-    (FULL_ORDER_COLUMNS, not decoded) in chunks of STREAM_CHUNK: what the machine formats print
+    (LISTED_COLUMNS, not decoded) in chunks of STREAM_CHUNK: what the machine formats print
     through `render.order_records`, without building an Order per row."""
     key = None if after is None else decode_cursor(query, after)
     svc.store.require()
@@ -481,7 +481,7 @@ STREAM_CHUNK = 2000  # rows read per query when a listing streams
 
 
 def iter_order_rows(svc: Service, *, limit: int | None = None):
-    """Every order's stored row (FULL_ORDER_COLUMNS) by id, read in chunks inside one read
+    """Every order's stored row (LISTED_COLUMNS) by id, read in chunks inside one read
     transaction: memory flat in the number of orders (SPEC section 4, machine formats)."""
     svc.store.require()
     return _walk(svc, lambda tx, after, n: tx.listing_rows(after, n), limit)

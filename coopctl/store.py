@@ -58,6 +58,10 @@ from coopctl.trust import shown
 # Every column of an order row: ORDER_COLUMNS (what an Order is read from) and the three that are
 # derived from it when it is written (`doctor` and `show` check that they still are).
 FULL_ORDER_COLUMNS = ORDER_COLUMNS + ("liable_party", "deadline", "wake_at")
+# what an order's JSON needs of its row, in this order: the machine formats of `list` read no
+# more (render.order_records; the hash, the sequence and the wake-up are a third of a row's bytes)
+LISTED_COLUMNS = tuple(c for c in FULL_ORDER_COLUMNS
+                       if c not in ("status_since", "last_seq", "last_hash", "reminders_sent", "wake_at"))
 _SCHEMA_LOCK = 0x636F6F70  # "coop": the PostgreSQL advisory lock key taken while the schema is created or upgraded
 # a unique violation of the idempotency key, as PostgreSQL (the index) and SQLite (the column) name it
 _IDEMPOTENCY_INDEX, _IDEMPOTENCY_COLUMN = "ux_orders_idempotency_key", "orders.idempotency_key"
@@ -1097,7 +1101,7 @@ class Tx:
     def list_page(self, query: "ListQuery", *, after: tuple | None, limit: int, rows: bool = False) -> list[tuple[Order, tuple]]:
         """The first `limit` orders that `query` selects, in its order, after the key `after` (keyset
         paging): each with its key (sort value, id), the cursor of the page that follows it. With
-        `rows`, each order is its stored row (FULL_ORDER_COLUMNS, the driver's plain tuple, not
+        `rows`, each order is its stored row (LISTED_COLUMNS, the driver's plain tuple, not
         decoded): the fast path of the machine formats (`render.order_records`).
 
         Each run is one index search that stops after `limit` rows: several statuses (or a
@@ -1200,7 +1204,7 @@ class Tx:
         stored rows of FULL_ORDER_COLUMNS)."""
         desc = query.descending
         key_column = ORDERS.c.deadline if query.sort == "deadline" else _sort_column(query.sort)
-        names = FULL_ORDER_COLUMNS if rows else ORDER_COLUMNS
+        names = LISTED_COLUMNS if rows else ORDER_COLUMNS
         statement = select(*[ORDERS.c[name] for name in names], key_column.label("sort_key"))
         order_id = ORDERS.c.id
         if query.product is not None and not query.product.endswith("*"):
@@ -1307,10 +1311,10 @@ class Tx:
         return [tuple(r) for r in self.conn.execute(query)]
 
     def listing_rows(self, after_id: int, limit: int) -> list[tuple]:
-        """The stored rows (FULL_ORDER_COLUMNS, the driver's plain tuples) of the next `limit`
-        orders after `after_id`, by id: `list` in a machine format streams the book in chunks."""
+        """The stored rows (LISTED_COLUMNS, the driver's plain tuples) of the next `limit` orders
+        after `after_id`, by id, as `render.order_records` takes them."""
         query = (
-            select(*[ORDERS.c[name] for name in FULL_ORDER_COLUMNS])
+            select(*[ORDERS.c[name] for name in LISTED_COLUMNS])
             .where(ORDERS.c.id > after_id, ORDERS.c.status != "")
             .order_by(ORDERS.c.id)
             .limit(limit)

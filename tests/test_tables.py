@@ -472,12 +472,17 @@ def test_records_made_from_stored_rows_equal_the_orders_own_json(book):
     settings = load_settings(DEFAULT_CONFIG, explicit=False)
     service = Service(Store(locate(str(book["db"]))), settings, OPERATOR)
     try:
+        from coopctl.store import FULL_ORDER_COLUMNS, LISTED_COLUMNS
+
         rows = list(iter_order_rows(service))
+        with service.store.read() as tx:
+            full = tx.order_rows(0, 1000)
+        assert rows == [tuple(r[FULL_ORDER_COLUMNS.index(c)] for c in LISTED_COLUMNS) for r in full]
         encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         for tz in (settings.tz, ZoneInfo("UTC"), ZoneInfo("America/New_York")):
             made = list(order_records(rows, tz))
-            assert made == [order_from_row(row[:24]).to_json(tz) for row in rows]
-            assert [list(m) for m in made] == [list(order_from_row(row[:24]).to_json(tz)) for row in rows]
+            assert made == [order_from_row(row[:24]).to_json(tz) for row in full]
+            assert [list(m) for m in made] == [list(order_from_row(row[:24]).to_json(tz)) for row in full]
             assert list(order_records(rows, tz).json_lines()) == [encode(m) for m in made]
             with service.store.read() as tx:
                 stored = tx.notification_rows()
