@@ -1179,6 +1179,18 @@ class Tx:
         indexes as the page): a result above `cap` means "more than `cap`"."""
         if query.statuses == ():
             return 0
+        if query.product is not None and query.product.endswith("*") and query.product != "*":
+            # a product prefix: driven from order_products (product, order_id), each order once, and
+            # stopped after cap + 1 orders (`id IN (subquery)` would first gather every match)
+            from dataclasses import replace
+
+            conditions = _list_conditions(replace(query, product=None), None) + _matches(ORDER_PRODUCTS.c.product, query.product)
+            if query.statuses:
+                conditions.append(ORDERS.c.status.in_(query.statuses))
+            inner = (select(ORDER_PRODUCTS.c.order_id).distinct()
+                     .select_from(ORDER_PRODUCTS.join(ORDERS, ORDERS.c.id == ORDER_PRODUCTS.c.order_id))
+                     .where(*conditions).limit(cap + 1))
+            return self.conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
         conditions = _list_conditions(query, None, counting=True)
         if query.statuses:
             conditions.append(ORDERS.c.status.in_(query.statuses))
