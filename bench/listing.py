@@ -44,18 +44,24 @@ def coopctl() -> str:
 
 
 def timed(argv: list[str], env: dict) -> tuple[float, int, float, float]:
-    """(wall seconds, lines read from stdout, peak RSS in MB, CPU seconds of the child) of one run."""
+    """(wall seconds, records read from stdout, peak RSS in MB, CPU seconds of the child) of one
+    run. A record is a line, but for `--format json` (indented: a record is `  {` on its own
+    line) and csv/tsv (a header line first)."""
+    marker = b"\n  {\n" if "json" in argv and argv[argv.index("json") - 1] == "--format" else b"\n"
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    lines = 0
+    records, tail = 0, b""
     for block in iter(lambda: proc.stdout.read(1 << 20), b""):
-        lines += block.count(b"\n")
+        records += (tail + block).count(marker)
+        tail = block[-(len(marker) - 1):] if len(marker) > 1 else b""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}")
-    return wall, lines, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    if "--format" in argv and argv[argv.index("--format") + 1] in ("csv", "tsv") and records:
+        records -= 1  # the header
+    return wall, records, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def has_all(exe: str, db: str, env: dict) -> bool:
@@ -69,6 +75,8 @@ def main() -> None:
     parser.add_argument("--copy", help="run on a copy of the book in this folder")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--limit", type=int, help="only the first N records (a quick look)")
+    parser.add_argument("--formats", default="jsonl", help="list's formats to time, e.g. jsonl,json,csv,tsv [jsonl]")
+    parser.add_argument("--no-notifications", action="store_true", help="time list alone")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     book = Path(args.db) if args.db else next((b for b in BOOKS if b.exists()), None)
@@ -86,11 +94,11 @@ def main() -> None:
     exe = coopctl()
     limit = ["--limit", str(args.limit)] if args.limit else []
     every = [] if limit else (["--all"] if has_all(exe, str(book), env) else [])
-    commands = {
-        "list --format jsonl --all": [exe, "--db", str(book), "list", "--format", "jsonl", *every, *limit],
-        "notifications --format jsonl": [exe, "--db", str(book), "notifications", "--format", "jsonl", *limit],
-        "import sqlmodel": [sys.executable, "-c", "import sqlmodel"],
-    }
+    commands = {f"list --format {fmt} --all": [exe, "--db", str(book), "list", "--format", fmt, *every, *limit]
+                for fmt in args.formats.split(",")}
+    if not args.no_notifications:
+        commands["notifications --format jsonl"] = [exe, "--db", str(book), "notifications", "--format", "jsonl", *limit]
+    commands["import sqlmodel"] = [sys.executable, "-c", "import sqlmodel"]
     results: dict[str, list[tuple[float, int, float, float]]] = {name: [] for name in commands}
     for _ in range(args.runs):  # round after round: a load that comes and goes hits every figure alike
         for name, argv in commands.items():

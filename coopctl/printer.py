@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from coopctl.trust import json_escaped, shown, u_escape
+from coopctl.trust import UNSAFE, json_escaped, shown, u_escape
 
 ID, STATUS, INSTANT, NUMBER, TEXT = "id", "status", "instant", "number", "text"
 KINDS = (ID, STATUS, INSTANT, NUMBER, TEXT)
@@ -396,6 +396,15 @@ def _indented(stream) -> Callable[[Any], str]:
 def write_json(records: Iterable[dict], stream) -> int:
     """A JSON array, streamed: the same text as `json_text(list(records))` (indent 2)."""
     dump, count = _indented(stream), 0
+    texts = getattr(records, "json_texts", None)
+    if texts is not None:  # records that write their own indented JSON (render.order_records), escaped as made
+        ascii_only = not _unicode_ok(stream)
+        for chunk in _chunks(texts(None if ascii_only else json_escaped)):
+            text = "".join(("[\n  " if count + k == 0 else ",\n  ") + t.replace("\n", "\n  ") for k, t in enumerate(chunk))
+            stream.write(_ascii_json(text) if ascii_only else text)
+            count += len(chunk)
+        stream.write("[]\n" if count == 0 else "\n]\n")
+        return count
     for chunk in _chunks(records):
         stream.write("".join(("[\n  " if count + k == 0 else ",\n  ") + dump(r).replace("\n", "\n  ") for k, r in enumerate(chunk)))
         count += len(chunk)
@@ -408,15 +417,11 @@ def write_jsonl(records: Iterable[dict], stream) -> int:
     (`json_lines()`, e.g. render.order_records) are written from it, escaped the same way."""
     dump, count = _dumper(stream, None, (",", ":")), 0
     lines = getattr(records, "json_lines", None)
-    if lines is not None:
+    if lines is not None:  # escaped as they are made (only their free texts are looked at)
         ascii_only = not _unicode_ok(stream)
-        for chunk in _chunks(lines()):
+        for chunk in _chunks(lines(None if ascii_only else json_escaped)):
             text = "\n".join(chunk) + "\n"
-            if ascii_only:
-                text = _ascii_json(text)
-            elif not all(line.isprintable() for line in chunk):
-                text = json_escaped(text)
-            stream.write(text)
+            stream.write(_ascii_json(text) if ascii_only else text)
             count += len(chunk)
         return count
     for chunk in _chunks(records):
@@ -474,6 +479,16 @@ def write_delimited(records: Iterable[dict], stream, fmt: str) -> int:
     count, keys = 0, None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n") if fmt == "csv" else None
+    made = getattr(records, "delimited", None)
+    if made is not None:  # records that make their own cells (render.order_records): the header first
+        for chunk in _chunks(made(compact)):
+            for cells in chunk:
+                _write_row(writer, buffer, [safe(c) for c in cells], fmt)
+            stream.write(buffer.getvalue())
+            buffer.seek(0)
+            buffer.truncate()
+            count += len(chunk)
+        return max(count - 1, 0)
     for chunk in _chunks(records):
         for record in chunk:
             if keys is None:
@@ -492,9 +507,18 @@ def csv_safe(text: str) -> str:
     (as in JSON), except the tab and the newline (csv quotes them; tsv escapes them first)."""
     if text.isprintable():
         return text
-    if "\t" in text:
-        return "\t".join(_escaped(part) for part in text.split("\t"))
-    return _escaped(text)
+    # not `json_escaped`, which leaves ASCII text as it is (in JSON, json.dumps has already
+    # escaped the C0 controls; a cell is raw text, where an ESC would reach the terminal)
+    return _CELL_UNSAFE.sub(_u_escaped, text)
+
+
+# trust.UNSAFE but for the tab and the carriage return, which a cell keeps (csv quotes them, tsv
+# writes them as \t and \r), as it keeps the newline
+_CELL_UNSAFE = re.compile(UNSAFE.pattern.replace("\x00-\x09\x0b-\x1f", "\x00-\x08\x0b\x0c\x0e-\x1f", 1))
+
+
+def _u_escaped(match: re.Match) -> str:
+    return u_escape(match.group())
 
 
 def _write_row(writer, buffer, cells: list[str], fmt: str) -> None:

@@ -15,6 +15,7 @@ control, format and separator characters written as `\\uXXXX`.
 from __future__ import annotations
 
 import functools
+from itertools import chain
 import json
 import os
 import sys
@@ -995,7 +996,6 @@ def doctor_report(report, tz: tzinfo, *, wide: bool = False) -> None:
 # `_iso_writer`, at a few microseconds each. tests/test_tables.py checks that they equal
 # `Order.to_json(tz)` and `notification_json` field for field, in the same key order.
 
-LISTING_COLUMNS = None  # FULL_ORDER_COLUMNS of coopctl.store, in that order (set on first use)
 _YEAR_2000 = 946_684_800_000_000
 _YEAR_2100 = 4_102_444_800_000_000
 
@@ -1057,7 +1057,7 @@ def _products_json(text: str) -> tuple:
 
 
 class order_records:
-    """`Order.to_json(tz)` of each stored row (FULL_ORDER_COLUMNS), made from the row itself: an
+    """`Order.to_json(tz)` of each stored row (store.LISTED_COLUMNS), made from the row itself: an
     iterable of dicts, which also offers `json_lines()`, the same records as compact JSON text
     written straight from the row (what `--format jsonl` prints, at twice the speed of encoding
     each dict)."""
@@ -1072,9 +1072,8 @@ class order_records:
         terms_of = {s.value: str(t) for s, t in TERMS_OF.items()}
         label_of = {s.value: (TIMERS[s].label if s in TIMERS else None) for s in Status}
         for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
-             status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
-             extensions, extension_by, proposed, disputed_by, appeals, ruling, _dispute_liable,
-             liable, deadline, _wake) in self.rows:
+             status, requested_by, went_live, delivered, mode, failed, last_at, key,
+             extensions, extension_by, proposed, disputed_by, appeals, ruling, liable, deadline) in self.rows:
             yield {
                 "id": oid, "merchant": merchant, "creator": creator, "products": list(_products_json(products)),
                 "form": form, "commission_pct": commission, "ad_budget": budget, "latest_start_at": write(latest),
@@ -1088,47 +1087,182 @@ class order_records:
                 "ruling": None if ruling is None else _ruling_json(ruling, self.tz),
             }
 
-    def json_lines(self):
-        """Each record as `json.dumps(record, ensure_ascii=False, separators=(",", ":"))` writes it
-        (not yet escaped for a terminal: the printer does that)."""
+    def json_lines(self, escape: Callable[[str], str] | None = None):
+        """Each record as `json.dumps(record, ensure_ascii=False, separators=(",", ":"))` writes it.
+        `escape` (the printer's `json_escaped`) is applied to what holds a character `str.isprintable`
+        rejects (every character a terminal could act on is one): the values that repeat
+        (statuses, forms, product lists, policies) once, when first met; a line whose own texts
+        (ids, note, amounts, key) hold one, whole. None: nothing is escaped."""
         from json.encoder import encode_basestring as quoted
 
         from coopctl.lifecycle import TERMS_OF, TIMERS
 
-        when = _iso_writer(self.tz, quoted=True)
+        safe = (lambda text: text) if escape is None else (lambda text: text if text.isprintable() else escape(text))
+        when, seen = _iso_writer(self.tz, quoted=True), {None: "null"}
         terms_of = {s.value: quoted(str(t)) for s, t in TERMS_OF.items()}
         label_of = {s.value: (quoted(TIMERS[s].label) if s in TIMERS else "null") for s in Status}
         compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-        cache: dict = {}
+        cache: dict = {None: "null"}
+        products_of: dict = {}
+        policies: dict = {}
 
         def known(value):  # the few values that repeat (statuses, forms, parties): encoded once
-            try:
-                return cache[value]
-            except KeyError:
-                text = cache[value] = "null" if value is None else quoted(value)
-                return text
+            text = cache[value] = safe(quoted(value))
+            return text
 
-        def texts(value):
-            return "null" if value is None else quoted(value)
+        def instant(t):
+            if len(seen) > 4096:
+                seen.clear()
+                seen[None] = "null"
+            text = seen[t] = when(t)
+            return text
 
+        def products_text(text):
+            if len(products_of) > 4096:
+                products_of.clear()
+            found = products_of[text] = safe(compact(list(_products_json(text))))
+            return found
+
+        def policy_text(text, reminders: bool):
+            found = policies[text, reminders] = safe(compact(_reminders_json(text) if reminders else _policy_json(text)))
+            return found
+
+        get, pget, sget, lget = cache.get, products_of.get, seen.get, policies.get
         for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
-             status, _since, requested_by, went_live, delivered, mode, failed, _seq, _hash, last_at, _sent, key,
-             extensions, extension_by, proposed, disputed_by, appeals, ruling, _dispute_liable,
-             liable, deadline, _wake) in self.rows:
-            yield (
+             status, requested_by, went_live, delivered, mode, failed, last_at, key,
+             extensions, extension_by, proposed, disputed_by, appeals, ruling, liable, deadline) in self.rows:
+            line = (
                 f'{{"id":{oid},"merchant":{quoted(merchant)},"creator":{quoted(creator)},'
-                f'"products":{_products_text(products, compact)},"form":{known(form)},'
-                f'"commission_pct":{quoted(commission)},"ad_budget":{quoted(budget)},"latest_start_at":{when(latest)},'
-                f'"note":{texts(note)},"status":{known(status)},"terms":{terms_of[status]},"liable_party":{known(liable)},'
-                f'"created_at":{when(created)},"deadline":{when(deadline)},"at_deadline":{label_of[status]},'
-                f'"cancel_requested_by":{known(requested_by)},"went_live_at":{when(went_live)},'
-                f'"delivered_at":{when(delivered)},"delivery_mode":{known(mode)},"failed_reviews":{int(failed)},'
-                f'"policy":{_policy_text(policy, compact)},"reminders":{_reminders_text(reminders, compact)},'
-                f'"idempotency_key":{texts(key)},"last_event_at":{when(last_at)},'
-                f'"extensions":{int(extensions)},"extension_requested_by":{known(extension_by)},'
-                f'"proposed_latest_start_at":{when(proposed)},"disputed_by":{known(disputed_by)},"appeals":{int(appeals)},'
+                f'"products":{pget(products) or products_text(products)},"form":{get(form) or known(form)},'
+                f'"commission_pct":{quoted(commission)},"ad_budget":{quoted(budget)},'
+                f'"latest_start_at":{sget(latest) or instant(latest)},'
+                f'"note":{"null" if note is None else quoted(note)},"status":{get(status) or known(status)},'
+                f'"terms":{terms_of[status]},"liable_party":{get(liable) or known(liable)},'
+                f'"created_at":{sget(created) or instant(created)},"deadline":{sget(deadline) or instant(deadline)},'
+                f'"at_deadline":{label_of[status]},"cancel_requested_by":{get(requested_by) or known(requested_by)},'
+                f'"went_live_at":{sget(went_live) or instant(went_live)},"delivered_at":{sget(delivered) or instant(delivered)},'
+                f'"delivery_mode":{get(mode) or known(mode)},"failed_reviews":{int(failed)},'
+                f'"policy":{lget((policy, False)) or policy_text(policy, False)},'
+                f'"reminders":{lget((reminders, True)) or policy_text(reminders, True)},'
+                f'"idempotency_key":{"null" if key is None else quoted(key)},'
+                f'"last_event_at":{sget(last_at) or instant(last_at)},'
+                f'"extensions":{int(extensions)},"extension_requested_by":{get(extension_by) or known(extension_by)},'
+                f'"proposed_latest_start_at":{sget(proposed) or instant(proposed)},'
+                f'"disputed_by":{get(disputed_by) or known(disputed_by)},"appeals":{int(appeals)},'
                 f'"ruling":{"null" if ruling is None else compact(_ruling_json(ruling, self.tz))}}}'
             )
+            if escape is not None and not f"{merchant}{creator}{commission}{budget}{note or ''}{key or ''}{ruling or ''}".isprintable():
+                line = escape(line)
+            yield line
+
+
+def _order_cells(self, compact):
+    """csv/tsv: the header (the JSON's keys, in order), then each record's cells as
+    `printer.flat` writes its fields (null empty, arrays joined with `;`, objects as `compact`
+    JSON), made from the row itself; nothing yielded for no rows. Not yet made safe for a
+    terminal: the printer does that, cell by cell."""
+    from coopctl.lifecycle import TERMS_OF, TIMERS
+
+    write = _iso_writer(self.tz)
+    terms_of = {s.value: str(t) for s, t in TERMS_OF.items()}
+    label_of = {s.value: (TIMERS[s].label if s in TIMERS else "") for s in Status}
+    texts: dict = {}
+
+    def of(text, reminders: bool):
+        found = texts[text, reminders] = compact(_reminders_json(text) if reminders else _policy_json(text))
+        return found
+
+    rows = iter(self.rows)
+    first = next(rows, None)
+    if first is None:
+        return
+    yield list(next(iter(order_records([first], self.tz))))
+    get = texts.get
+    for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
+         status, requested_by, went_live, delivered, mode, failed, last_at, key,
+         extensions, extension_by, proposed, disputed_by, appeals, ruling, liable, deadline) in chain((first,), rows):
+        yield [
+            str(oid), merchant, creator, ";".join(_products_json(products)), form, commission, budget, write(latest) or "",
+            note or "", status, terms_of[status], liable or "", write(created) or "", write(deadline) or "",
+            label_of[status], requested_by or "", write(went_live) or "", write(delivered) or "", mode or "",
+            str(failed), get((policy, False)) or of(policy, False), get((reminders, True)) or of(reminders, True),
+            key or "", write(last_at) or "", str(extensions), extension_by or "", write(proposed) or "",
+            disputed_by or "", str(appeals), "" if ruling is None else compact(_ruling_json(ruling, self.tz)),
+        ]
+
+
+order_records.delimited = _order_cells
+
+
+def _order_json_texts(self, escape: Callable[[str], str] | None = None):
+    """`--format json`: each record as the printer's indented JSON writes it (indent 2, `": "`),
+    made from the row itself; escaped as `json_lines` escapes (None: not at all)."""
+    from json.encoder import encode_basestring as quoted
+
+    from coopctl.lifecycle import TERMS_OF, TIMERS
+
+    safe = (lambda text: text) if escape is None else (lambda text: text if text.isprintable() else escape(text))
+    when, seen = _iso_writer(self.tz, quoted=True), {None: "null"}
+    terms_of = {s.value: quoted(str(t)) for s, t in TERMS_OF.items()}
+    label_of = {s.value: (quoted(TIMERS[s].label) if s in TIMERS else "null") for s in Status}
+    scalar = json.JSONEncoder(ensure_ascii=False).encode
+    cache: dict = {None: "null"}
+    nested: dict = {}
+
+    def known(value):
+        text = cache[value] = safe(quoted(value))
+        return text
+
+    def instant(t):
+        if len(seen) > 4096:
+            seen.clear()
+            seen[None] = "null"
+        text = seen[t] = when(t)
+        return text
+
+    def block(text, kind: int):  # a nested array or object at depth 1, as the indenting printer writes it
+        if len(nested) > 4096:
+            nested.clear()
+        if kind == 0:
+            items = [scalar(v) for v in _products_json(text)]
+            made = "[\n    " + ",\n    ".join(items) + "\n  ]" if items else "[]"
+        else:
+            value = _reminders_json(text) if kind == 2 else _policy_json(text)
+            made = ("{\n    " + ",\n    ".join(f"{scalar(str(k))}: {scalar(v)}" for k, v in value.items()) + "\n  }"
+                    if value else "{}")
+        found = nested[text, kind] = safe(made)
+        return found
+
+    get, sget, nget = cache.get, seen.get, nested.get
+    for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
+         status, requested_by, went_live, delivered, mode, failed, last_at, key,
+         extensions, extension_by, proposed, disputed_by, appeals, ruling, liable, deadline) in self.rows:
+        text = (
+            f'{{\n  "id": {oid},\n  "merchant": {quoted(merchant)},\n  "creator": {quoted(creator)},'
+            f'\n  "products": {nget((products, 0)) or block(products, 0)},\n  "form": {get(form) or known(form)},'
+            f'\n  "commission_pct": {quoted(commission)},\n  "ad_budget": {quoted(budget)},'
+            f'\n  "latest_start_at": {sget(latest) or instant(latest)},'
+            f'\n  "note": {"null" if note is None else quoted(note)},\n  "status": {get(status) or known(status)},'
+            f'\n  "terms": {terms_of[status]},\n  "liable_party": {get(liable) or known(liable)},'
+            f'\n  "created_at": {sget(created) or instant(created)},\n  "deadline": {sget(deadline) or instant(deadline)},'
+            f'\n  "at_deadline": {label_of[status]},\n  "cancel_requested_by": {get(requested_by) or known(requested_by)},'
+            f'\n  "went_live_at": {sget(went_live) or instant(went_live)},\n  "delivered_at": {sget(delivered) or instant(delivered)},'
+            f'\n  "delivery_mode": {get(mode) or known(mode)},\n  "failed_reviews": {int(failed)},'
+            f'\n  "policy": {nget((policy, 1)) or block(policy, 1)},'
+            f'\n  "reminders": {nget((reminders, 2)) or block(reminders, 2)},'
+            f'\n  "idempotency_key": {"null" if key is None else quoted(key)},'
+            f'\n  "last_event_at": {sget(last_at) or instant(last_at)},'
+            f'\n  "extensions": {int(extensions)},\n  "extension_requested_by": {get(extension_by) or known(extension_by)},'
+            f'\n  "proposed_latest_start_at": {sget(proposed) or instant(proposed)},'
+            f'\n  "disputed_by": {get(disputed_by) or known(disputed_by)},\n  "appeals": {int(appeals)},'
+            f'\n  "ruling": {"null" if ruling is None else _ruling_block(ruling, self.tz)}\n}}'
+        )
+        if escape is not None and not f"{merchant}{creator}{commission}{budget}{note or ''}{key or ''}{ruling or ''}".isprintable():
+            text = escape(text)
+        yield text
+
+
+order_records.json_texts = _order_json_texts
 
 
 def _ruling_json(text: str, tz: tzinfo) -> dict:
@@ -1138,24 +1272,13 @@ def _ruling_json(text: str, tz: tzinfo) -> dict:
     return Ruling.from_stored(text).to_json(tz)
 
 
-@functools.lru_cache(maxsize=4096)
-def _products_text(text: str, compact) -> str:
-    return compact(list(_products_json(text)))
-
-
-@functools.lru_cache(maxsize=256)
-def _policy_text(text: str, compact) -> str:
-    return compact(_policy_json(text))
-
-
-@functools.lru_cache(maxsize=256)
-def _reminders_text(text: str, compact) -> str:
-    return compact(_reminders_json(text))
+def _ruling_block(text: str, tz: tzinfo) -> str:
+    """The `ruling` of a stored row at depth 1 of the indented JSON (`--format json`)."""
+    return json.dumps(_ruling_json(text, tz), indent=2, ensure_ascii=False).replace("\n", "\n  ")
 
 
 class notification_records:
-    """`notification_json` of each stored outbox row (LISTED_NOTIFICATION_COLUMNS), made from the
-    row itself; `json_lines()` as for `order_records`."""
+    """`notification_json` of each stored outbox row (LISTED_NOTIFICATION_COLUMNS), made from the row itself; `json_lines(escape)` as for `order_records`."""
 
     def __init__(self, rows, tz: tzinfo):
         self.rows, self.tz = rows, tz
@@ -1167,25 +1290,29 @@ class notification_records:
                    "text": text, "state": state, "attempts": attempts, "sent_at": write(sent_at),
                    "next_attempt_at": write(next_at), "last_error": error}
 
-    def json_lines(self):
+    def json_lines(self, escape: Callable[[str], str] | None = None):
         from json.encoder import encode_basestring as quoted
 
         when = _iso_writer(self.tz, quoted=True)
         cache: dict = {}
 
-        def known(value):  # channels, kinds and states: a handful of values, encoded once
+        def known(value):  # channels, kinds and states: a handful of values, encoded once (escaped, if need be)
             try:
                 return cache[value]
             except KeyError:
                 text = cache[value] = quoted(value)
+                if escape is not None and not text.isprintable():
+                    text = cache[value] = escape(text)
                 return text
 
         for nid, order_id, recipient, channel, kind, at, text, state, attempts, sent_at, next_at, error in self.rows:
-            yield (f'{{"id":{nid},"order":{order_id},"recipient":{quoted(recipient)},"channel":{known(channel)},'
-                   f'"kind":{known(kind)},"at":{when(at)},"text":{quoted(text)},"state":{known(state)},'
-                   f'"attempts":{int(attempts)},"sent_at":{when(sent_at)},"next_attempt_at":{when(next_at)},'
-                   f'"last_error":{"null" if error is None else quoted(error)}}}')
-
+            line = (f'{{"id":{nid},"order":{order_id},"recipient":{quoted(recipient)},"channel":{known(channel)},'
+                    f'"kind":{known(kind)},"at":{when(at)},"text":{quoted(text)},"state":{known(state)},'
+                    f'"attempts":{int(attempts)},"sent_at":{when(sent_at)},"next_attempt_at":{when(next_at)},'
+                    f'"last_error":{"null" if error is None else quoted(error)}}}')
+            if escape is not None and not f"{recipient}{text}{error or ''}".isprintable():
+                line = escape(line)
+            yield line
 
 
 # --------------------------------------------------------------------------- evidence files

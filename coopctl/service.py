@@ -470,10 +470,11 @@ COUNT_CAP = 10_000  # `list` counts the matches up to here, through the page's i
 
 @dataclass(frozen=True)
 class Page:
-    """A page of `list`: the orders, how many match (`total`, exact unless `more_than`), and the
-    cursor of the next page (None when this one is the last)."""
+    """A page of `list`: the orders (or their stored rows: `list_page(rows=True)`), how many match
+    (`total`, exact unless `more_than`), and the cursor of the next page (None when this one is
+    the last)."""
 
-    orders: list[Order]
+    orders: list
     total: int
     more_than: bool
     next_cursor: str | None
@@ -528,33 +529,51 @@ def decode_cursor(query: ListQuery, text: str) -> tuple:
     return (value, order_id)
 
 
-def list_page(svc: Service, query: ListQuery, *, after: str | None, limit: int, count: bool = True) -> Page:
+def list_page(svc: Service, query: ListQuery, *, after: str | None, limit: int, count: bool = True, rows: bool = False) -> Page:
     """One page of `list`: at most `limit` orders after the cursor `after`, and the count of every
-    match (up to COUNT_CAP) in the same read transaction."""
+    match (up to COUNT_CAP) in the same read transaction. With `rows`, the page holds the stored
+    rows (LISTED_COLUMNS) instead of Orders, for `render.order_records`."""
     key = None if after is None else decode_cursor(query, after)
     svc.store.require()
     with svc.store.read() as tx:
-        found = tx.list_page(query, after=key, limit=limit + 1)
+        found = tx.list_page(query, after=key, limit=limit + 1, rows=rows)
         total = tx.count_listed(query, cap=COUNT_CAP) if count else len(found)
     shown_part, more = found[:limit], len(found) > limit
     cursor = encode_cursor(query, shown_part[-1][1]) if more and shown_part else None
     return Page([o for o, _ in shown_part], min(total, COUNT_CAP) if total > COUNT_CAP else total, total > COUNT_CAP, cursor)
 
 
-def walk_orders(svc: Service, query: ListQuery, *, after: str | None) -> Iterator[Order]:
+def walk_orders(svc: Service, query: ListQuery, *, after: str | None, rows: bool = False) -> Iterator[Order]:
     """Every order `query` selects after the cursor `after`, streamed a page at a time in one read
-    transaction (memory flat in the number of orders)."""
+    transaction (memory flat in the number of orders). With `rows`, their stored rows
+    (LISTED_COLUMNS, not decoded) in chunks of STREAM_CHUNK: what the machine formats print
+    through `render.order_records`, without building an Order per row."""
     key = None if after is None else decode_cursor(query, after)
     svc.store.require()
     with svc.store.read() as tx:
-        yield from tx.walk(query, after=key)
+        if rows:
+            for found in _pages(tx, query, key):
+                yield from found
+        else:
+            yield from tx.walk(query, after=key)
+
+
+def _pages(tx: Tx, query: ListQuery, key: tuple | None) -> Iterator[list[tuple]]:
+    """The stored rows `query` selects after `key`, one list per STREAM_CHUNK."""
+    while True:
+        found = tx.list_page(query, after=key, limit=STREAM_CHUNK, rows=True)
+        if found:
+            yield [row for row, _ in found]
+        if len(found) < STREAM_CHUNK:
+            return
+        key = found[-1][1]
 
 
 STREAM_CHUNK = 2000  # rows read per query when a listing streams
 
 
 def iter_order_rows(svc: Service, *, limit: int | None = None):
-    """Every order's stored row (FULL_ORDER_COLUMNS) by id, read in chunks inside one read
+    """Every order's stored row (LISTED_COLUMNS) by id, read in chunks inside one read
     transaction: memory flat in the number of orders (SPEC section 4, machine formats)."""
     svc.store.require()
     return _walk(svc, lambda tx, after, n: tx.listing_rows(after, n), limit)

@@ -64,6 +64,11 @@ V4_ORDER_DEFAULTS = {
     "extensions": 0, "extension_requested_by": None, "proposed_latest_start_at": None, "disputed_by": None,
     "appeals": 0, "ruling": None, "dispute_liable": None,
 }
+# what an order's JSON needs of its row, in this order: the machine formats of `list` read no
+# more (render.order_records; the hash, the sequence and the wake-up are a third of a row's bytes)
+LISTED_COLUMNS = tuple(c for c in FULL_ORDER_COLUMNS
+                       if c not in ("status_since", "last_seq", "last_hash", "reminders_sent", "wake_at",
+                                     "dispute_liable"))
 _SCHEMA_LOCK = 0x636F6F70  # "coop": the PostgreSQL advisory lock key taken while the schema is created or upgraded
 # a unique violation of the idempotency key, as PostgreSQL (the index) and SQLite (the column) name it
 _IDEMPOTENCY_INDEX, _IDEMPOTENCY_COLUMN = "ux_orders_idempotency_key", "orders.idempotency_key"
@@ -789,6 +794,15 @@ def _matches(column, value: str):
     return [column >= prefix, column < prefix + _PREFIX_END, func.substr(column, 1, len(prefix)) == prefix]
 
 
+def _distinct_ids(merged):
+    """Merged (order, key) pairs with an order met twice in a row (two runs found it) kept once."""
+    last = None
+    for found in merged:
+        if found[1] != last:
+            last = found[1]
+            yield found
+
+
 def _list_conditions(query: ListQuery, status: str | None, *, counting: bool = False) -> list:
     """The WHERE of a run of `list_page` (one status, or any) or of its count. An exact product is
     a join that drives the page (`Tx._segment`); a prefix, or the count, asks order_products."""
@@ -1232,22 +1246,76 @@ class Tx:
             return [o for o, _ in self.list_page(query, after=None, limit=limit)]
         return list(self.walk(query, after=None))
 
-    def list_page(self, query: "ListQuery", *, after: tuple | None, limit: int) -> list[tuple[Order, tuple]]:
+    def list_page(self, query: "ListQuery", *, after: tuple | None, limit: int, rows: bool = False) -> list[tuple[Order, tuple]]:
         """The first `limit` orders that `query` selects, in its order, after the key `after` (keyset
-        paging): each with its key (sort value, id), the cursor of the page that follows it.
+        paging): each with its key (sort value, id), the cursor of the page that follows it. With
+        `rows`, each order is its stored row (LISTED_COLUMNS, the driver's plain tuple, not
+        decoded): the fast path of the machine formats (`render.order_records`).
 
         Each run is one index search that stops after `limit` rows: several statuses (or a
         `--terms`) are one search per status, merged here, so that no run sorts what it found; a
         sort by deadline reads the orders with a deadline, then those without (they come last)."""
-        runs = [self._run(query, status, after, limit) for status in (query.statuses if query.statuses is not None else (None,))]
+        statuses = query.statuses if query.statuses is not None else (None,)
+        exact = self._prefixes_as_values(query) if statuses else None
+        runs = [self._run(q, status, after, limit, rows) for q in (exact or [query]) for status in statuses]
         if len(runs) <= 1:
             return runs[0] if runs else []
-        return list(islice(heapq.merge(*runs, key=lambda found: _merge_key(query, found[1])), limit))
+        merged = heapq.merge(*runs, key=lambda found: _merge_key(query, found[1]))
+        if exact is not None and query.product is not None:  # an order with two of the products: once
+            merged = _distinct_ids(merged)
+        return list(islice(merged, limit))
 
-    def walk(self, query: "ListQuery", *, after: tuple | None, page: int = 1000) -> Iterator[Order]:
-        """Every order `query` selects after `after`, in its order, a page at a time (memory flat)."""
+    PREFIX_VALUES = 32  # a prefix matching at most this many distinct values is searched value by value
+    PREFIX_RUNS = 64  # ... when the searches (values x statuses) are at most this many
+
+    def _prefixes_as_values(self, query: "ListQuery") -> list["ListQuery"] | None:
+        """A merchant, creator or product prefix that matches few distinct values (the common case:
+        `商家A*` names a handful of shops, each with many orders) as one exact query per value: each
+        an index search already in the page's order that stops after the page, merged by
+        `list_page` like the statuses, instead of one range that must read (and sort) every match.
+        None when there is no prefix, or it matches too many values (then the range is searched).
+        The values are found by a probe of the index each (the next value after the last)."""
+        from dataclasses import replace
+
+        choices: list[list[tuple[str, str]]] = []
+        for name, column in (("merchant", ORDERS.c.merchant), ("creator", ORDERS.c.creator), ("product", ORDER_PRODUCTS.c.product)):
+            value = getattr(query, name)
+            if value is None or not value.endswith("*") or value == "*":
+                continue
+            values = self._values_with_prefix(column, value[:-1])
+            if values is None:
+                return None
+            choices.append([(name, v) for v in values])
+        if not choices:
+            return None
+        combos = [()]
+        for options in choices:
+            combos = [c + (o,) for c in combos for o in options]
+            if len(combos) * len(query.statuses or (None,)) > self.PREFIX_RUNS:
+                return None
+        return [replace(query, **dict(combo)) for combo in combos]
+
+    def _values_with_prefix(self, column, prefix: str) -> list[str] | None:
+        """The distinct values of an indexed column starting with `prefix`, in index order, or None
+        beyond PREFIX_VALUES (or when one ends in `*`, which an exact query would read as a prefix)."""
+        found: list[str] = []
+        low = column >= prefix
+        while len(found) <= self.PREFIX_VALUES:
+            value = self.conn.execute(select(func.min(column)).where(low, column < prefix + _PREFIX_END)).scalar()
+            if value is None:
+                return found
+            if value.endswith("*"):
+                return None
+            if value.startswith(prefix):  # a collation other than C may put others in the range
+                found.append(value)
+            low = column > value
+        return None
+
+    def walk(self, query: "ListQuery", *, after: tuple | None, page: int = 1000, rows: bool = False) -> Iterator[Order]:
+        """Every order `query` selects after `after`, in its order, a page at a time (memory flat);
+        with `rows`, their stored rows (as `list_page` gives them)."""
         while True:
-            found = self.list_page(query, after=after, limit=page)
+            found = self.list_page(query, after=after, limit=page, rows=rows)
             for order, _ in found:
                 yield order
             if len(found) < page:
@@ -1259,31 +1327,45 @@ class Tx:
         indexes as the page): a result above `cap` means "more than `cap`"."""
         if query.statuses == ():
             return 0
+        if query.product is not None and query.product.endswith("*") and query.product != "*":
+            # a product prefix: driven from order_products (product, order_id), each order once, and
+            # stopped after cap + 1 orders (`id IN (subquery)` would first gather every match)
+            from dataclasses import replace
+
+            conditions = _list_conditions(replace(query, product=None), None) + _matches(ORDER_PRODUCTS.c.product, query.product)
+            if query.statuses:
+                conditions.append(ORDERS.c.status.in_(query.statuses))
+            inner = (select(ORDER_PRODUCTS.c.order_id).distinct()
+                     .select_from(ORDER_PRODUCTS.join(ORDERS, ORDERS.c.id == ORDER_PRODUCTS.c.order_id))
+                     .where(*conditions).limit(cap + 1))
+            return self.conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
         conditions = _list_conditions(query, None, counting=True)
         if query.statuses:
             conditions.append(ORDERS.c.status.in_(query.statuses))
         inner = select(literal_column("1")).select_from(ORDERS).where(*conditions).limit(cap + 1)
         return self.conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
 
-    def _run(self, query: "ListQuery", status: str | None, after: tuple | None, limit: int) -> list[tuple[Order, tuple]]:
+    def _run(self, query: "ListQuery", status: str | None, after: tuple | None, limit: int, rows: bool) -> list[tuple[Order, tuple]]:
         conditions = _list_conditions(query, status)
         if query.sort != "deadline":
-            return self._segment(query, conditions, _sort_column(query.sort), after, limit)
+            return self._segment(query, conditions, _sort_column(query.sort), after, limit, rows)
         found: list[tuple[Order, tuple]] = []
         if after is None or after[0] is not None:  # the orders with a deadline, in deadline order
-            found = self._segment(query, conditions + [ORDERS.c.deadline.is_not(None)], ORDERS.c.deadline, after, limit)
+            found = self._segment(query, conditions + [ORDERS.c.deadline.is_not(None)], ORDERS.c.deadline, after, limit, rows)
         if len(found) < limit and query.due_before is None and query.overdue_at is None:  # then those without
             rest_after = None if after is None or after[0] is not None else (None, after[1])
-            rest = self._segment(query, conditions + [ORDERS.c.deadline.is_(None)], None, rest_after, limit - len(found))
+            rest = self._segment(query, conditions + [ORDERS.c.deadline.is_(None)], None, rest_after, limit - len(found), rows)
             found.extend(rest)
         return found
 
-    def _segment(self, query: "ListQuery", conditions: list, column, after: tuple | None, limit: int):
+    def _segment(self, query: "ListQuery", conditions: list, column, after: tuple | None, limit: int, rows: bool = False):
         """One index search: `conditions`, ordered by (column, id) (id alone when column is None or
-        the id), after the key `after`, at most `limit` rows."""
+        the id), after the key `after`, at most `limit` rows (as Orders, or with `rows` as the
+        stored rows of FULL_ORDER_COLUMNS)."""
         desc = query.descending
         key_column = ORDERS.c.deadline if query.sort == "deadline" else _sort_column(query.sort)
-        statement = select(*[ORDERS.c[name] for name in ORDER_COLUMNS], key_column.label("sort_key"))
+        names = LISTED_COLUMNS if rows else ORDER_COLUMNS
+        statement = select(*[ORDERS.c[name] for name in names], key_column.label("sort_key"))
         order_id = ORDERS.c.id
         if query.product is not None and not query.product.endswith("*"):
             # drive from order_products (product, order_id): the product's orders in id order
@@ -1300,6 +1382,8 @@ class Tx:
                 conditions = conditions + [pair < mark if desc else pair > mark]
             ordering = [column.desc(), order_id.desc()] if desc else [column, order_id]
         statement = statement.where(*conditions).order_by(*ordering).limit(limit)
+        if rows:  # the driver's tuples, without SQLAlchemy's Row objects (as `listing_rows`)
+            return [(row[:-1], (row[-1], row[0])) for row in _tuples(self.conn, "list rows", self.conn.execute(statement))]
         return [(order_from_row(row[:-1]), (row[-1], row[0])) for row in self.conn.execute(statement)]
 
     def all_order_ids(self) -> list[int]:
@@ -1461,10 +1545,10 @@ class Tx:
         return [tuple(r) for r in self.conn.execute(query)]
 
     def listing_rows(self, after_id: int, limit: int) -> list[tuple]:
-        """The stored rows (FULL_ORDER_COLUMNS, the driver's plain tuples) of the next `limit`
-        orders after `after_id`, by id: `list` in a machine format streams the book in chunks."""
+        """The stored rows (LISTED_COLUMNS, the driver's plain tuples) of the next `limit` orders
+        after `after_id`, by id, as `render.order_records` takes them."""
         query = (
-            select(*[ORDERS.c[name] for name in FULL_ORDER_COLUMNS])
+            select(*[ORDERS.c[name] for name in LISTED_COLUMNS])
             .where(ORDERS.c.id > after_id, ORDERS.c.status != "")
             .order_by(ORDERS.c.id)
             .limit(limit)
@@ -1526,9 +1610,16 @@ class Tx:
         if large:
             for i in large[:-1]:
                 counts[i] = self._count(table, parts[i])
-            total = self.conn.execute(select(func.count()).select_from(table)).scalar_one()
-            counts[large[-1]] = total - sum(n for n in counts if n is not None)
+            counts[large[-1]] = self._rows_of(table) - sum(n for n in counts if n is not None)
         return counts  # type: ignore[return-value]
+
+    def _rows_of(self, table) -> int:
+        """Rows of `table`, counted once per transaction (the board splits the orders twice, by
+        status and by deadline: one pass over the smallest index, not two)."""
+        counted = self.__dict__.setdefault("_table_rows", {})
+        if table.name not in counted:
+            counted[table.name] = self.conn.execute(select(func.count()).select_from(table)).scalar_one()
+        return counted[table.name]
 
     def board_status_counts(self, statuses: list[str]) -> dict[str, int]:
         """Orders per status, through the index on status. Every status the rules know is named
@@ -1541,7 +1632,8 @@ class Tx:
 
     def board_deadline_counts(self, bounds: list[int]) -> list[int]:
         """Orders whose deadline is at or before each of the increasing `bounds` and after the one
-        before it (the first part: at or before bounds[0]), through the index on deadline."""
+        before it (the first part: at or before bounds[0]), through the index on deadline (the
+        table's count, when a part is large, is the one `board_status_counts` already made)."""
         c = ORDERS.c.deadline
         parts = [c.is_(None), c <= bounds[0]]
         parts += [(c > low) & (c <= high) for low, high in zip(bounds, bounds[1:])]

@@ -215,3 +215,24 @@ def test_board_reads_indexes_only_and_its_work_does_not_grow_with_the_book(shelf
         assert plan(large, sql, params) == plan(small, sql, params)
         few, many = steps(small, sql, params), steps(large, sql, params)
         assert many <= few * 1.5 + 50, f"{few} steps on {SMALL} orders, {many} on {LARGE}\n{sql}"
+
+
+def test_board_counts_a_whole_table_at_most_once(shelf, tmp_path, monkeypatch):
+    """Splitting the orders by status and by deadline both need the table's count when a part is
+    large: it is read once (one pass over the smallest index), not once per split; the outbox's
+    sent notifications are never counted as a whole when few are pending."""
+    from coopctl.store import Tx
+
+    monkeypatch.setattr(Tx, "BOARD_PROBE", 100)
+    small, _ = shelf
+    work = tmp_path / "work.db"
+    shutil.copy(small, work)
+    store = Store(locate(str(work)))
+    try:
+        recorder = Recorder(store)
+        board(Service(store, Settings(), "test"), NOW)
+    finally:
+        store.dispose()
+    whole = [" ".join(sql.split()) for sql, _ in recorder.statements if "WHERE" not in sql.upper() and "count(" in sql.lower()]
+    assert sum("FROM orders" in sql for sql in whole) == 1, whole
+    assert sum("FROM notifications" in sql for sql in whole) <= 1, whole

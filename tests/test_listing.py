@@ -164,3 +164,45 @@ def test_malformed_options_are_one_error_line_and_exit_2(book, invoke, args, mes
     assert result.exit_code == 2, result.stdout
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("fields", [
+    {"merchant": "商家*"}, {"creator": "达人-1*"}, {"product": "P-12*"}, {"merchant": "商家*", "creator": "达人-1*"},
+    {"merchant": "商家*", "statuses": ("effective", "live", "expired")}, {"product": "P-12*", "sort": "deadline"},
+    {"creator": "达人*", "sort": "created", "descending": True}, {"merchant": "商家-*", "sort": "deadline", "descending": True},
+    {"product": "P-12*", "creator": "达人-1*"},
+])
+@pytest.mark.parametrize("page", [4, 50])
+def test_a_prefix_searched_value_by_value_pages_exactly_as_its_range(book, fields, page, monkeypatch):
+    """A prefix that matches few distinct values is searched one exact value at a time and
+    merged (`Tx._prefixes_as_values`); its pages, walked with their cursors, must be those of the
+    one range search (PREFIX_VALUES 0 forces it), an order with two matching products once."""
+    from coopctl.config import Settings
+    from coopctl.service import Service, list_page
+    from coopctl.store import ListQuery, Tx
+
+    def pages() -> list[list[int]]:
+        store = Store(locate(str(book)))
+        try:
+            service, after, found = Service(store, Settings(), "test"), None, []
+            while True:
+                result = list_page(service, ListQuery(**fields), after=after, limit=page)
+                found.append([o.id for o in result.orders])
+                if result.next_cursor is None:
+                    return found
+                after = result.next_cursor
+        finally:
+            store.dispose()
+
+    store = Store(locate(str(book)))
+    try:
+        with store.read() as tx:
+            assert tx._prefixes_as_values(ListQuery(**fields))  # searched value by value indeed
+    finally:
+        store.dispose()
+    by_value = pages()
+    monkeypatch.setattr(Tx, "PREFIX_VALUES", 0)
+    by_range = pages()
+    assert by_value == by_range and sum(map(len, by_value)) > 0
+    ids = [i for p in by_value for i in p]
+    assert len(ids) == len(set(ids))

@@ -118,6 +118,11 @@ TABLES = [
     ("demo", ["--db", "{fresh}", "demo"]),
     ("tick", ["tick", "--now", NOW, "--dry-run"]),
     ("evidence", ["evidence", "5"]),
+    ("tick-list", ["tick", "--now", NOW, "--dry-run", "--list"]),
+    ("board", ["board", "--now", NOW]),
+    ("config", ["config"]),
+    ("show-as-of", ["show", "3", "--as-of", NOW]),
+    ("show-hostile-as-of", ["show", "2", "--as-of", NOW]),
 ]
 LISTS = {"list", "history", "notifications", "evidence"}
 
@@ -489,12 +494,17 @@ def test_records_made_from_stored_rows_equal_the_orders_own_json(book):
     settings = load_settings(DEFAULT_CONFIG, explicit=False)
     service = Service(Store(locate(str(book["db"]))), settings, OPERATOR)
     try:
+        from coopctl.store import FULL_ORDER_COLUMNS, LISTED_COLUMNS, ORDER_COLUMNS
+
         rows = list(iter_order_rows(service))
+        with service.store.read() as tx:
+            full = tx.order_rows(0, 1000)
+        assert rows == [tuple(r[FULL_ORDER_COLUMNS.index(c)] for c in LISTED_COLUMNS) for r in full]
         encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         for tz in (settings.tz, ZoneInfo("UTC"), ZoneInfo("America/New_York")):
             made = list(order_records(rows, tz))
-            assert made == [order_from_row(row[:-3]).to_json(tz) for row in rows]
-            assert [list(m) for m in made] == [list(order_from_row(row[:-3]).to_json(tz)) for row in rows]
+            assert made == [order_from_row(row[:len(ORDER_COLUMNS)]).to_json(tz) for row in full]
+            assert [list(m) for m in made] == [list(order_from_row(row[:len(ORDER_COLUMNS)]).to_json(tz)) for row in full]
             assert list(order_records(rows, tz).json_lines()) == [encode(m) for m in made]
             with service.store.read() as tx:
                 stored = tx.notification_rows()
@@ -521,6 +531,74 @@ def test_fast_instants_are_written_as_iso_writes_them(zone):
     assert write(None) is None
     quoted = _iso_writer(tz, quoted=True)
     assert [quoted(t) for t in instants] == [json.dumps(iso(t, tz)) for t in instants] and quoted(None) == "null"
+
+
+LIST_QUERIES = [
+    {}, {"sort": "created", "descending": True}, {"sort": "deadline"}, {"statuses": ("pending", "live")}, {"merchant": "商家*"},
+    {"creator": "达人阿珍"}, {"product": "P1"}, {"product": "P-*"}, {"liable": "merchant"},
+]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "tsv"])
+@pytest.mark.parametrize("zone", ["Asia/Shanghai", "America/New_York"])
+def test_list_from_stored_rows_prints_what_the_orders_print_byte_for_byte(book, tmp_path, fmt, zone):
+    """`list` in a machine format reads stored rows and makes its records from them (the fast
+    path: no Order per row); what it prints must be, byte for byte, what the Orders' own JSON
+    printed through the same printer gives: every format, several queries and pages (a cursor),
+    on a Unicode and an ASCII stream, with a stored row holding characters a terminal would act on
+    (a forged row: they must come out escaped exactly as before)."""
+    import shutil
+    import sqlite3
+    import sys
+    from zoneinfo import ZoneInfo
+
+    from coopctl.cli.reading import _print_orders
+    from coopctl.config import DEFAULT_CONFIG, load_settings
+    from coopctl.service import Service, list_page, walk_orders
+    from coopctl.store import ListQuery, Store, locate
+
+    db = tmp_path / "forged.db"
+    shutil.copyfile(book["db"], db)
+    with sqlite3.connect(db) as conn:  # stored values no command would write: escapes, bidi, zero-width
+        conn.execute("UPDATE orders SET creator = ?, note = ?, idempotency_key = ? WHERE id = 4",
+                     ("达人\x1b[31m红\u202e", "note\x07\u200b\n", "key\x9b"))
+        conn.execute("UPDATE orders SET delivery_mode = ? WHERE id = 5", ("mo\x1bde",))
+
+    class Ascii(io.StringIO):
+        encoding = "ascii"
+
+    tz = ZoneInfo(zone)
+    service = Service(Store(locate(str(db))), load_settings(DEFAULT_CONFIG, explicit=False), OPERATOR)
+    try:
+        def printed(orders, rows: bool, stream_type) -> str:
+            stream = stream_type()
+            real, sys.stdout = sys.stdout, stream
+            try:
+                _print_orders(orders, fmt=fmt, tz=tz, wide=False, rows=rows)
+            finally:
+                sys.stdout = real
+            return stream.getvalue()
+
+        checked = 0
+        for fields in LIST_QUERIES:
+            query = ListQuery(**fields)
+            second = list_page(service, query, after=None, limit=2).next_cursor
+            for after in (None, second):
+                for stream_type in (io.StringIO, Ascii):
+                    fast = printed(walk_orders(service, query, after=after, rows=True), True, stream_type)
+                    today = printed(walk_orders(service, query, after=after), False, stream_type)
+                    assert fast == today, (fields, after)
+                    page_fast = list_page(service, query, after=after, limit=3, rows=True)
+                    page_today = list_page(service, query, after=after, limit=3)
+                    assert printed(page_fast.orders, True, stream_type) == printed(page_today.orders, False, stream_type)
+                    assert (page_fast.total, page_fast.next_cursor) == (page_today.total, page_today.next_cursor)
+                    checked += fast.count("\n") > 1
+        assert checked  # not every query came back empty
+        everything = printed(walk_orders(service, ListQuery(), after=None, rows=True), True, io.StringIO)
+        assert "\x1b" not in everything and "\u202e" not in everything and "\x07" not in everything
+        assert "\\u001b" in everything
+    finally:
+        service.store.dispose()
 
 
 def test_jsonl_on_a_stream_that_cannot_take_utf8_is_ascii_and_the_same_records(book):

@@ -132,11 +132,12 @@ def list_(
     if every and limit is not None:
         raise _invalid("--all and --limit cannot be given together: --all lists every order")
     size = None if every else limit if limit is not None else LIST_PAGE if fmt == "table" else None
+    rows = fmt != "table"  # machine formats: records made from the stored rows (render.order_records)
     if size is None:
-        _print_orders(walk_orders(rt.service, query, after=after), fmt=fmt, tz=rt.tz, wide=wide, now=rt.now)
+        _print_orders(walk_orders(rt.service, query, after=after, rows=rows), fmt=fmt, tz=rt.tz, wide=wide, now=rt.now, rows=rows)
         return
-    page = list_page(rt.service, query, after=after, limit=size)
-    _print_orders(page.orders, fmt=fmt, tz=rt.tz, wide=wide, footer=_list_footer(ctx, rt, page, given, fmt), now=rt.now)
+    page = list_page(rt.service, query, after=after, limit=size, rows=rows)
+    _print_orders(page.orders, fmt=fmt, tz=rt.tz, wide=wide, footer=_list_footer(ctx, rt, page, given, fmt), now=rt.now, rows=rows)
 
 
 def _invalid(message: str):
@@ -233,14 +234,16 @@ def _list_footer(ctx: typer.Context, rt: "Runtime", page, given: list[str], fmt:
     return f"{line}; next page: {shlex.join(words)}"
 
 
-def _print_orders(orders, *, fmt: str, tz, wide: bool, footer: str | None = None, now: int | None = None) -> None:
+def _print_orders(orders, *, fmt: str, tz, wide: bool, footer: str | None = None, now: int | None = None,
+                  rows: bool = False) -> None:
     """The one place `list` prints, through the one printer (`render.print_records`): the table's
     footer is its last line on a terminal and goes to stderr when piped; a machine format that a
-    limit cut says so on stderr."""
+    limit cut says so on stderr. `orders` are Orders, or with `rows` their stored rows, whose
+    records `render.order_records` makes directly (the same JSON, byte for byte)."""
     from coopctl import render
     from coopctl.trust import shown
 
-    records = (o.to_json(tz) for o in orders)
+    records = render.order_records(orders, tz) if rows else (o.to_json(tz) for o in orders)
     table_footer = footer if fmt == "table" else None
     render.print_records(records, fmt=fmt, table=render.ORDER_TABLE, tz=tz, wide=wide, footer=table_footer, now=now)
     if footer and fmt != "table":
