@@ -34,15 +34,15 @@ UNSAFE_UTF8 = re.compile(
     rb"|\xf3\xa0\x80[\x81\xa0-\xbf]|\xf3\xa0\x81[\x80-\xbf]"
 )
 # A number with a fraction or an exponent where indented JSON puts a value: after `": ` (found at
-# the speed of a literal search), or alone at the start of a line (an item of an array). Lines
-# that start with a number are first looked for in a copy without spaces and with every digit (and
-# `-`) made `0`, by bytes.translate, which is many times faster than a regex that tries each line.
+# the speed of a literal search), or alone at the start of a line (an item of an array).
 MEMBER_FLOAT = re.compile(rb'": -?[0-9]+[.eE]')
 ITEM_FLOAT = re.compile(rb"\n *-?[0-9]+[.eE]")
-_NUMBERS = bytes(b"0"[0] if chr(i) in "0123456789-" else i for i in range(256))
-# The first bytes of UNSAFE_UTF8's sequences, made NUL by bytes.translate (NUL is never raw in
-# JSON text): a quick look before the regex, which only runs when one of them is there.
-_LEADS = bytes(0 if i in (0x7F, 0xC2, 0xD8, 0xDB, 0xDC, 0xE0, 0xE1, 0xE2, 0xEF, 0xF0, 0xF3) else i for i in range(256))
+# One bytes.translate pass (many times faster than a regex that tries every line or byte) makes a
+# copy without spaces where every digit and `-` is `0` (so a line that starts with a number shows
+# as b"\n0") and the first byte of each of UNSAFE_UTF8's sequences is NUL (never raw in JSON text):
+# the regexes above run only when the copy shows what they look for.
+_LEADS = (0x7F, 0xC2, 0xD8, 0xDB, 0xDC, 0xE0, 0xE1, 0xE2, 0xEF, 0xF0, 0xF3)
+_LOOK = bytes(0 if i in _LEADS else 0x30 if chr(i) in "0123456789-" else i for i in range(256))
 
 try:  # a declared dependency; without it (a broken install) the reference encoder does the work
     import orjson
@@ -75,20 +75,9 @@ def indented(value, *, exact: bool = True) -> bytes:
         out = orjson.dumps(value, default=_unknown, option=_OPTIONS)
     except _REFUSED:
         return reference(value)
-    if has_float(out):
+    look = out.translate(_LOOK, b" ")
+    if MEMBER_FLOAT.search(out) is not None or (b"\n0" in look and ITEM_FLOAT.search(out) is not None):
         return reference(value)
-    if out.isascii():
-        if b"\x7f" in out:
-            return json_escaped(out.decode("ascii")).encode("ascii")
-        return out
-    if 0 in out.translate(_LEADS) and UNSAFE_UTF8.search(out) is not None:
+    if 0 in look and UNSAFE_UTF8.search(out) is not None:
         return json_escaped(out.decode("utf-8")).encode("utf-8")
     return out
-
-
-def has_float(text: bytes) -> bool:
-    """Whether indented JSON text holds a number with a fraction or an exponent (a false alarm is
-    possible inside a string that holds `\\": 1.5`; a float is never missed)."""
-    if MEMBER_FLOAT.search(text) is not None:
-        return True
-    return b"\n0" in text.translate(_NUMBERS, b" ") and ITEM_FLOAT.search(text) is not None

@@ -53,6 +53,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 MAX_PROOF = 64  # a log of at most 2**64 leaves has proofs of at most 64 hashes
 _CHUNK = 50_000  # leaves read (and nodes written) per statement while sealing or checking
+_MEMO = 20_000  # siblings kept in hex by an export (about 3 MB), cleared when there are more
+_MEMO_FROM = 3  # the level from which they are kept: a sibling at level L serves up to 2^L proofs
 _BLOCK = 256  # nodes of one level read at once for proofs (an export walks the log in order)
 
 
@@ -189,6 +191,30 @@ class Tree:
                 path.append(self.subtree(lo, lo + k))
                 lo = lo + k
         path.reverse()
+        return path
+
+    def proof_hex(self, m: int, size: int, memo: dict[tuple[int, int], str]) -> list[str]:
+        """`proof(m, size)` in hex, by level: at each level the sibling of the node above leaf m,
+        complete, or cut at `size` on the right edge, or absent (when the sibling starts at or
+        after `size`) until a node covers the whole tree; the same list as the RFC's recursion
+        (tests/test_seal.py). `memo` ((level, idx) -> hex, for one `size`) is shared by the
+        proofs of an export: neighbouring leaves share all but their lowest siblings."""
+        path: list[str] = []
+        level, idx = 0, m
+        while (1 << level) < size:
+            sibling = idx ^ 1
+            text = memo.get((level, sibling)) if level >= _MEMO_FROM else None
+            if text is None:
+                start = sibling << level
+                if start < size:
+                    end = start + (1 << level)
+                    text = (self.node(level, sibling) if end <= size else self.subtree(start, size)).hex()
+                    if level >= _MEMO_FROM:
+                        memo[(level, sibling)] = text
+            if text is not None:
+                path.append(text)
+            level += 1
+            idx >>= 1
         return path
 
     def right_edge(self, size: int) -> list[tuple[int, bytes]]:
@@ -626,6 +652,7 @@ class ExportSeal:
         self.conn = conn
         self.head = latest_head(conn)
         self.tree = stored_tree(conn) if self.head is not None else None
+        self._memo: dict[tuple[int, int], str] = {}  # the siblings' hex, for this head's size
 
     def header(self) -> dict | None:
         return None if self.head is None else self.head.to_json()
@@ -642,9 +669,11 @@ class ExportSeal:
             .where(EVENTS.c.order_id.in_(order_ids), EVENTS.c.log_index.is_not(None), EVENTS.c.log_index < self.head.size)
             .group_by(EVENTS.c.order_id)
         )
-        size = self.head.size
+        size, memo, proof = self.head.size, self._memo, self.tree.proof_hex
+        if len(memo) > _MEMO:
+            memo.clear()
         return {
-            order_id: {"seq": seq, "log_index": log_index, "proof": [p.hex() for p in self.tree.proof(log_index, size)]}
+            order_id: {"seq": seq, "log_index": log_index, "proof": proof(log_index, size, memo)}
             for order_id, seq, log_index in rows
         }
 
