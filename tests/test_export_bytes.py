@@ -387,3 +387,9 @@ def test_floats_and_values_orjson_refuses_fall_back_to_the_reference():
     for case in cases:
         assert jsontext.indented(case) == jsontext.reference(case), case
     assert jsontext.indented({"nan": float("nan")}, exact=False) == b'{\n  "nan": NaN\n}'
+
+
+def test_export_with_stderr_piped_writes_nothing_but_the_document(book, monkeypatch):
+    monkeypatch.setattr("coopctl.render.PROGRESS_THRESHOLD", 1)  # a bar would be drawn for any export on a terminal
+    result = cli_on(book).ok("export", "--all", "--at", AT)
+    assert result.stderr == "" and result.stdout_bytes == GOLDEN.read_bytes()
