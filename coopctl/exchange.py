@@ -257,7 +257,8 @@ class ExportSummary:
 
 def export_document(svc, order_ids: list[int] | None, *, exported_at: int, tz: tzinfo) -> dict:
     """The export document of these orders (None: every order), read in one transaction. For many
-    orders, `write_export` writes the same text without holding the document in memory."""
+    orders, `write_export` writes the same text without holding the document in memory. Events
+    of one chunk with the same stored data share one `data` object: copy before changing one."""
     svc.store.require()
     with svc.store.read() as tx:
         ids = _existing(tx, order_ids)
