@@ -53,8 +53,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 MAX_PROOF = 64  # a log of at most 2**64 leaves has proofs of at most 64 hashes
 _CHUNK = 50_000  # leaves read (and nodes written) per statement while sealing or checking
-_MEMO = 20_000  # siblings kept in hex by an export (about 3 MB), cleared when there are more
-_MEMO_FROM = 3  # the level from which they are kept: a sibling at level L serves up to 2^L proofs
 _BLOCK = 256  # nodes of one level read at once for proofs (an export walks the log in order)
 
 
@@ -193,29 +191,32 @@ class Tree:
         path.reverse()
         return path
 
-    def proof_hex(self, m: int, size: int, memo: dict[tuple[int, int], str]) -> list[str]:
+    def proof_hex(self, m: int, size: int, memo: dict) -> list[str]:
         """`proof(m, size)` in hex, by level: at each level the sibling of the node above leaf m,
         complete, or cut at `size` on the right edge, or absent (when the sibling starts at or
         after `size`) until a node covers the whole tree; the same list as the RFC's recursion
-        (tests/test_seal.py). `memo` ((level, idx) -> hex, for one `size`) is shared by the
-        proofs of an export: neighbouring leaves share all but their lowest siblings."""
-        path: list[str] = []
-        level, idx = 0, m
-        while (1 << level) < size:
-            sibling = idx ^ 1
-            text = memo.get((level, sibling)) if level >= _MEMO_FROM else None
-            if text is None:
-                start = sibling << level
-                if start < size:
-                    end = start + (1 << level)
-                    text = (self.node(level, sibling) if end <= size else self.subtree(start, size)).hex()
-                    if level >= _MEMO_FROM:
-                        memo[(level, sibling)] = text
-            if text is not None:
-                path.append(text)
-            level += 1
-            idx >>= 1
-        return path
+        (tests/test_seal.py). `memo` (a dict, empty at first, for one tree) keeps the siblings of
+        the previous proof by level: above the highest bit where m and the previous leaf differ
+        they are the same, so an export, which asks for neighbouring leaves in turn, computes
+        about two siblings per proof instead of twenty."""
+        height = (size - 1).bit_length() if size > 1 else 0
+        levels = memo.get("levels")
+        if levels is None or memo["size"] != size:
+            levels = memo["levels"] = [None] * height
+            memo["size"] = size
+            changed = height
+        else:
+            changed = min(height, (m ^ memo["last"]).bit_length())
+        memo["last"] = m
+        for level in range(changed):
+            start = ((m >> level) ^ 1) << level
+            if start >= size:
+                levels[level] = None
+            elif start + (1 << level) <= size:
+                levels[level] = self.node(level, start >> level).hex()
+            else:
+                levels[level] = self.subtree(start, size).hex()
+        return [text for text in levels if text is not None]
 
     def right_edge(self, size: int) -> list[tuple[int, bytes]]:
         """The complete subtrees that make a tree of `size` leaves, largest first."""
@@ -652,7 +653,7 @@ class ExportSeal:
         self.conn = conn
         self.head = latest_head(conn)
         self.tree = stored_tree(conn) if self.head is not None else None
-        self._memo: dict[tuple[int, int], str] = {}  # the siblings' hex, for this head's size
+        self._memo: dict = {}  # the siblings of the last proof (Tree.proof_hex)
 
     def header(self) -> dict | None:
         return None if self.head is None else self.head.to_json()
@@ -670,8 +671,6 @@ class ExportSeal:
             .group_by(EVENTS.c.order_id)
         )
         size, memo, proof = self.head.size, self._memo, self.tree.proof_hex
-        if len(memo) > _MEMO:
-            memo.clear()
         return {
             order_id: {"seq": seq, "log_index": log_index, "proof": proof(log_index, size, memo)}
             for order_id, seq, log_index in rows
