@@ -28,13 +28,14 @@ import re
 import stat
 import sys
 from array import array
+from itertools import chain
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, TextIO
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, TextIO
 
 from coopctl.errors import CoopError, InvalidInput, NotFound, Refused
 from coopctl.evidence import files_from_json
@@ -55,6 +56,7 @@ from coopctl.lifecycle import (
     fire_due,
 )
 from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
+from coopctl.rows import ORDER_COLUMNS, order_from_row
 from coopctl.trust import MAX_ORDER_ID, MAX_TEXT_LENGTH, check_id, check_operator, check_text, json_escaped, shown
 
 FORMAT = "coopctl-export"
@@ -263,7 +265,8 @@ class ExportSummary:
 
 def export_document(svc, order_ids: list[int] | None, *, exported_at: int, tz: tzinfo, with_evidence: bool = False) -> dict:
     """The export document of these orders (None: every order), read in one transaction. For many
-    orders, `write_export` writes the same text without holding the document in memory."""
+    orders, `write_export` writes the same text without holding the document in memory. Events
+    of one chunk with the same stored data share one `data` object: copy before changing one."""
     svc.store.require()
     with svc.store.read() as tx:
         ids = _existing(tx, order_ids)
@@ -347,30 +350,56 @@ def _sealing(tx):
     return sealing if sealing.head is not None else None
 
 
+class _Chunk(list):
+    """The documents of EXPORT_CHUNK orders; `exact` is False when a float came out of the database
+    (NaN or Infinity, which only the reference encoder writes as json.dumps does: `jsontext`)."""
+
+    exact = True
+
+
 def _order_chunks(
     tx, ids: list[int] | None, tz: tzinfo, summary: ExportSummary | None = None, *, sealing=None, with_evidence: bool = False,
-) -> Iterator[list[dict]]:
+) -> Iterator[_Chunk]:
     """The orders' documents, by id, EXPORT_CHUNK at a time: the orders by their key (a walk of the
-    primary key for every order), their events and notifications by order_id IN (…)."""
+    primary key for every order), their events and notifications by order id, the rows read
+    straight from the database driver on the export's own connection (SQLAlchemy's statement and
+    row machinery cost more than the rows themselves at a million orders), events turned into
+    their JSON without an `Event` in between."""
+    reader = _RowReader(tx)
     after, position = 0, 0
     while True:
         if ids is None:
-            orders = tx.orders_after(after, EXPORT_CHUNK)
+            rows = reader.orders_after(after, EXPORT_CHUNK)
         else:
-            orders = tx.load_many(ids[position : position + EXPORT_CHUNK])
+            rows = reader.orders_in(ids[position : position + EXPORT_CHUNK])
             position += EXPORT_CHUNK
-        if not orders:
+        if not rows:
             return
-        chunk = [o.id for o in orders]
-        events = tx.events_of(chunk)
+        chunk = [row[0] for row in rows]
+        events: dict[int, list] = {i: [] for i in chunk}
         notes: dict[int, list] = {i: [] for i in chunk}
-        for row in tx.notification_rows(chunk):
-            notes[row.order_id].append(row)
+        event_rows, note_rows = reader.events_of(chunk), reader.notifications_of(chunk)
+        documents = _Chunk()
+        exact = not _holds_floats(rows, event_rows, note_rows)
+        _NON_FINITE[0] = False
+        for row in event_rows:
+            found = events.get(row[0])
+            if found is not None:  # (a range scan may meet an order that is not exported)
+                found.append(row)
+        for row in note_rows:
+            found = notes.get(row[0])
+            if found is not None:
+                found.append(row)
         if summary is not None:
             summary.ids.extend(chunk)
             summary.events += sum(len(e) for e in events.values())
             summary.notifications += sum(len(n) for n in notes.values())
-        documents = [_order_document(order, events[order.id], notes[order.id], tz) for order in orders]
+        when = _Instants(tz)  # an order's instants repeat (created_at is its first event's and its first notifications' `at`)
+        data = _Data()  # and so do the data of events ("{}", the same policy and terms)
+        for row in rows:
+            order = order_from_row(row)
+            documents.append(_order_document(order, [_event_json(e, when, data) for e in events[order.id]], notes[order.id], when))
+        documents.exact = exact and not _NON_FINITE[0]
         if sealing is not None:
             for document, (order_id, sealed) in zip(documents, _sealed_by_order(sealing, chunk)):
                 if sealed is not None:
@@ -382,10 +411,136 @@ def _order_chunks(
         after = chunk[-1]
 
 
+class _RowReader:
+    """Plain row tuples of the export's tables through the DB-API connection under `tx.conn`
+    (the same connection, so the same read transaction): ORDER_COLUMNS, events (order_id, seq,
+    kind, at, actor, operator, data, prev_hash, hash) by (order_id, seq), notifications (order_id,
+    recipient, channel, kind, at, text, sent_at) by id."""
+
+    _EVENTS = "SELECT order_id, seq, kind, at, actor, operator, data, prev_hash, hash FROM events"
+    _NOTES = "SELECT order_id, recipient, channel, kind, at, text, sent_at FROM notifications"
+
+    def __init__(self, tx):
+        self.conn = tx.conn.connection.driver_connection
+        self.mark = "?" if tx.is_sqlite else "%s"
+
+    def _rows(self, sql: str, params) -> list[tuple]:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(sql.replace("?", self.mark), params)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
+    def orders_after(self, after: int, limit: int) -> list[tuple]:
+        sql = f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE id > ? AND status != '' ORDER BY id LIMIT ?"
+        return self._rows(sql, (after, limit))
+
+    def orders_in(self, ids: list[int]) -> list[tuple]:
+        found = []
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            sql = f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE id IN ({', '.join('?' * len(part))}) AND status != '' ORDER BY id"
+            found.extend(self._rows(sql, part))
+        return sorted(found, key=lambda row: row[0])
+
+    def _of(self, base: str, ids: list[int], order: str) -> list[tuple]:
+        """The rows of these orders (sorted ids): by range when they are all the ids in it (export
+        --all walks the key), else by IN (…), 500 at a time."""
+        if ids[-1] - ids[0] + 1 == len(ids):
+            return self._rows(f"{base} WHERE order_id >= ? AND order_id <= ? ORDER BY {order}", (ids[0], ids[-1]))
+        found = []
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            found.extend(self._rows(f"{base} WHERE order_id IN ({', '.join('?' * len(part))}) ORDER BY {order}", part))
+        return found
+
+    def events_of(self, ids: list[int]) -> list[tuple]:
+        return self._of(self._EVENTS, ids, "order_id, seq")
+
+    def notifications_of(self, ids: list[int]) -> list[tuple]:
+        return self._of(self._NOTES, ids, "id")
+
+
+def _holds_floats(*tables: list[tuple]) -> bool:
+    """Whether any column of these rows came back as a float (a value written outside coopctl)."""
+    return any(float in set(map(type, chain.from_iterable(rows))) for rows in tables)
+
+
+def _event_data(text):
+    """An event's data (as `store.event_from_row` reads it): text that is not JSON is kept as is."""
+    try:
+        return _DATA(text)
+    except (TypeError, ValueError, RecursionError):
+        return text
+
+
+_NON_FINITE = [False]  # set when an event's data held NaN or Infinity (see _Chunk.exact)
+
+
+def _noted_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        _NON_FINITE[0] = True
+    return value
+
+
+def _noted_constant(text: str) -> float:
+    _NON_FINITE[0] = True
+    return float(text)
+
+
+_DATA = json.JSONDecoder(parse_float=_noted_float, parse_constant=_noted_constant).decode
+
+
+class _Instants(dict):
+    """iso(instant, tz), each instant written once per chunk."""
+
+    def __init__(self, tz: tzinfo):
+        super().__init__()
+        self.tz = tz
+
+    def __missing__(self, instant: int) -> str:
+        text = self[instant] = iso(instant, self.tz) if self.tz else iso(instant)
+        return text
+
+
+class _Data(dict):
+    """An event's data from its stored text (`_event_data`), each text decoded once per chunk: the
+    documents then share one (never modified) object for equal texts."""
+
+    def __missing__(self, text):
+        value = _event_data(text)
+        if isinstance(text, str):  # (a NULL or a non-text value written outside coopctl: not kept)
+            self[text] = value
+        return value
+
+
+def _event_json(row: tuple, when: _Instants, data: _Data) -> dict:
+    """`Event.to_json(tz)` of an event row."""
+    _, seq, kind, at, actor, operator, text, prev_hash, digest = row
+    return {
+        "seq": seq,
+        "kind": kind,
+        "at": when[at],
+        "actor": actor,
+        "operator": operator,
+        "data": data[text],
+        "prev_hash": prev_hash,
+        "hash": digest,
+    }
+
+
 EVIDENCE_PIECE = 32 * 1024 * 1024  # base64 characters of evidence held at once while exporting (then written)
 
 
-def _with_evidence(tx, documents: list[dict], events: dict[int, list[Event]]) -> Iterator[list[dict]]:
+class _NamedData(NamedTuple):
+    """What `evidence.named_by` reads of an event: its data (here, of its JSON in the document)."""
+
+    data: object
+
+
+def _with_evidence(tx, documents: "_Chunk", events: dict[int, list[tuple]]) -> Iterator["_Chunk"]:
     """`export --with-evidence` (SPEC section 2): each order's "evidence" (after "notifications",
     before "sealed"), the files its events name that this database holds, with their contents in
     base64 (`evidence.embedded`). The documents come out in pieces holding about EVIDENCE_PIECE
@@ -393,18 +548,20 @@ def _with_evidence(tx, documents: list[dict], events: dict[int, list[Event]]) ->
     files, not by a chunk's (the text written is the same: pieces are joined as chunks are)."""
     from coopctl.evidence import embedded
 
-    piece: list[dict] = []
+    piece = _Chunk()
+    piece.exact = documents.exact
     held = 0
     for document in documents:  # copies: the chunk's own list does not keep the contents alive
         shaped = {key: value for key, value in document.items() if key != "sealed"}
-        shaped["evidence"] = embedded(tx, events[document["id"]])
+        shaped["evidence"] = embedded(tx, [_NamedData(e["data"]) for e in document["events"]])
         if "sealed" in document:
             shaped["sealed"] = document["sealed"]
         piece.append(shaped)
         held += sum(len(e["content_base64"]) for e in shaped["evidence"])
         if held >= EVIDENCE_PIECE:
             yield piece
-            piece, held = [], 0
+            piece, held = _Chunk(), 0
+            piece.exact = documents.exact
     if piece:
         yield piece
 
@@ -414,46 +571,60 @@ def _sealed_by_order(sealing, chunk: list[int]):
     return [(i, found.get(i)) for i in chunk]
 
 
-_NESTED = ('{\n  "orders": [', "\n  ]\n}")  # around the orders of a chunk dumped as the document nests them
+_NESTED = (b'{\n  "orders": [', b"\n  ]\n}")  # around the orders of a chunk dumped as the document nests them
 
 
 def _write_document(handle: TextIO, header: dict, chunks: Iterable[list[dict]], progress: Callable[[int], None] | None) -> None:
     """The text of `dumps({**header, "orders": [...]})`, written a chunk of orders at a time: the
     header, then each chunk dumped at the depth where the document holds its orders (so that it is
-    indented exactly as one dumps of the whole would indent it), then the closing."""
+    indented exactly as one dumps of the whole would indent it), then the closing. The chunks are
+    encoded by `jsontext.indented` (the same bytes, from a C encoder) and written as UTF-8 bytes to
+    the stream's buffer when it has one."""
+    from coopctl.jsontext import indented
+
     head = dumps({**header, "orders": []})
     assert head.endswith("[]\n}\n")
-    handle.write(head[: -len("]\n}\n")])
+    raw = getattr(handle, "buffer", None)
+    if raw is not None:
+        handle.flush()  # what the text layer holds goes first
+        write = raw.write
+    else:
+        write = lambda data: handle.write(data.decode("utf-8"))  # noqa: E731 - a text stream without bytes (StringIO)
+    write(head[: -len("]\n}\n")].encode("utf-8"))
     opening, closing = _NESTED
     written = 0
     for documents in chunks:
         if not documents:
             continue
-        text = json_escaped(json.dumps({"orders": documents}, ensure_ascii=False, indent=2))
+        text = indented({"orders": documents}, exact=getattr(documents, "exact", True))
         assert text.startswith(opening) and text.endswith(closing)
-        handle.write(("," if written else "") + text[len(opening) : -len(closing)])
+        write(("," if written else "").encode() + text[len(opening) : -len(closing)])
         written += len(documents)
         if progress is not None:
             progress(len(documents))
-    handle.write("]\n}\n" if written == 0 else "\n  ]\n}\n")
+    write(b"]\n}\n" if written == 0 else b"\n  ]\n}\n")
+    if raw is not None:
+        raw.flush()
 
 
-def _order_document(order: Order, events: list[Event], notes: list, tz: tzinfo) -> dict:
+def _order_document(order: Order, events: list[dict], notes: list, when: _Instants) -> dict:
+    """An order's document: `events` are already JSON (`Event.to_json`), `notes` notification rows
+    (order_id, recipient, channel, kind, at, text, sent_at), `when` the instants in the export's zone."""
     return {
-        **order.to_json(tz),
+        **order.to_json(when.tz),
         "reminders_sent": sorted(order.reminders_sent),
-        "events": [e.to_json(tz) for e in events],
+        "events": events,
         "notifications": [
             {
-                "order": n.order_id,
-                "recipient": n.recipient,
-                "channel": n.channel,
-                "kind": n.kind,
-                "at": iso(n.at, tz),
-                "text": n.text,
-                "sent_at": None if n.sent_at is None else iso(n.sent_at, tz),
+                "order": order_id,
+                "recipient": recipient,
+                "channel": channel,
+                "kind": kind,
+                "at": when[at],
+                "text": text,
+                "sent_at": None if sent_at is None else when[sent_at],
             }
-            for n in notes
+            for order_id, recipient, channel, kind, at, text, sent_at in notes
         ],
     }
 

@@ -778,16 +778,33 @@ def progress(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
     if total is None or total < PROGRESS_THRESHOLD or not shows_progress():
         yield _no_progress
         return
-    from rich.progress import Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     # the bar never takes over stdout: data written meanwhile (an export) must reach it untouched
-    bar = Progress(console=_console(stderr=True), transient=True, redirect_stdout=False, redirect_stderr=False)
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _rate_column(),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+        console=_console(stderr=True), transient=True, redirect_stdout=False, redirect_stderr=False,
+    )
     task = bar.add_task(label, total=total)
     bar.start()
     try:
         yield lambda done=1: bar.update(task, advance=done)
     finally:
         bar.stop()
+
+
+def _rate_column():
+    """Items per second (`12,345/s`), as rich measures it over the last seconds."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?/s" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
+
+    return Rate()
 
 
 @contextmanager

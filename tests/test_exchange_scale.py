@@ -284,8 +284,10 @@ def test_progress_draws_a_rich_bar_for_long_work_on_a_terminal(monkeypatch):
     drawn = []
 
     class Bar:
-        def __init__(self, **options):
+        def __init__(self, *columns, **options):
             drawn.append(("console on stderr", options["console"].file is fake_stderr))
+            names = {type(c).__name__ for c in columns}
+            assert {"BarColumn", "MofNCompleteColumn", "Rate", "TimeRemainingColumn"} <= names  # rate and time left
 
         def add_task(self, label, total):
             drawn.append((label, total))

@@ -138,6 +138,19 @@ def test_inclusion_proofs_match_the_certificate_transparency_vectors(m, n, path)
     assert seal.verify_inclusion(m, n, seal.leaf_hash(CT_LEAVES[m]), [bytes.fromhex(p) for p in path], bytes.fromhex(CT_ROOTS[n - 1]))
 
 
+def test_the_exports_proofs_by_level_are_the_rfc_paths_for_sizes_1_to_130_and_every_index():
+    """`Tree.proof_hex` (an export's fast path, siblings level by level with a shared memo) gives
+    the RFC's PATH(m, D[n]) for every leaf, proofs asked in order and out of order."""
+    data = [hashlib.sha256(str(i).encode()).digest() for i in range(130)]
+    tree = memory_tree(data)
+    for n in range(1, 131):
+        memo: dict = {}
+        for m in [*range(n), *reversed(range(n))]:
+            assert tree.proof_hex(m, n, memo) == [p.hex() for p in ref_path(m, data[:n])], (m, n)
+    for m, n, path in [(0, 1, []), (2, 3, ["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"])]:
+        assert memory_tree(CT_LEAVES[:n]).proof_hex(m, n, {}) == path
+
+
 def test_mth_path_and_verification_agree_with_the_rfc_for_sizes_1_to_70_and_every_index():
     data = [hashlib.sha256(str(i).encode()).digest() for i in range(70)]
     tree = memory_tree(data)
