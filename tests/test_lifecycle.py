@@ -394,7 +394,8 @@ def test_wrong_party_id_is_refused(status, action, party):
     at = before.last_event_at + MINUTE
     for wrong in ("someone-else", "", before.party_id(party.other), before.party_id(party) + " "):
         with pytest.raises(Refused):
-            act(before, Action(action), party, wrong, at, OPERATOR, reason="r")
+            act(before, Action(action), party, wrong, at, OPERATOR, reason="r", ruling="none",
+                proposal=before.terms.latest_start_at + DAY)
     assert story.order == before
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import base_env, coopctl_executable
+from coopctl.models import SCHEMA_VERSION
 
 M, C = "商家A", "达人小王"
 T0 = "2026-11-01T10:00:00+08:00"
@@ -245,7 +246,7 @@ def test_moving_from_sqlite_to_postgresql_keeps_every_history_and_hash(invoke, c
     """README.md's recipe: `coopctl --db old.db export --all | coopctl --db URL import -`."""
     old = str(tmp_path / "old.db")
     demo = json.loads(invoke("--db", old, "demo", "--json").stdout)
-    assert len(demo) == 14
+    assert len(demo) == 17
     document = cli(old, "export", "--all")
     assert document.returncode == 0, document.stderr
     moved = ok_json(cli(pg_url, "import", "-", "--json", input=document.stdout))
@@ -261,7 +262,7 @@ def test_moving_from_sqlite_to_postgresql_keeps_every_history_and_hash(invoke, c
     # the PostgreSQL database carries on: the next tick fires the same deadlines, new ids follow
     now = ("--now", "2031-01-01T00:00", "--json")
     assert json.loads(run(pg_url, "tick", *now)) == json.loads(run(old, "tick", *now))
-    assert json.loads(run(pg_url, *create_args(at="2030-06-01T00:00", latest="2030-07-01T00:00"), "--json"))["id"] == 15
+    assert json.loads(run(pg_url, *create_args(at="2030-06-01T00:00", latest="2030-07-01T00:00"), "--json"))["id"] == 18
 
 
 # --------------------------------------------------------------------------- concurrency
