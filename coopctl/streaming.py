@@ -126,6 +126,15 @@ class _Scanned:
         self._carry = text[max(0, end - _CARRY):] if chunk else b""
 
 
+    def pending(self) -> bool:
+        """Whether the bytes not yet judged (an escape that may go on in the next read) hold a lone
+        surrogate: the parser may have met it first, and must not get the blame."""
+        for found in _SURROGATE.finditer(self._carry):
+            if found.group(1)[1:2].lower() not in b"89ab" or found.group(2) is None:
+                return True
+        return False
+
+
 class _Replayed:
     """The recorded bytes of the header again, then the rest of the stream."""
 
@@ -180,7 +189,9 @@ def _plain_deep(value, where: str, key: str):
 _CONSTANT = re.compile(r"(-?Infinity|NaN)")
 
 
-def _json_error(source: str, exc: Exception) -> InvalidInput:
+def _json_error(source: str, exc: Exception, scanned: "_Scanned | None" = None) -> InvalidInput:
+    if scanned is not None and scanned.pending():
+        return _not_unicode(source)
     text = str(exc) if not isinstance(exc, bytes) else exc.decode("utf-8", "replace")
     if isinstance(exc, UnicodeDecodeError) or "invalid bytes in UTF8" in text:
         return InvalidInput(f"{source} is not a coopctl export: it is not UTF-8 text")
@@ -322,7 +333,7 @@ class ExportStream:
                 if not chunk:
                     break
         except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
-            raise _json_error(self.source, exc) from None
+            raise _json_error(self.source, exc, self.scanned) from None
         if seals:
             self.header["seal"] = seals[-1]
 
@@ -345,7 +356,7 @@ class ExportStream:
                 if prefix == "" and event == "map_key":
                     self.header[value] = _plain_deep(_value(next(events), events), self.source, value)
         except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
-            raise _json_error(self.source, exc) from None
+            raise _json_error(self.source, exc, self.scanned) from None
         if progress is not None:
             progress(self.scanned.position, count)
 
@@ -412,7 +423,7 @@ def open_export(raw: BinaryIO, source: str, *, size: int | None = None, want_sea
                     pass
                 break
     except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
-        raise _json_error(source, exc) from None
+        raise _json_error(source, exc, scanned) from None
     fast = in_orders and all(key in header for key in ("format", "version", "exported_at"))
     if not in_orders:
         stream = ExportStream(source, scanned, header, True, None, size, want_seal)
