@@ -279,3 +279,22 @@ def test_surrogate_escapes_split_across_reads_are_judged_whole():
     for bad in (b'{"x": "\\ud800", "orders": []}', b'{"x": "\\udc00", "orders": []}', b'{"x": "\\ud800\\u0041"}'):
         with pytest.raises(InvalidInput, match="not valid Unicode"):
             streaming.open_export(Trickle(bad), "t")
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_import_and_replay_show_a_bar_with_rate_and_time_left_on_a_terminal_only(files, tmp_path):
+    from test_exchange_scale import _run_on_a_terminal
+
+    source = files / "e300.json"
+    assert source.stat().st_size > 1 << 20  # big enough for a bar
+    env = {**base_env(tmp_path / "bar.db"), "TERM": "xterm", "COLUMNS": "120"}
+    env.pop("NO_COLOR")
+    code, _, terminal = _run_on_a_terminal(["import", str(source)], env, tmp_path)
+    assert code == 0
+    assert b"import" in terminal and b"300 orders (" in terminal and b"/s)" in terminal and b"left" in terminal
+    code, out, terminal = _run_on_a_terminal(["replay", str(source), "--summary"], env, tmp_path)
+    assert code == 0 and b"replay" in terminal and out.startswith(b"300 of 300 orders reproduced")
+    piped = coopctl("replay", source, "--summary", db=tmp_path / "bar.db", cwd=tmp_path)
+    assert piped.returncode == 0 and piped.stderr == b""
