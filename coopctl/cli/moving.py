@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Annotated, Optional
 
 import typer
@@ -134,7 +134,13 @@ def replay(
         else:
             render.what_if_report(results, rt.tz, os.path.basename(policy))
         return
-    if key is not None:  # the seal is checked over the whole file first (a second read of it)
+    held = None
+    if key is not None and file == "-":  # stdin is read once: held, verified, then replayed (as before streaming)
+        from coopctl.seal import check_verification, verify_export
+
+        held = _read_export(file)
+        check_verification(verify_export(held, key), require_sealed=False)
+    elif key is not None:  # the seal is checked over the whole file first (a second read of it)
         _verify_first(file, key)
     wanted = set(only or ())
     found: set[int] = set()
@@ -142,8 +148,12 @@ def replay(
     good = total = 0
     started = time.perf_counter()
     collected: list = []  # --json: the verdicts' JSON (small), --summary --json: only those that diverge
-    with _streamed(file) as stream, render.file_progress("replay", stream.size) as update:
-        orders = stream.orders(progress=update)
+    with ExitStack() as reading:
+        if held is not None:
+            orders = iter(held.orders)
+        else:
+            stream = reading.enter_context(_streamed(file))
+            orders = stream.orders(progress=reading.enter_context(render.file_progress("replay", stream.size)))
         if wanted:
             orders = (o for o in orders if o.id in wanted and not found.add(o.id))
         first = True
@@ -184,12 +194,8 @@ def replay(
 
 def _verify_first(file: str, key: bytes) -> None:
     """`replay --public-key`: `verify`'s checks, streamed, before anything is replayed."""
-    from coopctl.seal import check_verification, verify_stream
+    from coopctl.seal import check_verification
 
-    if file == "-":
-        from coopctl.errors import InvalidInput
-
-        raise InvalidInput("replay --public-key reads the file twice (verify, then replay): give a file, not stdin")
     check_verification(verified(file, key), require_sealed=False)
 
 
