@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import stat
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, TextIO
 
@@ -57,6 +57,7 @@ from coopctl.lifecycle import (
 )
 from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
 from coopctl.rows import ORDER_COLUMNS, order_from_row
+from coopctl.streaming import _plain, open_export, open_path
 from coopctl.trust import MAX_ORDER_ID, MAX_TEXT_LENGTH, check_id, check_operator, check_text, json_escaped, shown
 
 FORMAT = "coopctl-export"
@@ -79,7 +80,6 @@ _TEXT_OR_NULL = {
 }
 _RULING_KEYS = ("liable", "amount", "reason", "at", "final")
 _REMINDER_KEY = re.compile(r"[a-z_]{1,32}@-?\d{1,20}")
-_MAX_DIGITS = 40
 _HASH = re.compile(r"[0-9a-f]{64}")
 # What a file may name, as the rules write it (SPEC section 1): event kinds and actors,
 # notification kinds, recipients and channels. Anything else is not a coopctl export (exit 2).
@@ -794,115 +794,29 @@ def _sync_folder(folder: Path) -> None:
 # --------------------------------------------------------------------------- reading a file
 
 
-class _TooLarge(ValueError):
-    pass
-
-
-def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_DIGITS:
-        raise _TooLarge(f"the number {text[:20]}... is too large")
-    return int(text)
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or len(text) > 2 * _MAX_DIGITS:
-        raise _TooLarge(f"the number {text[:20]}... is too large")
-    return value
-
-
-def _no_constant(name: str):
-    raise _TooLarge(f"{name} is not a number JSON allows")
-
-
 def parse_document(raw: bytes | str | BinaryIO, *, source: str = "the file") -> ExportFile:
-    """Read and type-check an export (its text, or a binary stream to read it from); anything
-    malformed is InvalidInput naming the order and field."""
-    document = _json_document(raw, source)  # the text is gone by now: only the parsed values are held
-    if not isinstance(document, dict):
-        _check_unicode(document, source)
-        raise InvalidInput(f"{source} is not a coopctl export: expected a JSON object, got {_kind(document)}")
-    orders = document.get("orders")
-    _check_unicode({k: v for k, v in document.items() if k != "orders" or not isinstance(v, list)}, source)
-    if document.get("format") != FORMAT:
-        raise InvalidInput(
-            f"{source} is not a coopctl export: 'format' is {document.get('format')!r}, expected {FORMAT!r}"
-        )
-    version = document.get("version")
-    if type(version) is not int or version != VERSION:
-        raise InvalidInput(f"{source}: unsupported export version {version!r}; this coopctl reads version {VERSION}")
-    exported_at = _instant(document, "exported_at", source)
-    if not isinstance(orders, list):
-        raise InvalidInput(f"{source}: 'orders' must be an array, got {_kind(orders)}")
-    head = None
-    if "seal" in document:  # SPEC section 6: shape checked here, signature and proofs by `verify`
-        from coopctl.seal import head_from_json
-
-        head = head_from_json(document["seal"], source)
-    parsed: list[ExportedOrder] = []
-    seen: set[int] = set()
-    latest: tuple[int, int] | None = None  # (instant, order id) of the file's last event
-    for index, item in enumerate(orders):
-        _check_unicode(item, source)
-        order = _parse_order(item, f"{source}: orders[{index}]")
-        if order.id in seen:
-            raise InvalidInput(f"{source}: order {order.id} appears twice")
-        seen.add(order.id)
-        parsed.append(order)
-        for e in order.events:
-            if latest is None or e.at > latest[0]:
-                latest = (e.at, order.id)
-    if latest is not None and exported_at < latest[0]:
-        raise InvalidInput(
-            f"{source}: 'exported_at' {iso(exported_at)} is before the last event of order {latest[1]} "
-            f"({iso(latest[0])}); an export cannot be older than the history it holds"
-        )
-    return ExportFile(exported_at, parsed, head)
-
-
-def _json_document(raw: bytes | str | BinaryIO, source: str):
-    """The JSON value of an export's text; the text itself (possibly large) is not kept."""
-    if not isinstance(raw, (bytes, str)):
-        try:
-            raw = raw.read()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
+    """Read and type-check a whole export (its text, or a binary stream to read it from) into
+    memory, through the same streaming reader as `import` and `replay` (`coopctl.streaming`);
+    anything malformed is InvalidInput naming the order and field. For small files and tests:
+    the commands stream (`read_stream`)."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
     if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"{source} is not a coopctl export: it is not UTF-8 text") from None
-    try:
-        return json.loads(raw, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_no_constant)
-    except RecursionError:
-        raise InvalidInput(f"{source} is not a coopctl export: its JSON is nested too deeply") from None
-    except _TooLarge as exc:
-        raise InvalidInput(f"{source} is not a coopctl export: {exc}") from None
-    except ValueError as exc:  # JSONDecodeError, and int() refusing thousands of digits
-        raise InvalidInput(f"{source} is not a coopctl export: not JSON ({exc})") from None
+        raw = io.BytesIO(raw)
+    return collect(open_export(raw, source, want_seal=True))
 
 
-def _check_unicode(value, source: str) -> None:
-    """Text that JSON can carry but UTF-8 cannot (a lone surrogate such as \\ud800) is refused; checked
-    one order at a time, never by encoding the whole document at once."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput(f"{source} is not a coopctl export: it holds text that is not valid Unicode") from None
-    except RecursionError:
-        raise InvalidInput(f"{source} is not a coopctl export: its JSON is nested too deeply") from None
+def collect(stream) -> ExportFile:
+    """Every order of an export stream, held: an `ExportFile`."""
+    orders = list(stream.orders())
+    return ExportFile(stream.exported_at, orders, stream.seal)
 
 
 def load(path: str | os.PathLike) -> ExportFile:
-    """Parse an export file; the bytes are read and decoded once and not kept while it is parsed."""
-    try:
-        handle = open(path, "rb")
-    except IsADirectoryError:
-        raise InvalidInput(f"{str(path)!r} is a directory, not an export file") from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {str(path)!r}: {exc.strerror}") from None
-    with handle:
-        return parse_document(handle, source=str(path))
+    """Parse a whole export file into memory (`parse_document`)."""
+    stream = open_path(str(path), want_seal=True)
+    with stream.scanned.raw:
+        return collect(stream)
 
 
 def _kind(value) -> str:
@@ -1193,7 +1107,9 @@ def _check_ruling(value, where: str) -> None:
 
 
 def _check_data(value, where: str, path: str) -> None:
-    """Every text in an event's data (keys too), as a note or a reason is checked."""
+    """Every text in an event's data (keys too), as a note or a reason is checked; numbers as
+    `json.loads` read them (`streaming.plain_numbers`: a Decimal from the streaming parser becomes
+    the float json made, absurd ones are refused), in place."""
     if isinstance(value, str):
         if not (value.isprintable() and len(value) <= MAX_TEXT_LENGTH):  # the common case, at C speed
             _checked(check_text, value, where, path)
@@ -1201,11 +1117,18 @@ def _check_data(value, where: str, path: str) -> None:
         for key, inner in value.items():
             if not (isinstance(key, str) and key.isprintable() and len(key) <= MAX_TEXT_LENGTH):
                 _checked(check_text, key, where, f"{path} key")
-            if not isinstance(inner, (int, float, type(None))):
+            kind = type(inner)
+            if kind is Decimal or kind is int:
+                value[key] = _plain(inner, where, f"{path}.{key}")
+            elif not isinstance(inner, (int, float, type(None))):
                 _check_data(inner, where, f"{path}.{key}")
     elif isinstance(value, list):
         for index, inner in enumerate(value):
-            _check_data(inner, where, f"{path}[{index}]")
+            kind = type(inner)
+            if kind is Decimal or kind is int:
+                value[index] = _plain(inner, where, f"{path}[{index}]")
+            else:
+                _check_data(inner, where, f"{path}[{index}]")
 
 
 def _check_created(data: dict, where: str) -> None:
@@ -1237,21 +1160,35 @@ def replay(export: ExportFile) -> list[Verdict]:
     return _replayed(export.orders, keep_steps=True)
 
 
-def _replayed(orders: list[ExportedOrder], *, keep_steps: bool, progress: Callable[[int], None] | None = None) -> list[Verdict]:
-    """`replay`, REPLAY_CHUNK orders at a time through one scratch in-memory database that each
-    chunk leaves empty; without `keep_steps` only the outcome of each order is kept (an import
-    does not show timelines), so that memory follows the orders, not their every step."""
+def _replayed(orders: Iterable[ExportedOrder], *, keep_steps: bool, progress: Callable[[int], None] | None = None) -> list[Verdict]:
+    """`replay_chunks`, every verdict in one list."""
+    return [v for chunk in replay_chunks(orders, keep_steps=keep_steps, progress=progress) for v in chunk]
+
+
+def replay_chunks(
+    orders: Iterable[ExportedOrder], *, keep_steps: bool, progress: Callable[[int], None] | None = None,
+    chunk: int | None = None,
+) -> Iterator[list[Verdict]]:
+    """The verdicts of `replay`, REPLAY_CHUNK orders at a time as they are read (any iterable: a
+    stream's orders), through one scratch in-memory database that each chunk leaves empty; without
+    `keep_steps` only the outcome of each order is kept (an import does not show timelines), so
+    that memory follows one chunk, not the file."""
     from coopctl.store import Location, Store
 
     scratch = Store(Location.memory())
     try:
         scratch.initialise(made_by="replay")
         owners: dict[str, int] = {}
-        verdicts: list[Verdict] = []
-        for start in range(0, len(orders), REPLAY_CHUNK):
-            part = _unique_keys([_rebuild(order) for order in orders[start : start + REPLAY_CHUNK]], owners)
+        source = iter(orders)
+        while True:
+            batch = list(islice(source, chunk or REPLAY_CHUNK))
+            if not batch:
+                return
+            part = _unique_keys([_rebuild(order) for order in batch], owners)
+            del batch
             rebuilt = [v for v in part if v.ok]
             stored = _through_scratch(scratch, rebuilt) if rebuilt else {}
+            verdicts: list[Verdict] = []
             for verdict in part:
                 if verdict.ok:
                     verdict = _compared(verdict, stored[verdict.order_id])
@@ -1262,7 +1199,7 @@ def _replayed(orders: list[ExportedOrder], *, keep_steps: bool, progress: Callab
                 verdicts.append(verdict if keep_steps else replace(verdict, steps=[]))
             if progress is not None:
                 progress(len(part))
-        return verdicts
+            yield verdicts
     finally:
         scratch.dispose()
 
@@ -1278,12 +1215,18 @@ def _compared(verdict: Verdict, order: Order) -> Verdict:
 
 
 def _rebuild(exported: ExportedOrder) -> Verdict:
-    """The order rebuilt from its events (strictly: a file is new input)."""
+    """The order rebuilt from its events (strictly: a file is new input). The rules make every
+    event again, hash and prev_hash included, and each must equal the recorded one: a history
+    that rebuilds has a sound chain, so `verify_chain` runs only when it does not, to name the
+    first altered, removed or reordered event before what the rules say about it."""
     events = exported.events
     try:
-        verify_chain(exported.id, events)
         steps = rebuild(exported.id, events)
     except Divergence as divergence:
+        try:
+            verify_chain(exported.id, events)
+        except Divergence as broken:
+            divergence = broken
         return Verdict(exported, _prefix(exported.id, events, divergence.seq), None, divergence)
     return Verdict(exported, steps, replace(steps[-1].order, reminders_sent=exported.reminders_sent))
 
@@ -1442,58 +1385,107 @@ def _named(ids: list[int]) -> str:
     return names + (f", … and {len(ids) - NAMED:,} more" if len(ids) > NAMED else "")
 
 
-def import_orders(
-    svc, export: ExportFile, *, progress: Callable[[int], None] | None = None, report: Callable | None = None
-) -> list[Verdict]:
-    """Load every order of an export after the replay checks, all or nothing, keeping ids, events
-    and hashes. A history that does not replay, or an id (or idempotency key) already in the
-    database, is refused and nothing is written. Creates the database if it is missing.
+@dataclass
+class ImportSummary:
+    """What an import wrote: the ids (compact), how many events and notifications, and the first
+    IMPORT_SHOWN verdicts (for the table; a large import is summed up, not drawn row by row)."""
 
-    Every order is checked first (nothing is created or written when one diverges); then one write
-    transaction inserts them IMPORT_CHUNK orders at a time through the store's bulk path. `progress`
-    (if given) is told how many orders were checked, then how many written: twice the orders in all.
-    `report(verdicts)` is written before the transaction commits (`service.change`)."""
+    database: str
+    ids: array = field(default_factory=lambda: array("q"))
+    events: int = 0
+    notifications: int = 0
+    shown: list[Verdict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+IMPORT_SHOWN = 50
+
+
+def import_orders(
+    svc, export, *, progress: Callable[[int], None] | None = None, report: Callable | None = None
+) -> ImportSummary:
+    """Load every order of an export (an `ExportFile`, or a `streaming.ExportStream` read as it goes)
+    after the replay checks, all or nothing, keeping ids, events and hashes. A history that does not
+    replay, an id (or idempotency key) already in the database, or a file that turns out malformed
+    at its last byte is refused and nothing is written.
+
+    One write transaction (`service.change`): each chunk of IMPORT_CHUNK orders is replayed as it is
+    read, checked against the database, and inserted through the store's bulk path; the header's
+    deferred checks run at the end, then `report(summary)` is written, then it commits. Any refusal
+    rolls the whole transaction back. A database that this import created is removed again when it
+    fails, so that a refused import leaves no trace. `progress` (if given) is told how many orders
+    were written after each chunk."""
+    store = svc.store
+    path = store.location.path
+    created = path is not None and not path.exists()
+    try:
+        return _import(svc, export, progress, report)
+    except BaseException:
+        if created:
+            _remove_database(store, path)
+        raise
+
+
+def _remove_database(store, path: Path) -> None:
+    store.dispose()
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"), path.with_name(path.name + "-journal")):
+        try:
+            name.unlink()
+        except OSError:
+            pass
+
+
+def _import(svc, export, progress, report) -> ImportSummary:
     from coopctl.service import change
 
-    verdicts = _replayed(export.orders, keep_steps=False, progress=progress)
-    failed = [v for v in verdicts if not v.ok]
-    if failed:
-        more = f" ({len(failed)} orders diverge)" if len(failed) > 1 else ""
-        raise Refused(f"{failed[0].message}{more}; nothing was imported (`coopctl replay` shows the timeline)")
     svc.store.initialise()
     where = svc.store.location.display
+    summary = ImportSummary(where)
+    orders = export.orders if isinstance(export, ExportFile) else export.orders()
     with change(svc.store, report) as current:
         tx = current.tx
-        present = sorted(tx.ids_present([v.order_id for v in verdicts]))
-        if present:
-            names = _named(present)
-            exists = f"order {names} already exists" if len(present) == 1 else f"orders {names} already exist"
-            raise Refused(
-                f"{exists} in {where}; nothing was imported "
-                "(import never overwrites an order: import into another database)"
-            )
-        keys = [v.rebuilt.idempotency_key for v in verdicts if v.rebuilt.idempotency_key is not None]
-        in_use = tx.keys_in_use(keys) if keys else {}
-        for v in verdicts:
-            key = v.rebuilt.idempotency_key
-            if key is not None and key in in_use:
+        for part in replay_chunks(orders, keep_steps=False, chunk=IMPORT_CHUNK):
+            failed = [v for v in part if not v.ok]
+            if failed:
+                more = f" (and {len(failed) - 1} more in its chunk)" if len(failed) > 1 else ""
+                raise Refused(f"{failed[0].message}{more}; nothing was imported (`coopctl replay` shows the timeline)")
+            present = sorted(tx.ids_present([v.order_id for v in part]))
+            if present:
+                names = _named(present)
+                exists = f"order {names} already exists" if len(present) == 1 else f"orders {names} already exist"
                 raise Refused(
-                    f"order {v.order_id} has idempotency key {key!r}, which order {in_use[key]} of {where} "
-                    "already uses; nothing was imported"
+                    f"{exists} in {where}; nothing was imported "
+                    "(import never overwrites an order: import into another database)"
                 )
-        for start in range(0, len(verdicts), IMPORT_CHUNK):
-            part = verdicts[start : start + IMPORT_CHUNK]
+            keys = [v.rebuilt.idempotency_key for v in part if v.rebuilt.idempotency_key is not None]
+            in_use = tx.keys_in_use(keys) if keys else {}
+            for v in part:
+                key = v.rebuilt.idempotency_key
+                if key is not None and key in in_use:
+                    raise Refused(
+                        f"order {v.order_id} has idempotency key {key!r}, which order {in_use[key]} of {where} "
+                        "already uses; nothing was imported"
+                    )
             tx.insert_orders([v.rebuilt for v in part])
-            tx.insert_history(
-                [e for v in part for e in v.exported.events],
-                [n for v in part for n in v.exported.notifications],
-            )
+            events = [e for v in part for e in v.exported.events]
+            notes = [n for v in part for n in v.exported.notifications]
+            tx.insert_history(events, notes)
             _import_evidence(tx, part)
+            summary.ids.extend(v.order_id for v in part)
+            summary.events += len(events)
+            summary.notifications += len(notes)
+            if len(summary.shown) < IMPORT_SHOWN:
+                summary.shown.extend(part[: IMPORT_SHOWN - len(summary.shown)])
             if progress is not None:
                 progress(len(part))
+            del events, notes, part
+        if not isinstance(export, ExportFile):
+            export.finish()  # the checks that waited for the end of the file (keys after the orders)
         tx.follow_explicit_ids()
-        current.done(verdicts)
-    return verdicts
+        current.done(summary)
+    return summary
 
 
 def _import_evidence(tx, verdicts: list[Verdict]) -> None:

@@ -808,6 +808,35 @@ def _rate_column():
 
 
 @contextmanager
+def file_progress(label: str, size: int | None):
+    """A bar for reading an export (import, replay) on a terminal: bytes read of `size` (the file's;
+    None for stdin: the bar then only counts), orders done, their rate and the time left. Yields
+    `update(position, orders)`; nothing at all when stderr is piped."""
+    if not shows_progress() or (size is not None and size < 1 << 20):
+        yield lambda position, orders: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[orders]:,} orders ({task.fields[rate]:,.0f}/s)"),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+        console=_console(stderr=True), transient=True, redirect_stdout=False, redirect_stderr=False,
+    )
+    task = bar.add_task(label, total=size, orders=0, rate=0.0)
+    bar.start()
+
+    def update(position: int, orders: int) -> None:
+        elapsed = bar.tasks[0].elapsed or 0.0
+        bar.update(task, completed=position, orders=orders, rate=orders / elapsed if elapsed > 0 else 0.0)
+
+    try:
+        yield update
+    finally:
+        bar.stop()
+
+
+@contextmanager
 def counted_progress(label: str, *, show: bool = True):
     """`progress` for work that counts its own size once it has started (tick, export): yields
     (total_hint, advance). total_hint is None when no bar can be shown (stderr piped, or `show`
@@ -846,9 +875,15 @@ def _verdict_text(verdict, tz: tzinfo) -> tuple[str, str]:
     return f"order {verdict.order_id}: DIVERGES at event seq {verdict.divergence.seq}: {verdict.divergence.why}", "bold red"
 
 
-def replay_report(verdicts: list, tz: tzinfo, source: str, *, wide: bool = False) -> None:
+def replay_report(verdicts: list, tz: tzinfo, source: str, *, wide: bool = False, totals: bool = True, first: bool = True) -> None:
     """Per order: its terms, the timeline rebuilt by the rules (state and deadline after each
-    event), then the verdict; parts separated by single blank lines."""
+    event), then the verdict; parts separated by single blank lines. A streamed replay draws each
+    chunk with `totals=False` (`first=False` after the first: a blank line before it), then
+    `replay_totals`."""
+    if not verdicts and not totals:
+        return
+    if not first:
+        sys.stdout.write("\n")
     with _parts() as part:
         for verdict in verdicts:
             steps = verdict.steps
@@ -870,8 +905,9 @@ def replay_report(verdicts: list, tz: tzinfo, source: str, *, wide: bool = False
                 timeline(verdict.rebuilt if verdict.ok else None, verdict.exported.events, tz, states, title=title, wide=wide),
                 _line(*_verdict_text(verdict, tz)[:1], style=_verdict_text(verdict, tz)[1], wide=wide),
             ))
-        good = sum(1 for v in verdicts if v.ok)
-        part(lambda: _line(f"{good} of {len(verdicts)} order{'s' if len(verdicts) != 1 else ''} reproduced; times in {_tz_name(tz)}", wide=wide))
+        if totals:
+            good = sum(1 for v in verdicts if v.ok)
+            part(lambda: _line(f"{good} of {len(verdicts)} order{'s' if len(verdicts) != 1 else ''} reproduced; times in {_tz_name(tz)}", wide=wide))
 
 
 def what_if_report(results: list, tz: tzinfo, policy_source: str, *, wide: bool = False) -> None:
@@ -970,14 +1006,33 @@ def _import_table():
 IMPORT_TABLE = _import_table()
 
 
-def import_done(verdicts: list, where: str, tz: tzinfo, *, wide: bool = False) -> None:
+def import_done(summary, where: str, tz: tzinfo, *, wide: bool = False) -> None:
+    """`summary`: an `exchange.ImportSummary` (or a list of verdicts): the first IMPORT_ROWS_SHOWN
+    orders as a table, then the count."""
+    shown = summary.shown if hasattr(summary, "shown") else list(summary)
+    total = len(summary)
     with _parts() as part:
-        part(lambda: print_table(IMPORT_TABLE, verdicts[:IMPORT_ROWS_SHOWN], tz=tz, wide=wide, title=f"imported into {where}"))
+        part(lambda: print_table(IMPORT_TABLE, shown[:IMPORT_ROWS_SHOWN], tz=tz, wide=wide, title=f"imported into {where}"))
         lines = []
-        if len(verdicts) > IMPORT_ROWS_SHOWN:
-            lines.append(f"… and {len(verdicts) - IMPORT_ROWS_SHOWN} more (`coopctl list` shows them)")
-        lines.append(f"{len(verdicts)} order{'s' if len(verdicts) != 1 else ''} imported; every history replayed; times in {_tz_name(tz)}")
+        if total > IMPORT_ROWS_SHOWN:
+            lines.append(f"… and {total - IMPORT_ROWS_SHOWN} more (`coopctl list` shows them)")
+        lines.append(f"{total} order{'s' if total != 1 else ''} imported; every history replayed; times in {_tz_name(tz)}")
         part(lambda: [_line(text, wide=wide) for text in lines])
+
+
+def replay_summary_line(verdict, tz: tzinfo, *, wide: bool = False) -> None:
+    """`replay --summary`: one line for an order that does not reproduce."""
+    text, style = _verdict_text(verdict, tz)
+    _line(text, style=style, wide=wide)
+
+
+def replay_totals(good: int, total: int, tz: tzinfo, *, seconds: float | None = None, wide: bool = False) -> None:
+    line = f"{good} of {total} order{'s' if total != 1 else ''} reproduced"
+    if total != good:
+        line += f"; {total - good} diverge{'s' if total - good == 1 else ''}"
+    if seconds is not None and seconds > 0:
+        line += f"; {total / seconds:,.0f} orders/s"
+    _line(line + f"; times in {_tz_name(tz)}", wide=wide)
 
 
 # --------------------------------------------------------------------------- doctor

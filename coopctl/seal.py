@@ -735,44 +735,77 @@ class Verification:
 def verify_export(export, public_key: bytes) -> Verification:
     """Check an export offline (SPEC section 6): every hash chain, that the head is signed by this
     key, and each order's inclusion proof; no database is opened."""
+    head: Head | None = getattr(export, "seal", None)
+    return Verification(head, _head_problem(head, public_key), [_order_seal(order, head) for order in export.orders])
+
+
+def verify_stream(stream, public_key: bytes, reopen=None) -> Verification:
+    """`verify_export` of a `streaming.ExportStream`, order by order as it is read: only the small
+    per-order results are kept. An order with an inclusion proof read before the tree head is known
+    (a re-sorted file whose "seal" follows the orders) waits for the end of the file: it is then
+    checked in a second read of the file (`reopen()`, a new stream of it), or, from stdin, which
+    cannot be read twice, from the orders kept meanwhile (memory then grows with them)."""
+    results: list[OrderSeal | None] = []
+    waiting: dict[int, object] = {}  # position -> order (kept only without `reopen`)
+    for order in stream.orders():
+        if stream.seal is None and getattr(order, "sealed", None) is not None:
+            waiting[len(results)] = None if reopen is not None else order
+            results.append(None)
+            continue
+        results.append(_order_seal(order, stream.seal))
+    head = stream.seal
+    if waiting:
+        if reopen is not None:
+            again = reopen()
+            try:
+                for position, order in enumerate(again.orders()):
+                    if position in waiting:
+                        results[position] = _order_seal(order, head)
+            finally:
+                again.scanned.raw.close()
+        else:
+            for position, order in waiting.items():
+                results[position] = _order_seal(order, head)
+    return Verification(head, _head_problem(head, public_key), results)
+
+
+def _head_problem(head, public_key: bytes) -> str | None:
+    if head is None:
+        return None
+    if _b64(head.public_key, 32) != public_key:
+        return "it was signed by another key than the one given (its public_key differs)"
+    if not head.signed_by(public_key):
+        return "its signature does not match its size, root and sealed_at under this key (altered or forged)"
+    return None
+
+
+def _order_seal(order, head) -> OrderSeal:
     from coopctl.history import Divergence, verify_chain
 
-    head: Head | None = getattr(export, "seal", None)
-    head_problem = None
-    if head is not None:
-        if _b64(head.public_key, 32) != public_key:
-            head_problem = "it was signed by another key than the one given (its public_key differs)"
-        elif not head.signed_by(public_key):
-            head_problem = "its signature does not match its size, root and sealed_at under this key (altered or forged)"
-    results: list[OrderSeal] = []
     root = bytes.fromhex(head.root) if head is not None else b""
-    for order in export.orders:
-        events = order.events
-        last_seq = len(events)
-        sealed: Sealed | None = getattr(order, "sealed", None)
-        try:
-            verify_chain(order.id, events)
-        except Divergence as exc:
-            results.append(OrderSeal(order.id, last_seq, None, f"seq {exc.seq}: {exc.why}"))
-            continue
-        if sealed is None:
-            results.append(OrderSeal(order.id, last_seq, None))
-            continue
-        problem = None
-        if head is None:
-            problem = f"seq {sealed.seq}: it carries an inclusion proof but the file has no tree head"
-        elif sealed.seq > last_seq:
-            problem = f"seq {sealed.seq}: the proof is for seq {sealed.seq}, beyond its chain (last seq {last_seq}): an event was removed"
-        elif sealed.log_index >= head.size:
-            problem = (f"seq {sealed.seq}: the proof claims log index {sealed.log_index}, beyond the tree head's "
-                       f"{head.size} events (a tree head older than the proof)")
-        elif not verify_inclusion(sealed.log_index, head.size, leaf_hash(_event_bytes(events[sealed.seq - 1].hash)), list(sealed.proof), root):
-            problem = (f"seq {sealed.seq}: not under the signed tree head (an event up to seq {sealed.seq} was altered, "
-                       "or the proof is another order's)")
-        if problem is None:
-            problem = _fields_problem(order)
-        results.append(OrderSeal(order.id, last_seq, None if problem else sealed.seq, problem))
-    return Verification(head, head_problem, results)
+    events = order.events
+    last_seq = len(events)
+    sealed: Sealed | None = getattr(order, "sealed", None)
+    try:
+        verify_chain(order.id, events)
+    except Divergence as exc:
+        return OrderSeal(order.id, last_seq, None, f"seq {exc.seq}: {exc.why}")
+    if sealed is None:
+        return OrderSeal(order.id, last_seq, None)
+    problem = None
+    if head is None:
+        problem = f"seq {sealed.seq}: it carries an inclusion proof but the file has no tree head"
+    elif sealed.seq > last_seq:
+        problem = f"seq {sealed.seq}: the proof is for seq {sealed.seq}, beyond its chain (last seq {last_seq}): an event was removed"
+    elif sealed.log_index >= head.size:
+        problem = (f"seq {sealed.seq}: the proof claims log index {sealed.log_index}, beyond the tree head's "
+                   f"{head.size} events (a tree head older than the proof)")
+    elif not verify_inclusion(sealed.log_index, head.size, leaf_hash(_event_bytes(events[sealed.seq - 1].hash)), list(sealed.proof), root):
+        problem = (f"seq {sealed.seq}: not under the signed tree head (an event up to seq {sealed.seq} was altered, "
+                   "or the proof is another order's)")
+    if problem is None:
+        problem = _fields_problem(order)
+    return OrderSeal(order.id, last_seq, None if problem else sealed.seq, problem)
 
 
 def _fields_problem(order) -> str | None:

@@ -175,9 +175,10 @@ def test_import_in_chunks_round_trips_through_the_bulk_path(book, tmp_path, smal
                  lambda conn, cursor, sql, params, context, many: statements.append(
                      (sql.split()[0:3], len(params) if many else sql.count("), (") + 1)))
     try:
-        verdicts = exchange.import_orders(target, exchange.parse_document(text), progress=seen.append)
-        assert len(verdicts) == 2500 and all(v.ok and v.steps == [] for v in verdicts)
-        assert sum(seen) == 2 * 2500 and max(seen) == 97
+        summary = exchange.import_orders(target, exchange.parse_document(text), progress=seen.append)
+        assert len(summary) == 2500 and list(summary.ids) == list(range(1, 2501))
+        assert len(summary.shown) == exchange.IMPORT_SHOWN and all(v.ok and v.steps == [] for v in summary.shown)
+        assert sum(seen) == 2500 and max(seen) == 97
         inserts = [(words[2], rows) for words, rows in statements if words[:2] == ["INSERT", "INTO"]]
         assert {table for table, _ in inserts} == {"orders", "order_products", "events", "notifications"}
         # the bulk path: many rows per statement (SQLite: INSERT … VALUES (…), (…), …), never one per row

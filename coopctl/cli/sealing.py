@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from coopctl.cli.moving import ExportFileArg, _read_export
+from coopctl.cli.moving import ExportFileArg, verified
 from coopctl.cli.base import (
     JsonOpt,
     command,
@@ -95,11 +95,11 @@ def verify(
 
     Example: coopctl verify dispute-7.json --public-key coop.pub
     """
-    from coopctl.seal import check_verification, parse_public_key, verify_export, verify_lines
+    from coopctl.seal import check_verification, parse_public_key, verify_lines
     from coopctl.trust import shown
 
     key = parse_public_key(public_key)
-    result = verify_export(_read_export(file), key)
+    result = verified(file, key)
     if as_json:
         emit_json(result.to_json())
     else:

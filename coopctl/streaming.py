@@ -1,0 +1,462 @@
+"""Reading an export incrementally (SPEC section 2: `import`, `replay` and `verify` stream).
+
+An export is parsed with ijson's C backend (yajl2_c), one order at a time, and each order dict
+goes through the same per-order checks as before (`exchange._parse_order`): memory follows one
+chunk of orders, never the file. Numbers stay exact: ijson gives whole numbers as Python ints of
+any size and the others as Decimal; they are then read exactly as `json.loads` read them (ints
+as they are, refused beyond 40 digits; the others as the float `json` would make, refused when
+not finite), so that hashes computed over an event's data are the same.
+
+The top-level keys may come in any order:
+- the *header* is what comes before "orders" (a coopctl export writes format, version,
+  exported_at and seal there). It is read first, from a bounded recording of the bytes
+  (at most HEADER_LIMIT), which is then replayed to the fast parser: one pass, file or stdin.
+- when format, version and exported_at are all in the header, the orders are built in C
+  (`ijson.items_coro`), each checked as it arrives, `exported_at` against each event at once.
+  A "seal" after the orders is looked for only when the caller needs it (`verify`,
+  `replay --public-key`), with a second C pipeline over the same bytes.
+- otherwise (keys re-sorted, e.g. `jq -S` puts "version" after "orders") the rest of the file
+  is read event by event: orders are built the same way but in Python (slower), and the checks
+  that need the missing keys (format, version, exported_at against the last event) are deferred
+  to the end of the file, `finish()`: an import is still one transaction, rolled back when they
+  fail; stdin cannot be read twice, so this is also what stdin gets.
+
+Text that UTF-8 cannot carry (a lone surrogate escape such as \\ud800, which yajl would turn into
+'?' or into undecodable bytes) is refused from the raw bytes as they are read, in C-speed scans.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+import stat
+import sys
+from array import array
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import BinaryIO, Callable, Iterator
+
+import ijson
+
+from coopctl.errors import InvalidInput
+from coopctl.policy import iso
+
+BUFFER = 1 << 20  # bytes read (and parsed) at once
+HEADER_LIMIT = 64 << 20  # bytes a file may hold before its "orders" (a coopctl export: under 1 KB)
+_BIG = 10**40  # whole numbers of more than 40 digits are absurd (as before, with json)
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
+# a \u escape of a surrogate, not itself escaped (an even run of backslashes before it), with the
+# low half that must follow a high one
+_SURROGATE = re.compile(rb"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F])[0-9a-fA-F]{2}(\\u[dD][c-fC-F][0-9a-fA-F]{2})?")
+_CARRY = 64  # bytes of one read kept for the next scan (an escape pair is 12 bytes)
+# yajl's C parser crashes (a segmentation fault) on JSON nested some 100,000 deep; an export is
+# nested about 8 deep, so MAX_OPEN brackets opened without one closed between them is refused
+MAX_OPEN = 512
+_DEEP = re.compile(rb"(?:[\[{][^\[\]{}]{0,64}){%d}" % MAX_OPEN)
+# and on a whole number of more than 4,300 digits (Python's limit for int()); no text of an export
+# holds that many digits in a row (ids: 128 characters; notes and reasons: 2,000)
+_LONG_NUMBER = re.compile(rb"[0-9]{4000}")
+
+
+def _not_unicode(source: str) -> InvalidInput:
+    return InvalidInput(f"{source} is not a coopctl export: it holds text that is not valid Unicode")
+
+
+class _Scanned:
+    """A binary stream as ijson reads it: a leading UTF-8 byte-order mark dropped, lone surrogate
+    escapes refused, the bytes counted (for progress), optionally recorded (for the header)."""
+
+    def __init__(self, raw: BinaryIO, source: str):
+        self.raw, self.source = raw, source
+        self.position = 0
+        self.recording: list[bytes] | None = None
+        self._recorded = 0
+        self._first = True
+        self._carry = b""
+        self._carry_deep = b""
+
+    def read(self, size: int = BUFFER) -> bytes:
+        if size == 0:  # ijson asks read(0) to tell bytes from text
+            return b""
+        try:
+            chunk = self.raw.read(size)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {self.source}: {exc.strerror}") from None
+        if self._first and chunk:
+            while len(chunk) < 3 and chunk == b"\xef\xbb\xbf"[: len(chunk)]:
+                more = self.raw.read(size)
+                if not more:
+                    break
+                chunk += more
+            if chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]
+            self._first = False
+            try:  # UTF-16 and other encodings are told at once (a multi-byte character may be cut at the end)
+                codecs.getincrementaldecoder("utf-8")().decode(chunk[:4096])
+            except UnicodeDecodeError:
+                raise InvalidInput(f"{self.source} is not a coopctl export: it is not UTF-8 text") from None
+        self._scan(chunk)
+        window = self._carry_deep + chunk
+        if _DEEP.search(window):
+            raise InvalidInput(f"{self.source} is not a coopctl export: its JSON is nested too deeply")
+        if _LONG_NUMBER.search(window):
+            raise InvalidInput(f"{self.source} is not a coopctl export: a number in it is too large")
+        self._carry_deep = chunk[-(MAX_OPEN * 65):]
+        self.position += len(chunk)
+        if self.recording is not None:
+            self.recording.append(chunk)
+            self._recorded += len(chunk)
+            if self._recorded > HEADER_LIMIT:
+                raise InvalidInput(
+                    f"{self.source}: more than {HEADER_LIMIT >> 20} MB before its 'orders'; "
+                    "a coopctl export has its header first")
+        return chunk
+
+    def _scan(self, chunk: bytes) -> None:
+        text = self._carry + chunk
+        end = len(text) if not chunk else max(0, len(text) - 12)  # an escape may go on in the next read
+        if _SURROGATE_HINT.search(text):
+            for found in _SURROGATE.finditer(text):
+                if found.end() > end and chunk:
+                    break
+                high = found.group(1)[1:2].lower() in b"89ab"
+                if not high or found.group(2) is None:
+                    raise _not_unicode(self.source)
+        self._carry = text[max(0, end - _CARRY):] if chunk else b""
+
+
+    def pending(self) -> bool:
+        """Whether the bytes not yet judged (an escape that may go on in the next read) hold a lone
+        surrogate: the parser may have met it first, and must not get the blame."""
+        for found in _SURROGATE.finditer(self._carry):
+            if found.group(1)[1:2].lower() not in b"89ab" or found.group(2) is None:
+                return True
+        return False
+
+
+class _Replayed:
+    """The recorded bytes of the header again, then the rest of the stream."""
+
+    def __init__(self, recorded: list[bytes], rest: _Scanned):
+        self.recorded, self.rest = recorded, rest
+
+    def read(self, size: int = BUFFER) -> bytes:
+        if size == 0:
+            return b""
+        if self.recorded:
+            return self.recorded.pop(0)
+        return self.rest.read(size)
+
+
+def _plain(value, where: str, key: str):
+    """A number as `json.loads` would have read it: ints as they are (at most 40 digits), the others
+    as the float it makes (finite)."""
+    if type(value) is Decimal:
+        number = float(value)
+        if number in (float("inf"), float("-inf")) or len(value.as_tuple().digits) > 80:
+            raise InvalidInput(f"{where}: {key!r}: the number {str(value)[:20]}... is too large")
+        return number
+    if type(value) is int and not -_BIG < value < _BIG:
+        raise InvalidInput(f"{where}: {key!r}: the number {str(value)[:20]}... is too large")
+    return value
+
+
+def plain_numbers(obj: dict, where: str) -> None:
+    """Decimal -> float and absurd ints refused, in place, in one object's own values (an event's
+    data is walked by `exchange._check_data`)."""
+    for key, value in obj.items():
+        kind = type(value)
+        if kind is Decimal or kind is int:
+            obj[key] = _plain(value, where, key)
+        elif kind is list:
+            for position, inner in enumerate(value):
+                if type(inner) is Decimal or type(inner) is int:
+                    value[position] = _plain(inner, where, f"{key}[{position}]")
+
+
+def _plain_deep(value, where: str, key: str):
+    """`_plain` through a whole value (the header's, which is small)."""
+    if isinstance(value, dict):
+        for inner_key, inner in value.items():
+            value[inner_key] = _plain_deep(inner, where, f"{key}.{inner_key}")
+        return value
+    if isinstance(value, list):
+        return [_plain_deep(inner, where, f"{key}[{i}]") for i, inner in enumerate(value)]
+    return _plain(value, where, key)
+
+
+_CONSTANT = re.compile(r"(-?Infinity|NaN)")
+
+
+def _json_error(source: str, exc: Exception, scanned: "_Scanned | None" = None) -> InvalidInput:
+    if scanned is not None and scanned.pending():
+        return _not_unicode(source)
+    text = str(exc) if not isinstance(exc, bytes) else exc.decode("utf-8", "replace")
+    if isinstance(exc, UnicodeDecodeError) or "invalid bytes in UTF8" in text:
+        return InvalidInput(f"{source} is not a coopctl export: it is not UTF-8 text")
+    if isinstance(exc, ValueError) and "digits" in text:  # int() refusing thousands of digits
+        return InvalidInput(f"{source} is not a coopctl export: a number in it is too large")
+    lines = text.strip().splitlines()
+    if "invalid char" in text and len(lines) > 1:
+        constant = _CONSTANT.search(lines[1])
+        if constant:
+            return InvalidInput(f"{source} is not a coopctl export: {constant.group(1)} is not a number JSON allows")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return InvalidInput(f"{source} is not a coopctl export: not JSON ({first})")
+
+
+def _kind_of_event(event: str) -> str:
+    return {"start_array": "an array", "string": "text", "boolean": "true/false", "null": "null"}.get(event, "a number")
+
+
+def _value(first: tuple, events) -> object:
+    """The value whose first event is `first`, built from the events that follow."""
+    prefix, event, value = first
+    if event not in ("start_map", "start_array"):
+        return value
+    builder = ijson.ObjectBuilder()
+    builder.event(event, value)
+    depth = 1
+    for _, event, value in events:
+        builder.event(event, value)
+        if event in ("start_map", "start_array"):
+            depth += 1
+        elif event in ("end_map", "end_array"):
+            depth -= 1
+            if depth == 0:
+                return builder.value
+    return builder.value  # pragma: no cover - the parser raises on a premature end
+
+
+@dataclass
+class ExportStream:
+    """An export being read: `header` (the top-level keys read so far), `orders()` (each order
+    checked, once), then `finish()` (the checks that waited for the end of the file)."""
+
+    source: str
+    scanned: _Scanned
+    header: dict
+    fast: bool  # the header came first: orders are built in C
+    events: object  # the parse events, positioned inside "orders" (the slow path) or None
+    size: int | None  # bytes in the file (None: stdin or a pipe)
+    want_seal: bool = False
+    ids: array = field(default_factory=lambda: array("q"))
+    event_count: int = 0
+    notification_count: int = 0
+    latest: tuple[int, int] | None = None  # (instant, order id) of the file's last event
+    exported_at: int | None = None
+    seal: object | None = None
+    finished: bool = False
+    _seen: set | None = None
+
+    @property
+    def position(self) -> int:
+        return self.scanned.position
+
+    def orders(self, progress: Callable[[int, int], None] | None = None) -> Iterator:
+        """Each order as an `ExportedOrder`, checked as `parse_document` checks it; `progress(bytes,
+        orders)` after each read. The header's own checks run first when it is complete."""
+        from coopctl.exchange import _parse_order
+
+        if self.fast:
+            self._check_header()
+        raw = self._fast_orders(progress) if self.fast else self._slow_orders(progress)
+        for index, item in enumerate(raw):
+            where = f"{self.source}: orders[{index}]"
+            if isinstance(item, dict):
+                self._plain(item, where)
+            order = _parse_order(item, where)
+            self._count(order)
+            yield order
+        self.finish()
+
+    def _plain(self, item: dict, where: str) -> None:
+        plain_numbers(item, where)
+        for key in ("events", "notifications"):
+            inner = item.get(key)
+            if type(inner) is list:
+                for position, entry in enumerate(inner):
+                    if type(entry) is dict:
+                        plain_numbers(entry, f"{where}, {key}[{position}]")
+
+    def _count(self, order) -> None:
+        ids = self.ids
+        if ids and order.id <= ids[-1]:  # exports are sorted by id; a file that is not is checked by a set
+            if self._seen is None:
+                self._seen = set(ids)
+            if order.id in self._seen:
+                raise InvalidInput(f"{self.source}: order {order.id} appears twice")
+        if self._seen is not None:
+            self._seen.add(order.id)
+        ids.append(order.id)
+        self.event_count += len(order.events)
+        self.notification_count += len(order.notifications)
+        for e in order.events:
+            if self.latest is None or e.at > self.latest[0]:
+                self.latest = (e.at, order.id)
+        if self.exported_at is not None:
+            self._check_dated()
+
+    def _check_dated(self) -> None:
+        latest = self.latest
+        if latest is not None and self.exported_at < latest[0]:
+            raise InvalidInput(
+                f"{self.source}: 'exported_at' {iso(self.exported_at)} is before the last event of order {latest[1]} "
+                f"({iso(latest[0])}); an export cannot be older than the history it holds"
+            )
+
+    def _fast_orders(self, progress) -> Iterator:
+        found: list = []
+        seals: list = []
+
+        class Sink:
+            def __init__(self, into):
+                self.send = into.append
+
+        coros = [ijson.items_coro(Sink(found), "orders.item", use_float=False)]
+        if self.want_seal and "seal" not in self.header:
+            coros.append(ijson.items_coro(Sink(seals), "seal", use_float=False))
+        reader = _Replayed(self.scanned.recording or [], self.scanned)
+        self.scanned.recording = None
+        count = 0
+        try:
+            while True:
+                chunk = reader.read(BUFFER)
+                for coro in coros:
+                    coro.send(chunk) if chunk else coro.close()
+                count += len(found)
+                yield from found
+                found.clear()
+                if progress is not None:
+                    progress(self.scanned.position, count)
+                if not chunk:
+                    break
+        except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
+            raise _json_error(self.source, exc, self.scanned) from None
+        if seals:
+            self.header["seal"] = seals[-1]
+
+    def _slow_orders(self, progress) -> Iterator:
+        """The rest of the file event by event: orders built here, the keys after them kept."""
+        events = self.events
+        count = 0
+        last = 0
+        try:
+            for item in events:
+                prefix, event, value = item
+                if prefix == "orders" and event == "end_array":
+                    break
+                count += 1
+                yield _value(item, events)
+                if progress is not None and self.scanned.position != last:
+                    last = self.scanned.position
+                    progress(last, count)
+            for prefix, event, value in events:  # the keys after "orders"
+                if prefix == "" and event == "map_key":
+                    self.header[value] = _plain_deep(_value(next(events), events), self.source, value)
+        except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
+            raise _json_error(self.source, exc, self.scanned) from None
+        if progress is not None:
+            progress(self.scanned.position, count)
+
+    def _check_header(self) -> None:
+        from coopctl.exchange import FORMAT, VERSION, _instant
+
+        header, source = self.header, self.source
+        if header.get("format") != FORMAT:
+            raise InvalidInput(f"{source} is not a coopctl export: 'format' is {header.get('format')!r}, expected {FORMAT!r}")
+        version = header.get("version")
+        if type(version) is not int or version != VERSION:
+            raise InvalidInput(f"{source}: unsupported export version {version!r}; this coopctl reads version {VERSION}")
+        self.exported_at = _instant(header, "exported_at", source)
+        if "orders" in header:  # present but not an array (an array is streamed, never kept here)
+            from coopctl.exchange import _kind
+
+            raise InvalidInput(f"{source}: 'orders' must be an array, got {_kind(header['orders'])}")
+        if "seal" in header and self.seal is None:  # SPEC section 6: shape checked here, signature and proofs by `verify`
+            from coopctl.seal import head_from_json
+
+            self.seal = head_from_json(header["seal"], source)
+
+    def finish(self) -> None:
+        """The checks that needed the whole file: the header (when it came after the orders) and
+        `exported_at` against the file's last event."""
+        if self.finished:
+            return
+        if not self.fast:
+            self._check_header()
+            self._check_dated()
+        elif "seal" in self.header and self.seal is None:
+            from coopctl.seal import head_from_json
+
+            self.seal = head_from_json(self.header["seal"], self.source)
+        self.finished = True
+
+
+def open_export(raw: BinaryIO, source: str, *, size: int | None = None, want_seal: bool = False) -> ExportStream:
+    """Read an export's header from `raw` (a binary stream) and get ready to stream its orders."""
+    scanned = _Scanned(raw, source)
+    scanned.recording = []
+    events = ijson.parse(scanned, buf_size=BUFFER, use_float=False)
+    header: dict = {}
+    in_orders = False
+    try:
+        try:
+            first = next(events)
+        except StopIteration:  # pragma: no cover - yajl raises on an empty document
+            raise InvalidInput(f"{source} is not a coopctl export: it is empty") from None
+        if first[1] != "start_map":
+            _value(first, events)
+            for _ in events:  # trailing garbage is "not JSON", as before
+                pass
+            raise InvalidInput(f"{source} is not a coopctl export: expected a JSON object, got {_kind_of_event(first[1])}")
+        for prefix, event, value in events:
+            if prefix == "" and event == "map_key":
+                following = next(events)
+                if value == "orders" and following[1] == "start_array":
+                    in_orders = True
+                    break
+                header[value] = _plain_deep(_value(following, events), source, value)
+            elif prefix == "" and event == "end_map":
+                for _ in events:
+                    pass
+                break
+    except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
+        raise _json_error(source, exc, scanned) from None
+    fast = in_orders and all(key in header for key in ("format", "version", "exported_at"))
+    if not in_orders:
+        stream = ExportStream(source, scanned, header, True, None, size, want_seal)
+        scanned.recording = None
+        if "orders" not in header:
+            stream._check_header()
+            raise InvalidInput(f"{source}: 'orders' must be an array, got null")
+        return stream
+    if not fast:
+        scanned.recording = None
+    return ExportStream(source, scanned, header, fast, None if fast else events, size, want_seal)
+
+
+def open_path(path: str, *, want_seal: bool = False):
+    """`open_export` of a file (its size known when it is a regular file); the handle is the
+    caller's to close (`stream.scanned.raw`)."""
+    try:
+        handle = open(path, "rb")
+    except IsADirectoryError:
+        raise InvalidInput(f"{path!r} is a directory, not an export file") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path!r}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(handle.fileno())
+        size = mode.st_size if stat.S_ISREG(mode.st_mode) else None
+        return open_export(handle, path, size=size, want_seal=want_seal)
+    except BaseException:
+        handle.close()
+        raise
+
+
+def open_source(file: str, *, want_seal: bool = False) -> ExportStream:
+    """The command line's FILE argument: a path, or - for stdin."""
+    if file == "-":
+        return open_export(sys.stdin.buffer, "stdin", want_seal=want_seal)
+    return open_path(file, want_seal=want_seal)
