@@ -20,6 +20,7 @@ bytes apart from "exported_at".
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import math
@@ -580,12 +581,14 @@ def _write_document(handle: TextIO, header: dict, chunks: Iterable[list[dict]], 
     header, then each chunk dumped at the depth where the document holds its orders (so that it is
     indented exactly as one dumps of the whole would indent it), then the closing. The chunks are
     encoded by `jsontext.indented` (the same bytes, from a C encoder) and written as UTF-8 bytes to
-    the stream's buffer when it has one."""
+    the stream's buffer when it has one and writes UTF-8; through the text layer otherwise."""
     from coopctl.jsontext import indented
 
     head = dumps({**header, "orders": []})
     assert head.endswith("[]\n}\n")
     raw = getattr(handle, "buffer", None)
+    if raw is not None and codecs.lookup(getattr(handle, "encoding", None) or "ascii").name != "utf-8":
+        raw = None  # a stream that cannot take UTF-8 (PYTHONIOENCODING=ascii): its own encoder escapes the text
     if raw is not None:
         handle.flush()  # what the text layer holds goes first
         write = raw.write

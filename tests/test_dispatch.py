@@ -361,7 +361,8 @@ def test_a_dispatcher_killed_again_and_again_loses_nothing_and_repeats_only_what
     assert set(by_id) == set(rows), "every notification delivered at least once"
     for nid, dispatchers in by_id.items():
         if len(dispatchers) > 1:  # a repeat: every delivery but the last was a killed dispatcher's, in flight
-            assert all(pid in killed for pid in dispatchers[:-1]), (nid, dispatchers, killed)
+            # (a receiver still running when its dispatcher was killed may see init, pid 1, as its parent)
+            assert all(pid in killed or pid == 1 for pid in dispatchers[:-1]), (nid, dispatchers, killed)
 
 
 def test_loop_stops_on_sigterm_finishing_what_is_in_flight_and_releasing_the_rest(tmp_path, db_path):

@@ -74,7 +74,7 @@ def test_help_loads_nothing_heavy(args, tmp_path):
     assert loaded(args, cwd=tmp_path) == []
 
 
-@pytest.mark.parametrize("args", [["--version"], ["list", "--db", "x.db", "--help"], ["--show-completion"]])
+@pytest.mark.parametrize("args", [["--version"], ["list", "--db", "x.db", "--help"], ["--show-completion", "bash"]])
 def test_version_and_help_after_global_options_load_nothing_heavy(args, tmp_path):
     assert loaded(args, cwd=tmp_path) == []
 
