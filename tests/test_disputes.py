@@ -599,3 +599,38 @@ def test_board_counts_each_dispute_against_its_own_arbitration_window(invoke, tm
     assert list(board["by_status"])[-3:] == ["disputed", "ruled", "resolved"]
     dry = json.loads(cli_ok(invoke, "tick", "--dry-run", "--list", "--now", "2026-12-12T12:00", "--json").stdout)
     assert dry["reminders"] == 1 and [o["reminders"] for o in dry["orders"]] == [1]
+
+
+def test_cli_a_dispute_with_evidence_files_on_the_complaint_the_ruling_and_the_appeal(invoke, tmp_path):
+    """SPEC section 1: complain, arbitrate and appeal take --evidence-file (repeatable): each file is
+    named in its event (so the chain covers it), kept once, listed by `evidence`, and carried by
+    `export --with-evidence` into a replay and an import that check it."""
+    import hashlib
+
+    files = {}
+    for name, content in (("录屏.mp4", b"\x00screen" * 1000), ("chat.png", b"png" * 333), ("裁决书.pdf", b"%PDF ruling"),
+                          ("appeal.txt", "设备故障的证明".encode())):
+        (tmp_path / name).write_bytes(content)
+        files[name] = hashlib.sha256(content).hexdigest()
+    order = create(invoke)
+    cli_ok(invoke, "accept", order, "--creator", C, "--at", "2026-12-01T11:00")
+    cli_ok(invoke, "tick", "--now", "2026-12-11T00:00")
+    cli_ok(invoke, "complain", order, "--merchant", M, "--reason", "未开播", "--evidence-file", str(tmp_path / "录屏.mp4"),
+           "--evidence-file", str(tmp_path / "chat.png"), "--at", "2026-12-12T10:00")
+    cli_ok(invoke, "arbitrate", order, "--ruling", "creator", "--reason", "直播未发生",
+           "--evidence-file", str(tmp_path / "裁决书.pdf"), "--at", "2026-12-13T10:00")
+    assert invoke("appeal", order, "--creator", C, "--reason", "x", "--evidence-file", str(tmp_path / "missing.bin"),
+                  "--at", "2026-12-14T09:00").exit_code == 2  # a missing file: nothing changes
+    cli_ok(invoke, "appeal", order, "--creator", C, "--reason", "设备故障", "--evidence-file", str(tmp_path / "appeal.txt"),
+           "--at", "2026-12-14T10:00")
+    shown = json.loads(cli_ok(invoke, "show", order, "--json").stdout)
+    named = {e["kind"]: [f["name"] for f in e["data"].get("evidence_files", [])] for e in shown["events"]}
+    assert named["complaint_filed"] == ["录屏.mp4", "chat.png"] and named["ruled"] == ["裁决书.pdf"] and named["appealed"] == ["appeal.txt"]
+    listed = json.loads(cli_ok(invoke, "evidence", order, "--json").stdout)
+    assert sorted((f["name"], f["sha256"], f["held"]) for f in listed) == sorted((n, h, True) for n, h in files.items())
+    cli_ok(invoke, "export", "--all", "--with-evidence", "--out", str(tmp_path / "d.json"), "--at", "2026-12-20T00:00")
+    assert "1 of 1 order reproduced" in cli_ok(invoke, "replay", str(tmp_path / "d.json")).stdout
+    other = tmp_path / "other.db"
+    cli_ok(invoke, "import", str(tmp_path / "d.json"), env={"COOPCTL_DB": str(other)})
+    moved = json.loads(cli_ok(invoke, "evidence", order, "--json", env={"COOPCTL_DB": str(other)}).stdout)
+    assert sorted((f["sha256"], f["held"]) for f in moved) == sorted((h, True) for h in files.values())
