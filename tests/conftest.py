@@ -140,3 +140,36 @@ def db_bytes(db_path: Path):
         return db_path.read_bytes(), wal.read_bytes() if wal.exists() else b""
 
     return read
+
+
+def in_pty(args: list[str], *, columns: int, rows: int, env: dict, cwd=None) -> tuple[bytes, int]:
+    """Run `args` on a pseudo-terminal of `columns` x `rows` (stdin, stdout and stderr all on it):
+    every byte it showed, and its exit code. tests/test_tables.py and tests/test_docs.py look at
+    tables as a person at a terminal sees them through this."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    proc = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=env, cwd=cwd, close_fds=True)
+    os.close(follower)
+    out, deadline = b"", time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1)
+        if ready:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+        elif proc.poll() is not None:
+            break
+    code = proc.wait(timeout=30)
+    os.close(leader)
+    return out, code

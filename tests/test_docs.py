@@ -105,35 +105,9 @@ def tour_commands(block: str) -> list[str]:
 def _in_terminal(command: str, env: dict, cwd: str) -> tuple[str, int]:
     """What `bash -c command` shows on an 80-column pseudo-terminal (colours and cursor codes
     removed, as a reader sees the screen), and its exit code."""
-    import fcntl
-    import os
-    import pty
-    import select
-    import struct
-    import subprocess
-    import termios
-    import time
+    from conftest import in_pty
 
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, TOUR_COLUMNS, 0, 0))
-    proc = subprocess.Popen(["bash", "--norc", "--noprofile", "-c", command], stdin=follower, stdout=follower,
-                            stderr=follower, env=env, cwd=cwd, close_fds=True)
-    os.close(follower)
-    out, deadline = b"", time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 1)
-        if ready:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            out += data
-        elif proc.poll() is not None:
-            break
-    code = proc.wait(timeout=30)
-    os.close(leader)
+    out, code = in_pty(["bash", "--norc", "--noprofile", "-c", command], columns=TOUR_COLUMNS, rows=50, env=env, cwd=cwd)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", out.decode("utf-8", "replace"))
     return text.replace("\r\n", "\n"), code
 

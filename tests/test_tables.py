@@ -8,19 +8,13 @@ Widths are measured in display cells (rich.cells.cell_len: a Chinese character i
 from __future__ import annotations
 
 import csv
-import fcntl
 import gc
 import io
 import json
 import os
-import pty
 import re
-import select
 import shutil
-import struct
 import subprocess
-import termios
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -28,7 +22,7 @@ import pytest
 from rich.cells import cell_len
 from typer.testing import CliRunner
 
-from conftest import OPERATOR, base_env, coopctl_executable
+from conftest import OPERATOR, base_env, coopctl_executable, in_pty
 
 T0 = "2026-11-01T10:00:00+08:00"
 LATEST = "2026-11-20T20:00:00+08:00"
@@ -293,27 +287,8 @@ def test_fit_drops_then_shortens_then_folds_only_ids():
 
 
 def run_in_pty(args: list[str], columns: int, env: dict) -> str:
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, columns, 0, 0))
-    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    out = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 1)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            out += data
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=30)
-    os.close(master)
-    assert proc.returncode == 0, out.decode("utf-8", "replace")
+    out, code = in_pty(args, columns=columns, rows=60, env=env)
+    assert code == 0, out.decode("utf-8", "replace")
     return ANSI.sub("", out.decode("utf-8", "replace")).replace("\r\n", "\n")
 
 
