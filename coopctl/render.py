@@ -1128,6 +1128,22 @@ def _products_json(text: str) -> tuple:
     return tuple(json.loads(text))
 
 
+def _quoted_instants(tz: tzinfo):
+    """Each instant as its quoted JSON text in `tz` (`null` for None), written once while it repeats:
+    (the memo, whose `get` is the fast path, and `instant(t)`, which writes and keeps one; at most
+    4096 are kept)."""
+    when, seen = _iso_writer(tz, quoted=True), {None: "null"}
+
+    def instant(t):
+        if len(seen) > 4096:
+            seen.clear()
+            seen[None] = "null"
+        text = seen[t] = when(t)
+        return text
+
+    return seen, instant
+
+
 class order_records:
     """`Order.to_json(tz)` of each stored row (store.LISTED_COLUMNS), made from the row itself: an
     iterable of dicts, which also offers `json_lines()`, the same records as compact JSON text
@@ -1170,7 +1186,7 @@ class order_records:
         from coopctl.lifecycle import TERMS_OF, TIMERS
 
         safe = (lambda text: text) if escape is None else (lambda text: text if text.isprintable() else escape(text))
-        when, seen = _iso_writer(self.tz, quoted=True), {None: "null"}
+        seen, instant = _quoted_instants(self.tz)
         terms_of = {s.value: quoted(str(t)) for s, t in TERMS_OF.items()}
         label_of = {s.value: (quoted(TIMERS[s].label) if s in TIMERS else "null") for s in Status}
         compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -1180,13 +1196,6 @@ class order_records:
 
         def known(value):  # the few values that repeat (statuses, forms, parties): encoded once
             text = cache[value] = safe(quoted(value))
-            return text
-
-        def instant(t):
-            if len(seen) > 4096:
-                seen.clear()
-                seen[None] = "null"
-            text = seen[t] = when(t)
             return text
 
         def products_text(text):
@@ -1274,7 +1283,7 @@ def _order_json_texts(self, escape: Callable[[str], str] | None = None):
     from coopctl.lifecycle import TERMS_OF, TIMERS
 
     safe = (lambda text: text) if escape is None else (lambda text: text if text.isprintable() else escape(text))
-    when, seen = _iso_writer(self.tz, quoted=True), {None: "null"}
+    seen, instant = _quoted_instants(self.tz)
     terms_of = {s.value: quoted(str(t)) for s, t in TERMS_OF.items()}
     label_of = {s.value: (quoted(TIMERS[s].label) if s in TIMERS else "null") for s in Status}
     scalar = json.JSONEncoder(ensure_ascii=False).encode
@@ -1283,13 +1292,6 @@ def _order_json_texts(self, escape: Callable[[str], str] | None = None):
 
     def known(value):
         text = cache[value] = safe(quoted(value))
-        return text
-
-    def instant(t):
-        if len(seen) > 4096:
-            seen.clear()
-            seen[None] = "null"
-        text = seen[t] = when(t)
         return text
 
     def block(text, kind: int):  # a nested array or object at depth 1, as the indenting printer writes it
