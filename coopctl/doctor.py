@@ -23,7 +23,7 @@ The checks:
 - overdue: orders whose next deadline or reminder passed more than `grace` ago, which a
   running cron would have applied ("cron is not running");
 - last tick: when `tick` last completed a run (tick_runs), for information;
-- outbox (SPEC section 5), once it is delivered here: dead notifications, and pending ones
+- outbox (SPEC section 5): dead notifications, and pending ones
   written more than `grace` ago ("is the dispatcher running?").
 """
 
@@ -728,12 +728,10 @@ def _overdue(store: Store, now: int, tz: tzinfo, grace: int) -> Finding:
 def _outbox(store: Store, now: int, tz: tzinfo, grace: int) -> list[Finding]:
     """SPEC section 5: dead notifications (given up after max_attempts) and pending ones written
     more than `grace` ago (a backlog: is the dispatcher running?), through the index on (state, at).
-    As for sealing: once the outbox is delivered here (something was sent, failed or died), not
-    before; a database whose outbox nobody delivers yet gets no outbox finding."""
+    From the first notification on: a book whose outbox nobody has ever delivered is the backlog
+    this check exists to report."""
     with store.read() as tx:
-        in_use, dead, late, oldest = tx.outbox_backlog(now - grace)
-    if not in_use:
-        return []
+        dead, late, oldest = tx.outbox_backlog(now - grace)
     findings = []
     if dead:
         findings.append(Finding(

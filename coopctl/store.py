@@ -1176,19 +1176,14 @@ class Tx:
             ).rowcount
         return changed
 
-    def outbox_backlog(self, older_than: int) -> tuple[bool, int, int, int | None]:
-        """(whether the outbox is delivered here at all: a notification sent, failed or dead, or one
-        that failed once and was retried; dead
-        notifications; pending ones whose `at` is before `older_than`; the oldest pending `at`),
-        through the index on (state, at): `doctor`."""
+    def outbox_backlog(self, older_than: int) -> tuple[int, int, int | None]:
+        """(dead notifications; pending ones whose `at` is before `older_than`; the oldest pending
+        `at`), through the index on (state, at): `doctor`."""
         c = NOTIFICATIONS.c
-        in_use = self.conn.execute(select(c.id).where(c.state.in_(("sent", "failed", "dead"))).limit(1)).first() is not None
-        if not in_use:  # retried ones keep their last error
-            in_use = self.conn.execute(select(c.id).where(c.last_error.is_not(None)).limit(1)).first() is not None
         dead = self._count(NOTIFICATIONS, c.state == "dead")
         late = self._count(NOTIFICATIONS, (c.state == "pending") & (c.at < older_than))
         oldest = self.conn.execute(select(func.min(c.at)).where(c.state == "pending")).scalar()
-        return in_use, dead, late, oldest
+        return dead, late, oldest
 
     def due(self, now: int, *, limit: int, after: tuple[int, int] | None = None, skip_locked: bool = False) -> list[Order]:
         """The first `limit` orders by (wake_at, id) whose next deadline or reminder is at or before

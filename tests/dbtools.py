@@ -177,3 +177,13 @@ __all__ = [
     "BASE", "SCENARIOS", "build", "checkpoint", "event_lists", "file_digest", "integrity", "kill", "load_orders",
     "order_from_row", "scenario_outcome", "stress", "verify_all",
 ]
+
+
+def deliver_outbox(run, **kw) -> None:
+    """Hand every pending notification to a dispatcher of our own (`notifications --pending
+    --mark-sent`), as a running dispatcher would have: `doctor` then has no backlog to report, so
+    a test of another finding sees that finding alone. `run` is a test's way of running coopctl
+    (`invoke`, or a book's own runner), `kw` what it takes besides the arguments (`env=`)."""
+    result = run("notifications", "--pending", "--mark-sent", "--format", "jsonl", **kw)
+    code = getattr(result, "exit_code", getattr(result, "returncode", None))
+    assert code == 0, result.stderr

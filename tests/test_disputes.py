@@ -20,6 +20,7 @@ from coopctl.errors import InvalidInput, Refused
 from coopctl.lifecycle import Action, Party, Status, act, fire_due, remind, tick_order, wake_at
 from coopctl.policy import DAY, HOUR, MINUTE, Policy, iso
 from test_lifecycle import CREATOR, LATEST, MERCHANT, OPERATOR, T0, Story, addr, new_story, story_in
+from dbtools import deliver_outbox
 
 EVERYONE = [addr(MERCHANT), addr(CREATOR), "platform"]
 
@@ -503,6 +504,7 @@ def test_cli_a_full_dispute_from_complaint_to_final_ruling(invoke):
     exported = cli_ok(invoke, "export", "--all", "--out", "d.json", "--at", "2026-12-20T00:00")
     assert "1 order" in exported.stdout + exported.stderr or exported.exit_code == 0
     assert "1 of 1 order reproduced" in cli_ok(invoke, "replay", "d.json").stdout
+    deliver_outbox(invoke)  # the dispatcher delivered what the dispute notified
     assert json.loads(cli_ok(invoke, "doctor", "--now", "2026-12-20T00:00", "--json").stdout)["findings"]
 
 

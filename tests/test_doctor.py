@@ -16,7 +16,7 @@ from coopctl.doctor import examine
 from coopctl.models import SCHEMA_VERSION
 from coopctl.policy import DAY, MINUTE, iso
 from coopctl.store import Store, locate
-from dbtools import BASE, build, file_digest
+from dbtools import BASE, build, deliver_outbox, file_digest
 
 LATER = iso(BASE + 40 * DAY)  # every order of dbtools.build is due by then
 
@@ -32,6 +32,7 @@ def book(db_path: Path) -> Path:
 def ticked(book: Path, invoke) -> Path:
     result = invoke("tick", "--now", LATER)
     assert result.exit_code == 0, result.stderr
+    deliver_outbox(invoke)  # a dispatcher runs too: the outbox holds no backlog
     return book
 
 
@@ -66,11 +67,11 @@ def test_a_healthy_database_exits_0_and_every_check_is_ok(invoke, ticked):
     assert report["orders"] == 30
     assert report["schema_version"] == SCHEMA_VERSION
     assert [f["check"] for f in report["findings"]] == [
-        "integrity", "journal", "schema", "hash_chain", "rebuild", "overdue", "last_tick",
+        "integrity", "journal", "schema", "hash_chain", "rebuild", "overdue", "last_tick", "outbox_dead", "outbox_backlog",
     ]
     assert report["findings"][4]["message"] == "30 orders: every order row is what the rules make of its events"
     assert problems(report) == []
-    last = report["findings"][-1]["message"]
+    last = report["findings"][6]["message"]
     assert last.startswith("the last tick finished at ") and f"up to {iso(BASE + 40 * DAY, __import__('zoneinfo').ZoneInfo('Asia/Shanghai'))}" in last
 
 
@@ -86,7 +87,8 @@ def test_an_empty_new_database_is_healthy(invoke):
     code, report, _ = doctor_json(invoke)
     assert code == 0
     assert report["orders"] == 0
-    assert report["findings"][-1]["message"] == "no tick has completed a run on this database yet"
+    assert report["findings"][6]["message"] == "no tick has completed a run on this database yet"
+    assert report["findings"][-1]["message"] == "no notification pending for more than 10m"
 
 
 def test_doctor_only_reads(invoke, book, db_path):
@@ -159,6 +161,7 @@ def test_chains_are_checked_chunk_by_chunk(ticked):
 
 
 def test_overdue_orders_mean_cron_is_not_running(invoke, book):
+    deliver_outbox(invoke)
     code, report, stderr = doctor_json(invoke, "--now", LATER)
     assert code == 1
     [finding] = problems(report)
@@ -168,6 +171,7 @@ def test_overdue_orders_mean_cron_is_not_running(invoke, book):
     assert finding["action"] == "run `coopctl tick` and check the crontab (* * * * * coopctl tick)"
     one_error_line(stderr)
     assert invoke("tick", "--now", LATER).exit_code == 0
+    deliver_outbox(invoke)
     assert doctor_json(invoke, "--now", LATER)[0] == 0
 
 
@@ -175,11 +179,32 @@ def test_a_deadline_just_passed_is_within_the_grace_period(invoke, db_path):
     result = invoke("create", "--merchant", "M", "--creator", "C", "--product", "P", "--form", "live",
                     "--commission", "10", "--latest-start", iso(BASE + 2 * DAY), "--at", iso(BASE))
     assert result.exit_code == 0, result.stderr
+    deliver_outbox(invoke)
     deadline = BASE + DAY  # the accept reminder: 24h before the accept deadline (created + 2d by latest start)
     assert doctor_json(invoke, "--now", iso(deadline + 5 * MINUTE))[0] == 0
     code, report, _ = doctor_json(invoke, "--now", iso(deadline + 11 * MINUTE))
     assert code == 1 and "1 order overdue since" in problems(report)[0]["message"]
     assert doctor_json(invoke, "--now", iso(deadline + 11 * MINUTE), "--grace", "1h")[0] == 0
+
+
+def test_a_book_whose_outbox_nobody_ever_delivered_is_a_backlog(invoke, db_path):
+    """SPEC section 5: pending notifications older than --grace are a finding from the first one
+    on, not only once a dispatcher has delivered something (a dispatcher never started is the
+    case the check exists for)."""
+    result = invoke("create", "--merchant", "M", "--creator", "C", "--product", "P", "--form", "live",
+                    "--commission", "10", "--latest-start", iso(BASE + 5 * DAY), "--at", iso(BASE))
+    assert result.exit_code == 0, result.stderr
+    assert doctor_json(invoke, "--now", iso(BASE + 5 * MINUTE))[0] == 0  # within the grace
+    code, report, stderr = doctor_json(invoke, "--now", iso(BASE + 11 * MINUTE))
+    assert code == 1
+    [finding] = problems(report)
+    assert finding["check"] == "outbox_backlog"
+    assert finding["message"].startswith("2 notifications pending for more than 10m (the oldest from 2026-11-01T10:00:00+08:00)")
+    assert "coopctl dispatch" in finding["action"]
+    one_error_line(stderr)
+    assert doctor_json(invoke, "--now", iso(BASE + 11 * MINUTE), "--grace", "1h")[0] == 0
+    deliver_outbox(invoke)
+    assert doctor_json(invoke, "--now", iso(BASE + 11 * MINUTE))[0] == 0
 
 
 def test_orders_that_have_ended_are_never_overdue(invoke, ticked):
@@ -288,13 +313,17 @@ def test_doctor_on_each_backend_finds_an_overdue_order_then_is_healthy_after_tic
     result = invoke("doctor", "--json", "--now", LATER, env=env)
     assert result.exit_code == 1, result.stderr
     report = json.loads(result.stdout)
-    assert [f["check"] for f in problems(report)] == ["overdue"]
+    assert [f["check"] for f in problems(report)] == ["overdue", "outbox_backlog"]  # neither cron nor a dispatcher ran
     if backend.startswith("postgresql"):  # no file to check: the SQLite-only checks are left out
-        assert [f["check"] for f in report["findings"]] == ["schema", "hash_chain", "rebuild", "overdue", "last_tick"]
+        assert [f["check"] for f in report["findings"]] == [
+            "schema", "hash_chain", "rebuild", "overdue", "last_tick", "outbox_dead", "outbox_backlog",
+        ]
     assert invoke("tick", "--now", LATER, env=env).exit_code == 0
+    deliver_outbox(invoke, env=env)
     result = invoke("doctor", "--json", "--now", LATER, env=env)
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["findings"][-1]["message"].startswith("the last tick finished at ")
+    [last] = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "last_tick"]
+    assert last["message"].startswith("the last tick finished at ")
 
 
 # --------------------------------------------------------------------------- what is shown is checked (SPEC section 7)
@@ -336,6 +365,7 @@ def _each_status(invoke, env: dict) -> None:
                     "review": ["review", str(order), "--merchant", "M", "--fail", "--reason", "no"]}[step]
             result = invoke(*args, "--at", iso(BASE + 3600 * 10**6), env=env)
             assert result.exit_code == 0, result.stderr
+    deliver_outbox(invoke, env=env)
 
 
 ROW_EDITS = [
@@ -469,6 +499,7 @@ def test_stored_ids_that_todays_rules_refuse_are_reported_not_rewritten(db_path,
             tx.insert_new(outcomes)
     finally:
         store.dispose()
+    deliver_outbox(invoke)
     before = file_digest(db_path)
     code, report, stderr = doctor_json(invoke, "--now", iso(BASE + DAY // 2))
     assert code == 0, stderr  # a warning: nothing to repair, the database is healthy
@@ -506,7 +537,7 @@ def test_the_orders_are_rebuilt_in_bounded_chunks(db_path, monkeypatch):
     finally:
         store.dispose()
     assert report.orders == 2000
-    assert [f.check for f in report.problems] == ["overdue"]  # every order rebuilt and found as stored
+    assert [f.check for f in report.problems] == ["overdue", "outbox_backlog"]  # every order rebuilt and found as stored
     assert max(sizes["rows"]) == 150 and max(sizes["events"]) == 150
     assert len(sizes["rows"]) == 2000 // 150 + 2  # 14 chunks (the last one short) and the empty read that ends
 

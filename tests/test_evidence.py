@@ -26,6 +26,7 @@ from coopctl.history import Divergence, rebuild, verify_chain
 from coopctl.lifecycle import Action, Party, act, event_hash
 from coopctl.models import SCHEMA_VERSION
 from conftest import read_rows
+from dbtools import deliver_outbox
 
 T0 = "2026-12-01T10:00:00+08:00"
 MIB20 = 20 * 1024 * 1024
@@ -285,6 +286,7 @@ def test_altering_a_stored_content_is_a_doctor_finding_and_get_refuses_it(invoke
     _effective(invoke)
     content = b"the original screenshot"
     assert _deliver(invoke, _file(tmp_path, "shot.png", content)).exit_code == 0
+    deliver_outbox(invoke)
     healthy = invoke("doctor", "--json", "--now", "2026-12-01T12:00")
     assert healthy.exit_code == 0, healthy.stdout
     assert [f["message"] for f in json.loads(healthy.stdout)["findings"] if f["check"] == "evidence"] == [
@@ -473,6 +475,7 @@ def test_export_with_evidence_replays_and_imports_with_the_contents_on_both_back
         assert copy("evidence", "1", "--get", _sha(data), "--out", str(out)).exit_code == 0
         assert out.read_bytes() == data
     assert _export(copy, "--with-evidence") == document  # the same file again, contents included
+    deliver_outbox(copy)
     doctor = copy("doctor", "--json", "--now", "2026-12-01T12:00")
     assert doctor.exit_code == 0, doctor.stdout
 
@@ -488,6 +491,7 @@ def test_an_export_without_evidence_imports_the_files_as_not_held_here(invoke, t
     got = copy("evidence", "1", "--get", _sha(contents["a.png"]), "--out", str(tmp_path / "x"))
     assert got.exit_code == 1 and "is recorded but not held in this database" in got.stderr
     assert not (tmp_path / "x").exists()
+    deliver_outbox(copy)
     assert copy("doctor", "--now", "2026-12-01T12:00").exit_code == 0  # not held is no damage
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import base_env, coopctl_executable
 from coopctl.models import SCHEMA_VERSION
+from dbtools import deliver_outbox
 
 M, C = "商家A", "达人小王"
 T0 = "2026-11-01T10:00:00+08:00"
@@ -237,6 +238,7 @@ def test_export_replay_import_round_trip(invoke, backend, tmp_path, request):
     reports = [invoke("tick", "--now", "2027-01-01T00:00", "--json", env={"COOPCTL_DB": db}) for db in (backend, target)]
     source, copy = (json.loads(r.stdout) for r in reports)
     assert source["applied"] > 0 and copy["by_kind"] == {**source["by_kind"], "expired": source["by_kind"]["expired"] + 1}
+    deliver_outbox(invoke, env={"COOPCTL_DB": target})
     doctor = invoke("doctor", "--json", env={"COOPCTL_DB": target})
     assert doctor.exit_code == 0 and json.loads(doctor.stdout)["healthy"] is True, doctor.stdout
 

@@ -24,6 +24,7 @@ from coopctl import seal
 from coopctl.lifecycle import event_hash
 from coopctl.policy import parse_instant
 from conftest import base_env, coopctl_executable
+from dbtools import deliver_outbox
 
 # --------------------------------------------------------------------------- RFC 6962, written again
 
@@ -549,6 +550,7 @@ def test_seal_check_catches_a_history_rewritten_inside_the_database(book):
 
 
 def test_doctor_reports_events_unsealed_for_longer_than_the_grace(book):
+    deliver_outbox(book)  # the outbox is delivered: the sealing finding is the only one
     fine = book("doctor", "--now", "2026-12-01T13:05", "--grace", "10m", "--quick", "--json")
     assert fine.exit_code == 0, fine.stdout
     late = book("doctor", "--now", "2026-12-01T15:00", "--grace", "10m", "--quick", "--json")

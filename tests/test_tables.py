@@ -108,7 +108,7 @@ TABLES = [
     ("replay", ["replay", "{export}"]),
     ("what-if", ["replay", "{export}", "--policy", "{policy}"]),
     ("import", ["--db", "{fresh}", "import", "{export}"]),
-    ("doctor", ["doctor", "--now", NOW]),
+    ("doctor", ["doctor", "--now", NOW, "--grace", "2d"]),  # healthy: the book's outbox is a day old, never dispatched
     ("demo", ["--db", "{fresh}", "demo"]),
     ("tick", ["tick", "--now", NOW, "--dry-run"]),
     ("evidence", ["evidence", "5"]),

@@ -40,7 +40,7 @@ LATEST = "2030-01-01T00:00:00+08:00"
 CREATE = ("create", "--merchant", "M", "--creator", "C", "--product", "P", "--form", "live",
           "--commission", "10", "--latest-start", LATEST, "--at", "2026-11-01T10:00:00+08:00")
 READING = (("show", "1"), ("list",), ("history", "1"), ("notifications",), ("export", "1", "--at", "2026-11-01T12:00:00+08:00"),
-           ("doctor", "--now", "2026-11-01T11:00:00+08:00"))
+           ("doctor", "--now", "2026-11-01T11:00:00+08:00", "--grace", "2h"))  # healthy: the outbox is an hour old
 CHANGING = (("accept", "1", "--creator", "C", "--at", "2026-11-01T11:00:00+08:00"), CREATE,
             ("tick", "--now", "2026-11-01T11:00:00+08:00"), ("init",), ("notifications", "--mark-sent"))
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
