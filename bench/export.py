@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from tick import coopctl_argv, fresh_copy, timed  # noqa: E402
+from timing import compiled  # noqa: E402
 
 DEFAULT_SOURCE = HERE / "out" / "tick-1000000-100000.db"
 DEFAULT_BEFORE = Path("/work/main/.venv/bin/coopctl")
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    compiled()  # bytecode first: see timing.compiled
     args.work.mkdir(exist_ok=True)
     figures = run(args.source, [args.before], args.work, args.rounds, say=(lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print)
     if args.json:
