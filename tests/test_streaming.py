@@ -77,12 +77,12 @@ def peak_rss_kb(argv: list[str], env: dict, cwd: Path) -> tuple[int, bytes]:
 
 @pytest.mark.stress
 def test_memory_of_import_and_replay_does_not_grow_with_the_number_of_orders(tmp_path):
-    """20,000 and 40,000 orders (70 and 140 MB of JSON; 8,000 and 16,000 by default, to keep the
+    """20,000 and 40,000 orders (70 and 140 MB of JSON; 4,000 and 8,000 by default, to keep the
     suite short: COOPCTL_STRESS=2 runs the full size): the peak RSS of import and of replay
     --summary is within 30% (parsing the whole file at once needed about 4.5 times its size)."""
     from dbtools import stress
 
-    base = 20_000 if stress() >= 2 else 8_000  # the issue's 20,000 vs 40,000 with COOPCTL_STRESS=2 or more
+    base = 20_000 if stress() >= 2 else 4_000  # the issue's 20,000 vs 40,000 with COOPCTL_STRESS=2 or more
     small, large = exported_file(tmp_path, base), exported_file(tmp_path, 2 * base)
     assert large.stat().st_size > 1.9 * small.stat().st_size
     peaks = {}
