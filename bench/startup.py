@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from tick import NOW, cached_db, coopctl_argv  # noqa: E402  (bench/tick.py: the cached order book)
+from timing import compiled  # noqa: E402
 
 LARGE = HERE / "out" / "tick-1000000-100000.db"
 HELP_LIMIT = 1.5
@@ -171,9 +172,7 @@ def main() -> None:
     else:
         source = cached_db(args.orders, args.due)
     if not args.no_compile:
-        import compileall
-
-        compileall.compile_dir(str(HERE.parent / "coopctl"), quiet=1)
+        compiled()
     f = facts(source, args.runs)
     python = sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith("COOPCTL_")}

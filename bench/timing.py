@@ -92,7 +92,7 @@ def print_summary(title: str, found: dict[str, dict]) -> None:
 
 def compiled() -> None:
     """Compile the coopctl package to bytecode before anything is timed, as `pip install` does.
-    An editable install run with PYTHONDONTWRITEBYTECODE=1 (set on some machines, CI's among them)
+    An editable install run with PYTHONDONTWRITEBYTECODE=1 (set on the development machine)
     would otherwise compile every coopctl module from source in every process it starts, tick's
     helper included: about 0.1 to 0.2 s of each figure that no user of an installed coopctl pays."""
     import compileall

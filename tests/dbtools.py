@@ -173,12 +173,6 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-__all__ = [
-    "BASE", "SCENARIOS", "build", "checkpoint", "event_lists", "file_digest", "integrity", "kill", "load_orders",
-    "order_from_row", "scenario_outcome", "stress", "verify_all",
-]
-
-
 def deliver_outbox(run, **kw) -> None:
     """Hand every pending notification to a dispatcher of our own (`notifications --pending
     --mark-sent`), as a running dispatcher would have: `doctor` then has no backlog to report, so
@@ -187,3 +181,10 @@ def deliver_outbox(run, **kw) -> None:
     result = run("notifications", "--pending", "--mark-sent", "--format", "jsonl", **kw)
     code = getattr(result, "exit_code", getattr(result, "returncode", None))
     assert code == 0, result.stderr
+
+
+__all__ = [
+    "BASE", "SCENARIOS", "build", "checkpoint", "deliver_outbox", "event_lists", "file_digest", "integrity", "kill",
+    "load_orders", "order_from_row", "scenario_outcome", "stress", "verify_all",
+]
+
