@@ -133,6 +133,26 @@ def state_tuple(order: Order) -> tuple:
     )
 
 
+# The state columns every move may change; the rest of STATE_COLUMNS (schema 4: the latest start,
+# extensions and disputes) change only on the actions of extensions and disputes.
+MOVE_COLUMNS = STATE_COLUMNS[:14]
+_KEPT_AT = tuple(ORDER_COLUMNS.index(name) for name in STATE_COLUMNS[14:])
+_ID_AT, _SEQ_AT = ORDER_COLUMNS.index("id"), ORDER_COLUMNS.index("last_seq")
+
+
+def guarded_state(order: Order, row: tuple) -> tuple:
+    """What tick writes for an order read as `row` (ORDER_COLUMNS) and now `order`: its state
+    columns and the guard (id, seq read). MOVE_COLUMNS alone when the other state columns are as
+    read (nearly every tick transition: a narrower UPDATE, 14 columns instead of 22); every one
+    of STATE_COLUMNS otherwise. `Tx.save_rows` tells the two apart by their length."""
+    state = state_tuple(order)
+    guard = (row[_ID_AT], row[_SEQ_AT])
+    kept = state[14:]
+    if all(kept[i] == row[at] for i, at in enumerate(_KEPT_AT)):
+        return state[:14] + guard
+    return state + guard
+
+
 def _state_values(order: Order) -> dict:
     return dict(zip(STATE_COLUMNS, state_tuple(order)))
 

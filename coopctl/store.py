@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote
 
-from sqlalchemy import BigInteger, Integer, LargeBinary, bindparam, case, cast, create_engine, event, func, insert, literal, literal_column, null, select, tuple_, update
+from sqlalchemy import BigInteger, Integer, LargeBinary, bindparam, cast, create_engine, event, func, insert, literal, literal_column, null, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
@@ -43,6 +43,7 @@ from coopctl.policy import SECOND
 from coopctl.rows import (  # noqa: F401  (re-exported: the row layout belongs to storage)
     EVENT_COLUMNS,
     LISTED_NOTIFICATION_COLUMNS,
+    MOVE_COLUMNS,
     NOTIFICATION_COLUMNS,
     ORDER_COLUMNS,
     STATE_COLUMNS,
@@ -664,37 +665,48 @@ def _event_data(text):
         return text
 
 
-def _update_statement():
+def _update_statement(columns: tuple[str, ...] = STATE_COLUMNS):
     return (
         update(ORDERS)
         .where(ORDERS.c.id == bindparam("b_id"), ORDERS.c.last_seq == bindparam("b_last_seq"))
-        .values({name: bindparam(name) for name in STATE_COLUMNS})
+        .values({name: bindparam(name) for name in columns})
     )
 
 
-_UPDATE_COLUMNS = STATE_COLUMNS + ("b_id", "b_last_seq")
+_GUARD = ("b_id", "b_last_seq")
+# What a guarded state row holds (rows.guarded_state), by its length: every state column, or
+# those a move changes; then the guard.
+_UPDATE_COLUMNS = STATE_COLUMNS + _GUARD
+_MOVE_UPDATE_COLUMNS = MOVE_COLUMNS + _GUARD
+_UPDATES = {
+    len(_UPDATE_COLUMNS): ("update_state", _UPDATE_COLUMNS),
+    len(_MOVE_UPDATE_COLUMNS): ("update_move", _MOVE_UPDATE_COLUMNS),
+}
 
 
-def _update_from_copy(conn: Connection, params: list[tuple]) -> int:
+def _update_from_copy(conn: Connection, params: list[tuple], columns: tuple[str, ...] = _UPDATE_COLUMNS) -> int:
     """PostgreSQL's bulk path for the guarded update: the new states are COPYed into a temporary
     table (dropped at commit), then one UPDATE … FROM joins it on (id, last seq); the row count
     still tells whether another coopctl changed one of the orders meanwhile."""
     from sqlalchemy import BigInteger, Column, MetaData, Table
 
+    state = columns[:-2]
     staged = Table(
         "coopctl_new_state", MetaData(),
-        *[Column(name, ORDERS.c[name].type) for name in STATE_COLUMNS],
+        *[Column(name, ORDERS.c[name].type) for name in state],
         Column("b_id", BigInteger), Column("b_last_seq", BigInteger),
         prefixes=["TEMPORARY"], postgresql_on_commit="DROP",
     )
     staged.create(conn)
-    _copy(conn, staged.name, _UPDATE_COLUMNS, params)
+    _copy(conn, staged.name, columns, params)
     statement = (
         update(ORDERS)
         .where(ORDERS.c.id == staged.c.b_id, ORDERS.c.last_seq == staged.c.b_last_seq)
-        .values({name: staged.c[name] for name in STATE_COLUMNS})
+        .values({name: staged.c[name] for name in state})
     )
-    return conn.execute(statement).rowcount
+    changed = conn.execute(statement).rowcount
+    staged.drop(conn)  # a second group of the same transaction stages its own
+    return changed
 
 
 def _select_orders():
@@ -945,24 +957,32 @@ class Tx:
             )
 
     def save_rows(self, states: list[tuple], events: list[tuple], notifications: list[tuple]) -> None:
-        """Write decided rows: `states` are STATE_COLUMNS plus the order's id and the seq it was read
-        at (the guard), `events` and `notifications` row tuples, each in the order they happened."""
+        """Write decided rows: `states` are guarded states (rows.guarded_state: STATE_COLUMNS, or
+        MOVE_COLUMNS alone, then the order's id and the seq it was read at), `events` and
+        `notifications` row tuples, each in the order they happened."""
         if not states:
             return
         # Write in id order: rows and index pages are then visited sequentially, not at random
         # (half the cost of a tick batch on a large book), and row locks are taken in one order.
         # The sorts are stable, so each order's events and notifications keep their own order.
-        id_at = len(STATE_COLUMNS)
-        if any(states[i][id_at] > states[i + 1][id_at] for i in range(len(states) - 1)):
-            states = sorted(states, key=lambda row: row[id_at])
+        if any(states[i][-2] > states[i + 1][-2] for i in range(len(states) - 1)):
+            states = sorted(states, key=lambda row: row[-2])
             events = sorted(events, key=lambda row: row[0])
             notifications = sorted(notifications, key=lambda row: row[0])
-        if len(states) >= _COPY_AT_LEAST and self.conn.dialect.name == "postgresql":
-            rowcount = _update_from_copy(self.conn, states)
-        elif len(states) >= _MULTI_AT_LEAST and self.is_sqlite:
-            rowcount = _multi(self.conn, "update", ORDERS.name, _UPDATE_COLUMNS, states)
-        else:
-            rowcount = Bulk.of(self.conn, "update_state", _update_statement).run(self.conn, _UPDATE_COLUMNS, states).rowcount
+        groups: dict[int, list[tuple]] = {}
+        for row in states:
+            groups.setdefault(len(row), []).append(row)
+        rowcount = 0
+        for width, rows in sorted(groups.items()):
+            key, columns = _UPDATES[width]
+            if len(rows) >= _COPY_AT_LEAST and self.conn.dialect.name == "postgresql":
+                written = _update_from_copy(self.conn, rows, columns)
+            elif len(rows) >= _MULTI_AT_LEAST and self.is_sqlite:
+                written = _multi(self.conn, "update", ORDERS.name, columns, rows)
+            else:
+                build = (lambda: _update_statement(columns[:-2]))
+                written = Bulk.of(self.conn, key, build).run(self.conn, columns, rows).rowcount
+            rowcount = -1 if written == -1 or rowcount == -1 else rowcount + written
         if rowcount not in (-1, len(states)):
             raise Busy("another coopctl changed some of these orders at the same time; nothing was changed, try again")
         if events:

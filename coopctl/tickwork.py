@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 from coopctl import lifecycle
 from coopctl.lifecycle import Kind
-from coopctl.rows import event_tuple, notification_tuple, order_from_row, rows_by_id_sql, state_tuple
+from coopctl.rows import event_tuple, guarded_state, notification_tuple, order_from_row, rows_by_id_sql
 
 CHUNK = 500  # orders per piece of work: small enough that writing one overlaps deciding the next
 HELPER_AT_LEAST = 2000  # due orders in a batch before a helper process is worth its start (~0.1 s)
@@ -39,7 +39,7 @@ HELPER_AT_LEAST = 2000  # due orders in a batch before a helper process is worth
 class Decided:
     """What tick writes for one chunk of due orders, and what it counts."""
 
-    states: list[tuple] = field(default_factory=list)  # STATE_COLUMNS + (id, seq read), changed orders only
+    states: list[tuple] = field(default_factory=list)  # rows.guarded_state of each changed order
     events: list[tuple] = field(default_factory=list)  # EVENT_COLUMNS, in the order they happened
     notifications: list[tuple] = field(default_factory=list)  # NOTIFICATION_COLUMNS, likewise
     by_kind: dict[str, int] = field(default_factory=dict)
@@ -63,7 +63,7 @@ def decide(rows: list[tuple], now: int, operator: str, tz: tzinfo, *, keys: bool
         if not (outcome.events or outcome.notifications):
             out.all_changed = False
             continue
-        states.append(state_tuple(outcome.order) + (order.id, order.last_seq))
+        states.append(guarded_state(outcome.order, row))
         for e in outcome.events:
             events.append(event_tuple(e))
             by_kind[e.kind] = by_kind.get(e.kind, 0) + 1

@@ -230,9 +230,8 @@ class OrderChange:
 
 def changes_of(decided) -> Iterator[OrderChange]:
     """The orders one decided chunk of a tick changes (`tickwork.Decided`), in the order decided."""
-    from coopctl.rows import EVENT_COLUMNS, NOTIFICATION_COLUMNS, STATE_COLUMNS
+    from coopctl.rows import EVENT_COLUMNS, NOTIFICATION_COLUMNS
 
-    id_at = len(STATE_COLUMNS)
     e_order, e_kind, e_at = (EVENT_COLUMNS.index(n) for n in ("order_id", "kind", "at"))
     n_order, n_kind = NOTIFICATION_COLUMNS.index("order_id"), NOTIFICATION_COLUMNS.index("kind")
     events: dict[int, list[tuple[str, int]]] = {}
@@ -244,7 +243,7 @@ def changes_of(decided) -> Iterator[OrderChange]:
         if row[n_kind] == reminder:
             reminders[row[n_order]] = reminders.get(row[n_order], 0) + 1
     for state in decided.states:
-        order_id = state[id_at]
+        order_id = state[-2]  # rows.guarded_state: the state, then (id, seq read)
         yield OrderChange(order_id, tuple(events.get(order_id, ())), reminders.get(order_id, 0))
 
 

@@ -514,3 +514,104 @@ def test_a_version_2_database_on_postgresql_is_upgraded_with_order_products(invo
             assert conn.execute(text("SELECT count(*) FROM evidence_files")).scalar() == 0
     finally:
         engine.dispose()
+
+
+def _build_mixed(db: str, orders: int, now: int) -> None:
+    """`orders` orders due at `now`, a third each: pending past the accept window (tick changes
+    only the columns every move changes), extension_requested past the response window (the
+    extension lapses: the proposal's columns change too), and ruled past the appeal window (the
+    ruling becomes final: the ruling column changes)."""
+    from coopctl import lifecycle
+    from coopctl.lifecycle import Action, Party, Terms
+    from coopctl.policy import DAY, HOUR, Policy, ReminderOffsets
+    from coopctl.store import Store, locate
+
+    store = Store(locate(db))
+    store.initialise(made_by="test")
+    outcomes = []
+    for i in range(1, orders + 1):
+        created = now - 40 * DAY - (i % 3600) * 1_000_000
+        terms = Terms(M, C, (f"P{i}",), "live", Decimal("12.50"), Decimal("0.00"), now + 30 * DAY)
+        outcome = lifecycle.create(i, terms, Policy(), ReminderOffsets(), created, "builder")
+        steps = []
+        if i % 3 == 1:
+            steps = [(Action.ACCEPT, Party.CREATOR, C, created + HOUR, {}),
+                     (Action.EXTEND_REQUEST, Party.MERCHANT, M, now - 4 * DAY, {"proposal": now + 31 * DAY})]
+        elif i % 3 == 2:
+            steps = [(Action.ACCEPT, Party.CREATOR, C, created + HOUR, {}),
+                     (Action.DELIVER, Party.CREATOR, C, created + 2 * HOUR, {"evidence": "https://v.example/x"}),
+                     (Action.REVIEW_FAIL, Party.MERCHANT, M, created + 3 * HOUR, {"reason": "not shown"}),
+                     (Action.ARBITRATE, None, None, created + 20 * DAY, {"ruling": "merchant", "reason": "shown late"})]
+        for action, party, who, at, extra in steps:
+            outcome = outcome.then(lifecycle.act(outcome.order, action, party, who, at, "builder", **extra))
+        outcomes.append(outcome)
+    with store.write() as tx:
+        tx.insert_new(outcomes)
+        tx.follow_explicit_ids()
+    store.dispose()
+
+
+@pytest.mark.parametrize("batch", [1, 4, 500])  # one row per statement; below and above the bulk paths' sizes
+def test_tick_writes_every_column_of_each_order_as_the_rules_give_it(backend, batch):
+    """Tick writes the columns every move changes alone when the others stay as read, and every
+    state column when an extension lapses or a ruling becomes final: each stored order, every
+    field, is what the rules give the order on its own (one tick, batches mixing both kinds)."""
+    from coopctl import lifecycle
+    from coopctl.config import Settings
+    from coopctl.lifecycle import Status
+    from coopctl.policy import parse_instant
+    from coopctl.service import Service, tick
+    from coopctl.store import Store, locate
+
+    now = parse_instant("2026-12-01T12:00:00+08:00", timezone.utc)
+    _build_mixed(backend, 300, now)
+    store = Store(locate(backend))
+    try:
+        with store.read() as tx:
+            before = tx.load_many(tx.all_order_ids())
+        assert {o.status for o in before} == {Status.PENDING, Status.EXTENSION_REQUESTED, Status.RULED}
+        expected = {o.id: lifecycle.tick_order(o, now, "cron", Settings().tz).order for o in before}
+        report = tick(Service(store, Settings(), "cron"), now, batch=batch)
+        assert report.applied == 300
+        with store.read() as tx:
+            after = {o.id: o for o in tx.load_many(tx.all_order_ids())}
+    finally:
+        store.dispose()
+    assert {o.status for o in after.values()} == {Status.EXPIRED, Status.EFFECTIVE, Status.RESOLVED}
+    assert all(o.ruling.final for o in after.values() if o.status is Status.RESOLVED)
+    assert all(o.proposed_latest_start_at is None for o in after.values())
+    assert after == expected
+
+
+def test_a_batch_of_both_widths_that_lost_a_race_is_busy_and_writes_nothing(backend):
+    """The guard holds across both kinds of state row: an order whose extension lapses, changed
+    behind the batch's back, makes the whole batch Busy, the narrower rows unwritten too."""
+    from sqlalchemy import text
+
+    from coopctl import tickwork
+    from coopctl.config import Settings
+    from coopctl.errors import Busy
+    from coopctl.policy import parse_instant
+    from coopctl.rows import MOVE_COLUMNS, ORDER_COLUMNS, STATE_COLUMNS, order_values
+    from coopctl.store import Store, locate
+
+    now = parse_instant("2026-12-01T12:00:00+08:00", timezone.utc)
+    _build_mixed(backend, 120, now)
+    store = Store(locate(backend))
+    try:
+        with store.read() as tx:
+            batch = tx.due(now, limit=1000)
+            assert len(batch) == 120
+        with store.write() as tx:
+            tx.conn.execute(text("UPDATE orders SET last_seq = 9 WHERE id = :id"), {"id": 118})  # 118 % 3 == 1
+        rows = [tuple(order_values(o)[name] for name in ORDER_COLUMNS) for o in batch]
+        decided = tickwork.decide(rows, now, "test", Settings().tz)
+        assert {len(state) for state in decided.states} == {len(MOVE_COLUMNS) + 2, len(STATE_COLUMNS) + 2}
+        with pytest.raises(Busy):
+            with store.write() as tx:
+                tx.save_rows(decided.states, decided.events, decided.notifications)
+        with store.read() as tx:
+            assert tx.count_due(now) == 120
+            assert tx.conn.execute(text("SELECT count(*) FROM events WHERE kind IN ('expired', 'extension_lapsed')")).scalar() == 0
+    finally:
+        store.dispose()
