@@ -752,6 +752,10 @@ def _outbox(store: Store, now: int, tz: tzinfo, grace: int) -> list[Finding]:
     return findings
 
 
+def _count(n: int, thing: str) -> str:
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"
+
+
 def _last_tick(store: Store, tz: tzinfo) -> Finding:
     with store.read() as tx:
         last = tx.last_tick_run()
@@ -760,7 +764,7 @@ def _last_tick(store: Store, tz: tzinfo) -> Finding:
     return Finding(
         "last_tick", True,
         f"the last tick finished at {_at(last.finished_at, tz)} (up to {_at(last.now, tz)}; "
-        f"{last.applied} transitions, {last.reminders} reminders, by {last.operator})",
+        f"{_count(last.applied, 'transition')}, {_count(last.reminders, 'reminder')}, by {last.operator})",
     )
 
 

@@ -53,6 +53,7 @@ class Column:
     get: Callable[[Any, Any], Any]  # (record, context) -> the cell (str, number or None)
     justify: str = "left"
     style: Callable[[str], str] | None = None  # cell text -> rich style, on a terminal
+    yields: bool = False  # free text dropped, rather than kept, when keeping it cuts a more important free text
 
     def __post_init__(self) -> None:
         assert self.kind in KINDS, self.kind
@@ -187,6 +188,20 @@ def fit(columns: Sequence[Column], headers: list[str], rows: list[list[str]], wi
     droppable = sorted((i for i in keep if columns[i].priority > 0), key=lambda i: (-columns[i].priority, -i))
     while total(keep, least) > width and droppable:
         keep.remove(droppable.pop(0))
+    widths = _widths(columns, keep, natural, least, width, total)
+    while True:  # a column that yields goes when a more important free text is cut while it stays
+        cut = [i for i in keep if columns[i].kind == TEXT and widths[i] < natural[i]]
+        yielding = [i for i in keep if columns[i].yields and any(columns[c].priority < columns[i].priority for c in cut)]
+        if not yielding:
+            break
+        keep.remove(max(yielding, key=lambda i: (columns[i].priority, i)))
+        widths = _widths(columns, keep, natural, least, width, total)
+    return Layout([columns[i] for i in keep], [widths[i] for i in keep], [natural[i] for i in keep], keep)
+
+
+def _widths(columns: Sequence[Column], keep: list[int], natural: list[int], least, width: int, total) -> dict[int, int]:
+    """The width of each kept column: each at its least, then the room left to free text (the
+    most important first); still too wide, free text down to its floor, then an id folded."""
     widths = {i: least(i) for i in keep}
     spare = width - total(keep, widths.__getitem__)
     texts = sorted((i for i in keep if columns[i].kind == TEXT), key=lambda i: (columns[i].priority, i))
@@ -213,7 +228,7 @@ def fit(columns: Sequence[Column], headers: list[str], rows: list[list[str]], wi
             target = widths[widest] - 1
         spare += widths[widest] - target
         widths[widest] = target
-    return Layout([columns[i] for i in keep], [widths[i] for i in keep], [natural[i] for i in keep], keep)
+    return widths
 
 
 def escaped_cells(spec: TableSpec, records: Iterable[Any], wide: bool, context=None) -> tuple[list[Column], list[str], list[list[str]]]:

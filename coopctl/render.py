@@ -301,10 +301,10 @@ def _style_of_status(text: str) -> str:
         return ""
 
 
-def _col(name, kind, priority, get, justify="left", style=None):
+def _col(name, kind, priority, get, justify="left", style=None, yields=False):
     from coopctl.printer import Column
 
-    return Column(name, kind, priority, get, justify, style)
+    return Column(name, kind, priority, get, justify, style, yields)
 
 
 def _spec(name: str, *columns, wide_only=()):
@@ -1046,7 +1046,8 @@ def _doctor_table():
         _col("", "status", 0, lambda f, c: "ok" if f.ok else "PROBLEM",
              style=lambda text: "green" if text == "ok" else "bold red"),
         _col("finding", "text", 1, lambda f, c: f.message),
-        _col("what to do", "text", 2, lambda f, c: f.action or ""),
+        # narrow: the finding whole before what to do (the one-line error on stderr says both)
+        _col("what to do", "text", 2, lambda f, c: f.action or "", yields=True),
     )
 
 

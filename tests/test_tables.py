@@ -283,6 +283,35 @@ def test_fit_drops_then_shortens_then_folds_only_ids():
     assert fit(cols, headers, rows, 40, True).widths == [2, 7, 100, 30]  # --wide: everything
 
 
+def test_a_column_that_yields_is_dropped_rather_than_cut_a_more_important_text():
+    """doctor's "what to do" goes before its finding is cut; kept when both fit whole, and when
+    the finding is cut anyway (at 40 cells: 20 each would still cut it)."""
+    from coopctl.printer import Column, fit
+
+    cols = [Column("check", "status", 0, None), Column("finding", "text", 1, None),
+            Column("what to do", "text", 2, None, yields=True)]
+    headers = ["check", "finding", "what to do"]
+    rows = [["hash_chain", "f" * 60, "w" * 30]]
+    assert [c.name for c in fit(cols, headers, rows, 80, False).columns] == ["check", "finding"]
+    assert fit(cols, headers, rows, 80, False).widths == [10, 60]
+    assert [c.name for c in fit(cols, headers, rows, 120, False).columns] == headers
+    plain = [Column(c.name, c.kind, c.priority, None) for c in cols]  # without yields: both cut
+    assert fit(plain, headers, rows, 80, False).widths == [10, 46, 20]
+
+
+def test_doctor_at_80_columns_shows_each_finding_whole(tmp_path, run_coopctl):
+    """The finding, instants included, is whole at 80 columns; what to do is on stderr's error line."""
+    db = str(tmp_path / "d.db")
+    assert run_coopctl("--db", db, "demo", env={"COLUMNS": "200"}).returncode == 0
+    result = run_coopctl("--db", db, "doctor", "--grace", "1000d", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["check", "finding"]
+    tick_line = next(line for line in lines if line.startswith("last_tick"))
+    assert re.search(r"finished at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00", tick_line), tick_line
+    assert all(cell_len(line) <= 80 for line in lines)
+
+
 # --------------------------------------------------------------------------- a real terminal
 
 
