@@ -427,6 +427,33 @@ def write_json(records: Iterable[dict], stream) -> int:
     return count
 
 
+def utf8_bytes_writer(stream) -> Callable[[bytes], Any] | None:
+    """A writer of UTF-8 bytes straight to `stream`'s byte buffer, when `stream` is a file's
+    UTF-8 text layer (a process's stdout), after flushing what that layer holds; else None."""
+    import codecs
+    import io
+
+    if not isinstance(stream, io.TextIOWrapper) or os.linesep != "\n":
+        return None
+    try:
+        if codecs.lookup(stream.encoding).name != "utf-8":
+            return None
+    except LookupError:
+        return None
+    stream.flush()
+    return stream.buffer.write
+
+
+def _utf8_writer(stream) -> Callable[[str], Any]:
+    """Writes text to a UTF-8 stream, encoded here and written to its byte buffer when it has one
+    (the text layer's own encoding of large writes costs more than encoding them at once)."""
+    write = utf8_bytes_writer(stream)
+    if write is None:
+        return stream.write
+    errors = stream.errors or "strict"
+    return lambda text: write(text.encode("utf-8", errors))
+
+
 def write_jsonl(records: Iterable[dict], stream) -> int:
     """One compact JSON object per line. Records that can write their own JSON text
     (`json_lines()`, e.g. render.order_records) are written from it, escaped the same way."""
@@ -434,9 +461,10 @@ def write_jsonl(records: Iterable[dict], stream) -> int:
     lines = getattr(records, "json_lines", None)
     if lines is not None:  # escaped as they are made (only their free texts are looked at)
         ascii_only = not _unicode_ok(stream)
+        write = stream.write if ascii_only else _utf8_writer(stream)
         for chunk in _chunks(lines(None if ascii_only else json_escaped)):
             text = "\n".join(chunk) + "\n"
-            stream.write(_ascii_json(text) if ascii_only else text)
+            write(_ascii_json(text) if ascii_only else text)
             count += len(chunk)
         return count
     for chunk in _chunks(records):

@@ -1180,8 +1180,9 @@ class order_records:
         """Each record as `json.dumps(record, ensure_ascii=False, separators=(",", ":"))` writes it.
         `escape` (the printer's `json_escaped`) is applied to what holds a character `str.isprintable`
         rejects (every character a terminal could act on is one): the values that repeat
-        (statuses, forms, product lists, policies) once, when first met; a line whose own texts
-        (ids, note, amounts, key) hold one, whole. None: nothing is escaped."""
+        (statuses, forms, product lists, policies, and the merchants, creators and amounts, kept
+        while they are at most 8,192) once, when first met; a line whose own texts (note, key,
+        ruling) hold one, whole. None: nothing is escaped."""
         from json.encoder import encode_basestring as quoted
 
         from coopctl.lifecycle import TERMS_OF, TIMERS
@@ -1205,18 +1206,28 @@ class order_records:
             found = products_of[text] = safe(compact(list(_products_json(text))))
             return found
 
+        parties: dict = {}  # merchants, creators and amounts: few distinct values in a book, most of them
+
+        def party_text(value):
+            if len(parties) > 8192:
+                parties.clear()
+            found = parties[value] = safe(quoted(value))
+            return found
+
         def policy_text(text, reminders: bool):
             found = policies[text, reminders] = safe(compact(_reminders_json(text) if reminders else _policy_json(text)))
             return found
 
-        get, pget, sget, lget = cache.get, products_of.get, seen.get, policies.get
+        get, pget, sget, lget, tget = cache.get, products_of.get, seen.get, policies.get, parties.get
         for (oid, merchant, creator, products, form, commission, budget, latest, note, policy, reminders, created,
              status, requested_by, went_live, delivered, mode, failed, last_at, key,
              extensions, extension_by, proposed, disputed_by, appeals, ruling, liable, deadline) in self.rows:
             line = (
-                f'{{"id":{oid},"merchant":{quoted(merchant)},"creator":{quoted(creator)},'
+                f'{{"id":{oid},"merchant":{tget(merchant) or party_text(merchant)},'
+                f'"creator":{tget(creator) or party_text(creator)},'
                 f'"products":{pget(products) or products_text(products)},"form":{get(form) or known(form)},'
-                f'"commission_pct":{quoted(commission)},"ad_budget":{quoted(budget)},'
+                f'"commission_pct":{tget(commission) or party_text(commission)},'
+                f'"ad_budget":{tget(budget) or party_text(budget)},'
                 f'"latest_start_at":{sget(latest) or instant(latest)},'
                 f'"note":{"null" if note is None else quoted(note)},"status":{get(status) or known(status)},'
                 f'"terms":{terms_of[status]},"liable_party":{get(liable) or known(liable)},'
@@ -1233,8 +1244,9 @@ class order_records:
                 f'"disputed_by":{get(disputed_by) or known(disputed_by)},"appeals":{int(appeals)},'
                 f'"ruling":{"null" if ruling is None else compact(_ruling_json(ruling, self.tz))}}}'
             )
-            if escape is not None and not f"{merchant}{creator}{commission}{budget}{note or ''}{key or ''}{ruling or ''}".isprintable():
-                line = escape(line)
+            if escape is not None and not ((note is None or note.isprintable()) and (key is None or key.isprintable())
+                                           and (ruling is None or ruling.isprintable())):
+                line = escape(line)  # the other free texts were made safe as they were first met
             yield line
 
 

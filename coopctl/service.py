@@ -548,14 +548,22 @@ def walk_orders(svc: Service, query: ListQuery, *, after: str | None, rows: bool
     transaction (memory flat in the number of orders). With `rows`, their stored rows
     (LISTED_COLUMNS, not decoded) in chunks of STREAM_CHUNK: what the machine formats print
     through `render.order_records`, without building an Order per row."""
+    if rows:
+        for found in walk_order_chunks(svc, query, after=after):
+            yield from found
+        return
     key = None if after is None else decode_cursor(query, after)
     svc.store.require()
     with svc.store.read() as tx:
-        if rows:
-            for found in _pages(tx, query, key):
-                yield from found
-        else:
-            yield from tx.walk(query, after=key)
+        yield from tx.walk(query, after=key)
+
+
+def walk_order_chunks(svc: Service, query: ListQuery, *, after: str | None) -> Iterator[list[tuple]]:
+    """`walk_orders(rows=True)` a chunk (a list of up to STREAM_CHUNK stored rows) at a time."""
+    key = None if after is None else decode_cursor(query, after)
+    svc.store.require()
+    with svc.store.read() as tx:
+        yield from _pages(tx, query, key)
 
 
 def _pages(tx: Tx, query: ListQuery, key: tuple | None) -> Iterator[list[tuple]]:

@@ -133,6 +133,12 @@ def list_(
         raise _invalid("--all and --limit cannot be given together: --all lists every order")
     size = None if every else limit if limit is not None else LIST_PAGE if fmt == "table" else None
     rows = fmt != "table"  # machine formats: records made from the stored rows (render.order_records)
+    if size is None and fmt == "jsonl":  # a whole book, perhaps: on two cores (coopctl/linehelper.py)
+        from coopctl.linehelper import print_jsonl
+        from coopctl.service import walk_order_chunks
+
+        print_jsonl(walk_order_chunks(rt.service, query, after=after), rt.tz)
+        return
     if size is None:
         _print_orders(walk_orders(rt.service, query, after=after, rows=rows), fmt=fmt, tz=rt.tz, wide=wide, now=rt.now, rows=rows)
         return
