@@ -20,7 +20,6 @@ bytes apart from "exported_at".
 
 from __future__ import annotations
 
-import codecs
 import io
 import json
 import math
@@ -58,7 +57,7 @@ from coopctl.lifecycle import (
     fire_due,
 )
 from coopctl.policy import InvalidValue, Policy, ReminderOffsets, iso, parse_instant
-from coopctl.rows import ORDER_COLUMNS, order_from_row
+from coopctl.rows import ORDER_COLUMNS, driver_rows, order_from_row
 from coopctl.streaming import _plain, open_export, open_path
 from coopctl.trust import MAX_ORDER_ID, MAX_TEXT_LENGTH, check_id, check_operator, check_text, json_escaped, shown
 
@@ -423,16 +422,10 @@ class _RowReader:
     _NOTES = "SELECT order_id, recipient, channel, kind, at, text, sent_at FROM notifications"
 
     def __init__(self, tx):
-        self.conn = tx.conn.connection.driver_connection
-        self.mark = "?" if tx.is_sqlite else "%s"
+        self.conn = tx.conn
 
     def _rows(self, sql: str, params) -> list[tuple]:
-        cursor = self.conn.cursor()
-        try:
-            cursor.execute(sql.replace("?", self.mark), params)
-            return cursor.fetchall()
-        finally:
-            cursor.close()
+        return driver_rows(self.conn, sql, params)
 
     def orders_after(self, after: int, limit: int) -> list[tuple]:
         sql = f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE id > ? AND status != '' ORDER BY id LIMIT ?"
@@ -583,17 +576,14 @@ def _write_document(handle: TextIO, header: dict, chunks: Iterable[list[dict]], 
     encoded by `jsontext.indented` (the same bytes, from a C encoder) and written as UTF-8 bytes to
     the stream's buffer when it has one and writes UTF-8; through the text layer otherwise."""
     from coopctl.jsontext import indented
+    from coopctl.printer import utf8_bytes_writer
 
     head = dumps({**header, "orders": []})
     assert head.endswith("[]\n}\n")
-    raw = getattr(handle, "buffer", None)
-    if raw is not None and codecs.lookup(getattr(handle, "encoding", None) or "ascii").name != "utf-8":
-        raw = None  # a stream that cannot take UTF-8 (PYTHONIOENCODING=ascii): its own encoder escapes the text
-    if raw is not None:
-        handle.flush()  # what the text layer holds goes first
-        write = raw.write
-    else:
-        write = lambda data: handle.write(data.decode("utf-8"))  # noqa: E731 - a text stream without bytes (StringIO)
+    # a stream that cannot take UTF-8 (PYTHONIOENCODING=ascii) escapes the text with its own encoder;
+    # a text stream without bytes (StringIO) takes the text
+    raw = utf8_bytes_writer(handle)
+    write = raw if raw is not None else lambda data: handle.write(data.decode("utf-8"))
     write(head[: -len("]\n}\n")].encode("utf-8"))
     opening, closing = _NESTED
     written = 0
@@ -608,7 +598,7 @@ def _write_document(handle: TextIO, header: dict, chunks: Iterable[list[dict]], 
             progress(len(documents))
     write(b"]\n}\n" if written == 0 else b"\n  ]\n}\n")
     if raw is not None:
-        raw.flush()
+        handle.buffer.flush()
 
 
 def _order_document(order: Order, events: list[dict], notes: list, when: _Instants) -> dict:

@@ -22,16 +22,13 @@ from __future__ import annotations
 import marshal
 import os
 import pickle
-import select
-import subprocess
 import sys
 from collections import deque
-from itertools import islice
 from datetime import tzinfo
-from pathlib import Path
+from itertools import islice
 from typing import Iterable, Iterator
 
-from coopctl.tickwork import _HEADER, _cores, _grow_pipe, _read_exact
+from coopctl.tickwork import _HEADER, Pipes, _cores, _read_exact
 
 HELPER_AT_LEAST = 20_000  # rows made here before a helper is started (its start costs ~0.2 s of CPU)
 PIECE = 400  # rows per piece given to the helper (its text, about 450 KB, fits in the pipe back)
@@ -147,99 +144,41 @@ def _write_head(queue: deque, lines: Lines, write, formatter: "Formatter | None"
     return formatter
 
 
-class Formatter:
-    """The helper process, seen from the listing (the same pipes as tick's `tickwork.Helper`)."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.proc = proc
-        self.rfd, self.wfd = proc.stdout.fileno(), proc.stdin.fileno()
-        _grow_pipe(self.rfd)
-        _grow_pipe(self.wfd)
-        os.set_blocking(self.wfd, False)
-        self.out = bytearray()
-        self.pending = 0
-        self.broken = False
+class Formatter(Pipes):
+    """The helper process, seen from the listing: pieces of rows in (marshal), their text back."""
 
     @classmethod
     def start(cls, tz: tzinfo) -> "Formatter | None":
-        if not sys.executable:
-            return None
-        root = str(Path(__file__).resolve().parent.parent)
-        code = f"import sys; sys.path.insert(0, {root!r}); from coopctl.linehelper import serve; serve()"
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", code], bufsize=0,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            )
-        except OSError:
+        proc = cls.spawn("coopctl.linehelper:serve")
+        if proc is None:
             return None
         formatter = cls(proc)
         formatter._send(pickle.dumps(tz))
         return formatter
 
-    def _pump(self) -> None:
-        out = self.out
-        while out and not self.broken:
-            try:
-                written = os.write(self.wfd, out)
-            except BlockingIOError:
-                return
-            except OSError:  # it is gone; receive() tells
-                self.broken = True
-                return
-            del out[:written]
-
     def _send(self, payload: bytes) -> None:
-        self.out += _HEADER.pack(len(payload))
-        self.out += payload
-        self._pump()
+        self._send_bytes(_HEADER.pack(len(payload)) + payload)
 
     def submit(self, chunk: list[tuple]) -> None:
         self._send(marshal.dumps(chunk))
         self.pending += 1
 
-    def ready(self) -> bool:
-        """Whether the next answer has begun to arrive."""
-        self._pump()
-        try:
-            return bool(select.select([self.rfd], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True  # receive() will find out
-
     def receive(self) -> bytes | None:
-        """The text of the oldest chunk given, or None if the helper could not make it."""
+        """The text of the oldest piece given, or None if the helper could not make it."""
         if self.pending == 0:
             return None
         self.pending -= 1
         try:
-            while self.out and not self.broken:  # it may need the rest of its input to answer
-                readable, writable, _ = select.select([self.rfd], [self.wfd], [])
-                if readable:
-                    break
-                if writable:
-                    self._pump()
+            self._wait_readable()
             header = _read_exact(self.rfd, _HEADER.size)
             if header is None:
                 return None
             (size,) = _HEADER.unpack(header)
-            if size == 0:  # it failed on this chunk: made here, where the error surfaces
+            if size == 0:  # it failed on this piece: made here, where the error surfaces
                 return None
             return _read_exact(self.rfd, size)
         except (OSError, ValueError):
             return None
-
-    def close(self) -> None:
-        """Stop it: what it has not answered yet is dropped."""
-        for stream in (self.proc.stdin, self.proc.stdout):  # it reads EOF, or its write fails: it stops
-            try:
-                stream.close()
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def serve() -> None:

@@ -136,7 +136,8 @@ def state_tuple(order: Order) -> tuple:
 # The state columns every move may change; the rest of STATE_COLUMNS (schema 4: the latest start,
 # extensions and disputes) change only on the actions of extensions and disputes.
 MOVE_COLUMNS = STATE_COLUMNS[:14]
-_KEPT_AT = tuple(ORDER_COLUMNS.index(name) for name in STATE_COLUMNS[14:])
+_MOVES = len(MOVE_COLUMNS)
+_KEPT_AT = tuple(ORDER_COLUMNS.index(name) for name in STATE_COLUMNS[_MOVES:])
 _ID_AT, _SEQ_AT = ORDER_COLUMNS.index("id"), ORDER_COLUMNS.index("last_seq")
 
 
@@ -147,9 +148,8 @@ def guarded_state(order: Order, row: tuple) -> tuple:
     of STATE_COLUMNS otherwise. `Tx.save_rows` tells the two apart by their length."""
     state = state_tuple(order)
     guard = (row[_ID_AT], row[_SEQ_AT])
-    kept = state[14:]
-    if all(kept[i] == row[at] for i, at in enumerate(_KEPT_AT)):
-        return state[:14] + guard
+    if all(state[_MOVES + i] == row[at] for i, at in enumerate(_KEPT_AT)):
+        return state[:_MOVES] + guard
     return state + guard
 
 
@@ -193,3 +193,18 @@ def event_tuple(e: Event) -> tuple:
 
 def notification_tuple(n: Notification) -> tuple:
     return (n.order_id, n.recipient, n.channel, n.kind, n.at, n.text)
+
+
+def driver_rows(conn, sql: str, params) -> list[tuple]:
+    """The rows of `sql` (with `?` marks) as the database driver's plain tuples, on the DB-API
+    connection under the SQLAlchemy connection `conn` (the same transaction): for the reads an
+    export makes per chunk and per block of the seal's nodes, where SQLAlchemy's statement and row
+    objects cost more than the rows."""
+    if conn.dialect.name != "sqlite":
+        sql = sql.replace("?", "%s")
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()

@@ -432,28 +432,15 @@ def _tables():
     return EVENTS, SEAL_NODES, SEAL_HEADS
 
 
-def _driver_rows(conn, sql: str, params: tuple) -> list[tuple]:
-    """The rows of `sql` (with `?` marks) as the database driver's plain tuples, on the connection
-    under `conn` (the same transaction): for the reads an export makes per chunk and per block of
-    nodes, where SQLAlchemy's statement and row objects cost more than the rows."""
-    if conn.dialect.name != "sqlite":
-        sql = sql.replace("?", "%s")
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
 def stored_tree(conn) -> Tree:
     """A Tree over the log stored on this connection (inside the caller's transaction)."""
+    from coopctl.rows import driver_rows
 
     def fetch(level: int, first: int, last: int) -> dict[int, bytes]:
         if level == 0:
-            rows = _driver_rows(conn, "SELECT log_index, hash FROM events WHERE log_index >= ? AND log_index <= ?", (first, last))
+            rows = driver_rows(conn, "SELECT log_index, hash FROM events WHERE log_index >= ? AND log_index <= ?", (first, last))
             return {i: leaf_hash(_event_bytes(h)) for i, h in rows}
-        rows = _driver_rows(conn, "SELECT idx, hash FROM seal_nodes WHERE level = ? AND idx >= ? AND idx <= ?", (level, first, last))
+        rows = driver_rows(conn, "SELECT idx, hash FROM seal_nodes WHERE level = ? AND idx >= ? AND idx <= ?", (level, first, last))
         return {i: bytes(h) for i, h in rows}
 
     return Tree(fetch)
@@ -667,16 +654,18 @@ class ExportSeal:
         """{order id: {"seq", "log_index", "proof"}} for the orders with sealed events."""
         if self.head is None or not order_ids or self.head.size == 0:
             return {}
+        from coopctl.rows import driver_rows
+
         ids = sorted(order_ids)
         base = "SELECT order_id, max(seq), max(log_index) FROM events WHERE log_index IS NOT NULL AND log_index < ? AND "
         if ids[-1] - ids[0] + 1 == len(ids):  # every id of a range (export --all walks the key)
-            rows = _driver_rows(self.conn, base + "order_id >= ? AND order_id <= ? GROUP BY order_id",
+            rows = driver_rows(self.conn, base + "order_id >= ? AND order_id <= ? GROUP BY order_id",
                                 (self.head.size, ids[0], ids[-1]))
         else:
             rows = []
             for start in range(0, len(ids), 500):
                 part = ids[start : start + 500]
-                rows += _driver_rows(self.conn, base + f"order_id IN ({', '.join('?' * len(part))}) GROUP BY order_id",
+                rows += driver_rows(self.conn, base + f"order_id IN ({', '.join('?' * len(part))}) GROUP BY order_id",
                                      (self.head.size, *part))
             rows.sort()
         size, memo, proof = self.head.size, self._memo, self.tree.proof_hex

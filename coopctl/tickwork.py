@@ -223,10 +223,11 @@ def _grow_pipe(fd: int) -> None:
         pass
 
 
-class Helper:
-    """The helper process, seen from tick. No thread: what is given to it waits in a buffer and is
-    written whenever the pipe takes it (non-blocking), and while waiting for an answer; answers come
-    back in the order the chunks were given."""
+class Pipes:
+    """A helper process seen from its parent: its stdin and stdout. No thread: what is given to it
+    waits in a buffer and is written whenever the pipe takes it (non-blocking), and while waiting
+    for an answer, so the two never wait for each other; answers come back in the order given.
+    `tickwork.Helper` (tick) and `linehelper.Formatter` (list) are its two kinds."""
 
     def __init__(self, proc: subprocess.Popen):
         self.proc = proc
@@ -239,19 +240,21 @@ class Helper:
         self.broken = False
 
     @classmethod
-    def start(cls) -> "Helper | None":
+    def spawn(cls, serve: str) -> subprocess.Popen | None:
+        """A Python process running `serve` (a module's function: "coopctl.tickwork:serve") with
+        this checkout on its path, or None if it cannot be started."""
         if not sys.executable:
             return None
         root = str(Path(__file__).resolve().parent.parent)
-        code = f"import sys; sys.path.insert(0, {root!r}); from coopctl.tickwork import serve; serve()"
+        module, function = serve.split(":")
+        code = f"import sys; sys.path.insert(0, {root!r}); from {module} import {function}; {function}()"
         try:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-c", code], bufsize=0,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             )
         except OSError:
             return None
-        return cls(proc)
 
     def _pump(self) -> None:
         """Write what the pipe takes now of what waits to be sent."""
@@ -266,17 +269,9 @@ class Helper:
                 return
             del out[:written]
 
-    def _send(self, message) -> None:
-        self.out += _frame(message)
+    def _send_bytes(self, data: bytes) -> None:
+        self.out += data
         self._pump()
-
-    def setup(self, now: int, operator: str, tz: tzinfo, keys: bool, db_path: str | None, busy_timeout: float) -> None:
-        self._send(("setup", now, operator, tz, keys, db_path, busy_timeout))
-
-    def submit(self, kind: str, chunk: list) -> None:
-        """Give it a chunk: ("rows", rows of ORDER_COLUMNS) or ("ids", order ids it reads itself)."""
-        self._send((kind, chunk))
-        self.pending += 1
 
     def ready(self) -> bool:
         """Whether the next answer has begun to arrive (so receive() will not wait long)."""
@@ -296,6 +291,39 @@ class Helper:
             if writable:
                 self._pump()
 
+    def close(self) -> None:
+        """Stop it: what it has not answered yet is dropped."""
+        for stream in (self.proc.stdin, self.proc.stdout):  # it reads EOF, or its write fails: it stops
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Helper(Pipes):
+    """Tick's helper process: chunks of due orders in (pickled), their `Decided` back."""
+
+    @classmethod
+    def start(cls) -> "Helper | None":
+        proc = cls.spawn("coopctl.tickwork:serve")
+        return None if proc is None else cls(proc)
+
+    def _send(self, message) -> None:
+        self._send_bytes(_frame(message))
+
+    def setup(self, now: int, operator: str, tz: tzinfo, keys: bool, db_path: str | None, busy_timeout: float) -> None:
+        self._send(("setup", now, operator, tz, keys, db_path, busy_timeout))
+
+    def submit(self, kind: str, chunk: list) -> None:
+        """Give it a chunk: ("rows", rows of ORDER_COLUMNS) or ("ids", order ids it reads itself)."""
+        self._send((kind, chunk))
+        self.pending += 1
+
     def receive(self) -> Decided | None:
         """The decision on the oldest chunk given, or None if the helper could not give it."""
         if self.pending == 0:
@@ -309,19 +337,6 @@ class Helper:
         if not isinstance(answer, Decided):
             return None  # ("error", text): the chunk is decided here again, where the error surfaces
         return answer
-
-    def close(self) -> None:
-        """Stop it: what it has not answered yet is dropped."""
-        for stream in (self.proc.stdin, self.proc.stdout):  # it reads EOF, or its write fails: it stops
-            try:
-                stream.close()
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def serve() -> None:
