@@ -206,17 +206,22 @@ def test_an_error_in_the_rules_surfaces_the_same_with_a_helper(book, tmp_path, m
     assert counts == [0, 0]
 
 
-def _helpers_running() -> list[int]:
-    """Processes running tick's helper (its command line names coopctl.tickwork's serve)."""
+def _helpers_running(mark: str | None = None) -> list[int]:
+    """Processes running tick's helper (its command line names coopctl.tickwork's serve); with
+    `mark`, only those whose environment holds COOPCTL_TEST_MARK=mark (a helper inherits it from
+    the tick a test started: another test's helper, run meanwhile by another worker, is not one)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
+                if b"coopctl.tickwork import serve" not in cmdline:
+                    continue
+                if mark is not None and f"COOPCTL_TEST_MARK={mark}".encode() not in (entry / "environ").read_bytes().split(b"\0"):
+                    continue
             except OSError:
                 continue
-            if b"coopctl.tickwork import serve" in cmdline:
-                found.append(int(entry.name))
+            found.append(int(entry.name))
     return found
 
 
@@ -225,12 +230,13 @@ def test_the_command_with_and_without_a_helper_gives_the_same_and_leaves_no_proc
     outputs, dumps = [], []
     for setting in ("on", "off"):
         shutil.copyfile(book, db_path)
-        done = run_coopctl("tick", "--now", "2026-12-11T10:00:00+08:00", "--json", env={"COOPCTL_TICK_HELPER": setting})
+        done = run_coopctl("tick", "--now", "2026-12-11T10:00:00+08:00", "--json",
+                           env={"COOPCTL_TICK_HELPER": setting, "COOPCTL_TEST_MARK": str(tmp_path)})
         assert done.returncode == 0, done.stderr
         assert done.stderr == ""
         outputs.append(done.stdout)
         dumps.append((event_lists(db_path), stored_notifications(db_path)))
-        assert _helpers_running() == []
+        assert _helpers_running(str(tmp_path)) == []
     assert outputs[0] == outputs[1]
     assert dumps[0] == dumps[1]
     assert '"applied": ' in outputs[0] and '"applied": 0' not in outputs[0]
