@@ -304,12 +304,17 @@ def write_export(
         sealing = _sealing(tx)
         header = _header(exported_at, tz, sealing)
         summary = ExportSummary(header["exported_at"])
-        chunks = _order_chunks(tx, ids, tz, summary, sealing=sealing, with_evidence=with_evidence)
+        if with_evidence:
+            texts = texts_of(_order_chunks(tx, ids, tz, summary, sealing=sealing, with_evidence=True))
+        else:  # on two cores when there are many (coopctl/exporthelper.py)
+            from coopctl.exporthelper import export_texts
+
+            texts = export_texts(tx, ids, tz, summary, sealing=sealing)
         if isinstance(out, (str, os.PathLike)):
             with atomic_file(out) as handle:
-                _write_document(handle, header, chunks, progress)
+                _write_document(handle, header, texts, progress)
         else:
-            _write_document(out, header, chunks, progress)
+            _write_document(out, header, texts, progress)
     return summary
 
 
@@ -361,55 +366,77 @@ class _Chunk(list):
 def _order_chunks(
     tx, ids: list[int] | None, tz: tzinfo, summary: ExportSummary | None = None, *, sealing=None, with_evidence: bool = False,
 ) -> Iterator[_Chunk]:
-    """The orders' documents, by id, EXPORT_CHUNK at a time: the orders by their key (a walk of the
-    primary key for every order), their events and notifications by order id, the rows read
-    straight from the database driver on the export's own connection (SQLAlchemy's statement and
-    row machinery cost more than the rows themselves at a million orders), events turned into
-    their JSON without an `Event` in between."""
+    """The orders' documents, by id, EXPORT_CHUNK at a time (`chunk_rows`, then `documents_of`);
+    with `with_evidence`, each order's evidence files too."""
+    for rows, event_rows, note_rows, sealed in chunk_rows(tx, ids, summary, sealing=sealing):
+        documents = documents_of(rows, event_rows, note_rows, sealed, tz)
+        if with_evidence:  # a step of its own, after "notifications": the encoder does not know of it
+            yield from _with_evidence(tx, documents)
+        else:
+            yield documents
+
+
+def chunk_rows(
+    tx, ids: list[int] | None, summary: ExportSummary | None = None, *, sealing=None, size: int | None = None,
+) -> Iterator[tuple[list[tuple], list[tuple], list[tuple], dict | None]]:
+    """What the documents of the orders are made of, by id, `size` (EXPORT_CHUNK) orders at a time:
+    (order rows, their event rows, their notification rows, {order id: "sealed" part} or None when
+    the database is not sealed). The orders by their key (a walk of the primary key for every
+    order), their events and notifications by order id, the rows read straight from the database
+    driver on the export's own connection (SQLAlchemy's statement and row machinery cost more than
+    the rows themselves at a million orders). Plain tuples, dicts and lists: `exporthelper` hands
+    them to another process as they are."""
     reader = _RowReader(tx)
     after, position = 0, 0
     while True:
+        size_now = size or EXPORT_CHUNK
         if ids is None:
-            rows = reader.orders_after(after, EXPORT_CHUNK)
+            rows = reader.orders_after(after, size_now)
         else:
-            rows = reader.orders_in(ids[position : position + EXPORT_CHUNK])
-            position += EXPORT_CHUNK
+            rows = reader.orders_in(ids[position : position + size_now])
+            position += size_now
         if not rows:
             return
         chunk = [row[0] for row in rows]
-        events: dict[int, list] = {i: [] for i in chunk}
-        notes: dict[int, list] = {i: [] for i in chunk}
         event_rows, note_rows = reader.events_of(chunk), reader.notifications_of(chunk)
-        documents = _Chunk()
-        exact = not _holds_floats(rows, event_rows, note_rows)
-        _NON_FINITE[0] = False
-        for row in event_rows:
-            found = events.get(row[0])
-            if found is not None:  # (a range scan may meet an order that is not exported)
-                found.append(row)
-        for row in note_rows:
-            found = notes.get(row[0])
-            if found is not None:
-                found.append(row)
         if summary is not None:
             summary.ids.extend(chunk)
-            summary.events += sum(len(e) for e in events.values())
-            summary.notifications += sum(len(n) for n in notes.values())
-        when = _Instants(tz)  # an order's instants repeat (created_at is its first event's and its first notifications' `at`)
-        data = _Data()  # and so do the data of events ("{}", the same policy and terms)
-        for row in rows:
-            order = order_from_row(row)
-            documents.append(_order_document(order, [_event_json(e, when, data) for e in events[order.id]], notes[order.id], when))
-        documents.exact = exact and not _NON_FINITE[0]
-        if sealing is not None:
-            for document, (order_id, sealed) in zip(documents, _sealed_by_order(sealing, chunk)):
-                if sealed is not None:
-                    document["sealed"] = sealed
-        if with_evidence:  # a step of its own, after "notifications": the encoder does not know of it
-            yield from _with_evidence(tx, documents, events)
-        else:
-            yield documents
+            summary.events += len(event_rows)
+            summary.notifications += len(note_rows)
+        sealed = sealing.sealed_of(chunk) if sealing is not None else None
+        yield rows, event_rows, note_rows, sealed
         after = chunk[-1]
+
+
+def documents_of(rows: list[tuple], event_rows: list[tuple], note_rows: list[tuple], sealed: dict | None, tz: tzinfo) -> _Chunk:
+    """The documents of a chunk of orders from its rows (`chunk_rows`): each order's JSON, its
+    events turned into their JSON without an `Event` in between, its notifications, and its
+    "sealed" part when it has one."""
+    events: dict[int, list] = {row[0]: [] for row in rows}
+    notes: dict[int, list] = {row[0]: [] for row in rows}
+    documents = _Chunk()
+    exact = not _holds_floats(rows, event_rows, note_rows)
+    _NON_FINITE[0] = False
+    for row in event_rows:
+        found = events.get(row[0])
+        if found is not None:
+            found.append(row)
+    for row in note_rows:
+        found = notes.get(row[0])
+        if found is not None:
+            found.append(row)
+    when = _Instants(tz)  # an order's instants repeat (created_at is its first event's and its first notifications' `at`)
+    data = _Data()  # and so do the data of events ("{}", the same policy and terms)
+    for row in rows:
+        order = order_from_row(row)
+        documents.append(_order_document(order, [_event_json(e, when, data) for e in events[order.id]], notes[order.id], when))
+    documents.exact = exact and not _NON_FINITE[0]
+    if sealed:
+        for document, row in zip(documents, rows):
+            part = sealed.get(row[0])
+            if part is not None:
+                document["sealed"] = part
+    return documents
 
 
 class _RowReader:
@@ -535,7 +562,7 @@ class _NamedData(NamedTuple):
     data: object
 
 
-def _with_evidence(tx, documents: "_Chunk", events: dict[int, list[tuple]]) -> Iterator["_Chunk"]:
+def _with_evidence(tx, documents: "_Chunk") -> Iterator["_Chunk"]:
     """`export --with-evidence` (SPEC section 2): each order's "evidence" (after "notifications",
     before "sealed"), the files its events name that this database holds, with their contents in
     base64 (`evidence.embedded`). The documents come out in pieces holding about EVIDENCE_PIECE
@@ -561,21 +588,34 @@ def _with_evidence(tx, documents: "_Chunk", events: dict[int, list[tuple]]) -> I
         yield piece
 
 
-def _sealed_by_order(sealing, chunk: list[int]):
-    found = sealing.sealed_of(chunk)
-    return [(i, found.get(i)) for i in chunk]
-
-
 _NESTED = (b'{\n  "orders": [', b"\n  ]\n}")  # around the orders of a chunk dumped as the document nests them
 
 
-def _write_document(handle: TextIO, header: dict, chunks: Iterable[list[dict]], progress: Callable[[int], None] | None) -> None:
-    """The text of `dumps({**header, "orders": [...]})`, written a chunk of orders at a time: the
-    header, then each chunk dumped at the depth where the document holds its orders (so that it is
-    indented exactly as one dumps of the whole would indent it), then the closing. The chunks are
-    encoded by `jsontext.indented` (the same bytes, from a C encoder) and written as UTF-8 bytes to
-    the stream's buffer when it has one and writes UTF-8; through the text layer otherwise."""
+def chunk_text(documents: list[dict]) -> bytes:
+    """The UTF-8 text of these orders (not empty) as the document holds them: each dumped at the
+    depth where the document nests its orders, so that it is indented exactly as one dumps of the
+    whole would indent it, without the comma that joins it to the orders before it. Encoded by
+    `jsontext.indented` (the same bytes, from a C encoder)."""
     from coopctl.jsontext import indented
+
+    text = indented({"orders": documents}, exact=getattr(documents, "exact", True))
+    opening, closing = _NESTED
+    assert text.startswith(opening) and text.endswith(closing)
+    return text[len(opening) : -len(closing)]
+
+
+def texts_of(chunks: Iterable[list[dict]]) -> Iterator[tuple[int, bytes]]:
+    """(number of orders, `chunk_text`) of each chunk of documents that is not empty."""
+    for documents in chunks:
+        if documents:
+            yield len(documents), chunk_text(documents)
+
+
+def _write_document(handle: TextIO, header: dict, texts: Iterable[tuple[int, bytes]], progress: Callable[[int], None] | None) -> None:
+    """The text of `dumps({**header, "orders": [...]})`, written a chunk of orders at a time: the
+    header, then each chunk's text (`chunk_text`: (number of orders, text) from `texts`, joined by
+    commas), then the closing. Written as UTF-8 bytes to the stream's buffer when it has one and
+    writes UTF-8; through the text layer otherwise."""
     from coopctl.printer import utf8_bytes_writer
 
     head = dumps({**header, "orders": []})
@@ -585,17 +625,12 @@ def _write_document(handle: TextIO, header: dict, chunks: Iterable[list[dict]], 
     raw = utf8_bytes_writer(handle)
     write = raw if raw is not None else lambda data: handle.write(data.decode("utf-8"))
     write(head[: -len("]\n}\n")].encode("utf-8"))
-    opening, closing = _NESTED
     written = 0
-    for documents in chunks:
-        if not documents:
-            continue
-        text = indented({"orders": documents}, exact=getattr(documents, "exact", True))
-        assert text.startswith(opening) and text.endswith(closing)
-        write(("," if written else "").encode() + text[len(opening) : -len(closing)])
-        written += len(documents)
+    for count, text in texts:
+        write(("," if written else "").encode() + text)
+        written += count
         if progress is not None:
-            progress(len(documents))
+            progress(count)
     write(b"]\n}\n" if written == 0 else b"\n  ]\n}\n")
     if raw is not None:
         handle.buffer.flush()

@@ -24,9 +24,10 @@ import os
 import pickle
 import sys
 from collections import deque
+from contextlib import closing
 from datetime import tzinfo
 from itertools import islice
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from coopctl.tickwork import _HEADER, Pipes, _cores, _read_exact
 
@@ -101,23 +102,36 @@ class _Feed:
 def _with_helper(chunks: Iterator[list[tuple]], lines: Lines, write, formatter: "Formatter | None") -> int:
     """Write the lines of every chunk in order: most made by the formatter, the rest here."""
     count = 0
-    queue: deque[list] = deque()  # [chunk, text or None (the formatter's, not in yet)], in order
+    with closing(in_order(_pieces(chunks), lines.text, formatter)) as texts:
+        for piece, text in texts:
+            count += len(piece)
+            write(text)
+    return count
+
+
+def in_order(pieces: Iterable, make: Callable[[object], bytes], formatter: "Formatter | None", *,
+             ahead: int | None = None) -> Iterator[tuple[object, bytes]]:
+    """(piece, its text) for every piece, in order: made by the formatter (a helper process) while
+    it holds fewer than `ahead` (AHEAD) pieces unanswered, else by `make` here, and by `make` for
+    every piece the formatter could not take or answer (then it is closed). The formatter is
+    closed at the end, or when the caller stops early (close this generator)."""
+    ahead = AHEAD if ahead is None else ahead
+    queue: deque[list] = deque()  # [piece, text or None (the formatter's, not in yet)], in order
     try:
-        for chunk in _pieces(chunks):
-            count += len(chunk)
-            if formatter is not None and formatter.pending < AHEAD:
-                formatter.submit(chunk)
-                queue.append([chunk, None])
+        for piece in pieces:
+            if formatter is not None and formatter.pending < ahead and formatter.submit(piece):
+                queue.append([piece, None])
             else:
-                queue.append([chunk, lines.text(chunk)])
-            while queue and (queue[0][1] is not None or len(queue) > AHEAD + 1 or (formatter is not None and formatter.ready())):
-                formatter = _write_head(queue, lines, write, formatter)
+                queue.append([piece, make(piece)])
+            while queue and (queue[0][1] is not None or len(queue) > ahead + 1 or (formatter is not None and formatter.ready())):
+                formatter, text = _head(queue, make, formatter)
+                yield queue.popleft()[0], text
         while queue:
-            formatter = _write_head(queue, lines, write, formatter)
+            formatter, text = _head(queue, make, formatter)
+            yield queue.popleft()[0], text
     finally:
         if formatter is not None:
             formatter.close()
-    return count
 
 
 def _pieces(chunks: Iterator[list[tuple]]) -> Iterator[list[tuple]]:
@@ -128,28 +142,28 @@ def _pieces(chunks: Iterator[list[tuple]]) -> Iterator[list[tuple]]:
             yield chunk[start : start + PIECE]
 
 
-def _write_head(queue: deque, lines: Lines, write, formatter: "Formatter | None") -> "Formatter | None":
-    """Write the first chunk's text (waiting for the formatter's answer if it is the formatter's);
-    a formatter that cannot answer is closed and its chunks are made here. The formatter left."""
-    chunk, text = queue[0]
+def _head(queue: deque, make, formatter: "Formatter | None") -> tuple["Formatter | None", bytes]:
+    """The first piece's text (waiting for the formatter's answer if it is the formatter's); a
+    formatter that cannot answer is closed and its pieces are made here. The formatter left."""
+    piece, text = queue[0]
     if text is None and formatter is not None:
         text = formatter.receive()
         if text is None:
             formatter.close()
             formatter = None
     if text is None:
-        text = lines.text(chunk)
-    queue.popleft()
-    write(text)
-    return formatter
+        text = make(piece)
+    return formatter, text
 
 
 class Formatter(Pipes):
     """The helper process, seen from the listing: pieces of rows in (marshal), their text back."""
 
+    SERVE = "coopctl.linehelper:serve"  # what the helper runs
+
     @classmethod
     def start(cls, tz: tzinfo) -> "Formatter | None":
-        proc = cls.spawn("coopctl.linehelper:serve")
+        proc = cls.spawn(cls.SERVE)
         if proc is None:
             return None
         formatter = cls(proc)
@@ -159,9 +173,16 @@ class Formatter(Pipes):
     def _send(self, payload: bytes) -> None:
         self._send_bytes(_HEADER.pack(len(payload)) + payload)
 
-    def submit(self, chunk: list[tuple]) -> None:
-        self._send(marshal.dumps(chunk))
+    def submit(self, piece) -> bool:
+        """Give it a piece; False (and nothing sent) if marshal cannot carry it (a value of a type
+        other than the driver's plain ones): it is made here then."""
+        try:
+            payload = marshal.dumps(piece)
+        except ValueError:
+            return False
+        self._send(payload)
         self.pending += 1
+        return True
 
     def receive(self) -> bytes | None:
         """The text of the oldest piece given, or None if the helper could not make it."""
@@ -181,14 +202,16 @@ class Formatter(Pipes):
             return None
 
 
-def serve() -> None:
-    """The helper's loop: a chunk of rows in, its lines out (an empty frame for a chunk it could not
-    make), until its input ends."""
+def serve(maker: Callable[[tzinfo], Callable[[object], bytes]] | None = None) -> None:
+    """The helper's loop: a piece in, its text out (an empty frame for a piece it could not make),
+    until its input ends. `maker(tz)` gives the function that makes a piece's text (`Lines(tz).text`
+    by default); it is made again after a piece that failed."""
     import signal
 
     from coopctl.tickwork import quiet_gc
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the listing, which then closes our stdin
+    maker = maker or (lambda tz: Lines(tz).text)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then closes our stdin
     quiet_gc()
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     try:
@@ -197,15 +220,15 @@ def serve() -> None:
         if data is None:
             os._exit(0)
         tz = pickle.loads(data)
-        lines = Lines(tz)
+        make = maker(tz)
         while (header := _read_exact(stdin, _HEADER.size)) is not None:
             data = _read_exact(stdin, _HEADER.unpack(header)[0])
             if data is None:
                 break
             try:
-                text = lines.text(marshal.loads(data))
-            except Exception:  # noqa: BLE001 - the listing makes this chunk itself, where the error surfaces
-                text, lines = b"", Lines(tz)
+                text = make(marshal.loads(data))
+            except Exception:  # noqa: BLE001 - the parent makes this piece itself, where the error surfaces
+                text, make = b"", maker(tz)
             view = memoryview(_HEADER.pack(len(text)) + text)
             while view:
                 view = view[os.write(stdout, view) :]

@@ -372,12 +372,12 @@ def test_the_chunked_writer_writes_the_whole_documents_text(chunks, binary):
     if binary:
         raw = io.BytesIO()
         handle = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
-        exchange._write_document(handle, header, chunks, None)
+        exchange._write_document(handle, header, exchange.texts_of(chunks), None)
         handle.flush()
         assert raw.getvalue() == whole.encode("utf-8")
     else:
         handle = io.StringIO()
-        exchange._write_document(handle, header, chunks, None)
+        exchange._write_document(handle, header, exchange.texts_of(chunks), None)
         assert handle.getvalue() == whole
 
 
