@@ -57,6 +57,22 @@ _DEEP = re.compile(rb"(?:[\[{][^\[\]{}]{0,64}){%d}" % MAX_OPEN)
 # and on a whole number of more than 4,300 digits (Python's limit for int()); no text of an export
 # holds that many digits in a row (ids: 128 characters; notes and reasons: 2,000)
 _LONG_NUMBER = re.compile(rb"[0-9]{4000}")
+# Both regexes cost some 20-50 ms per megabyte (they try a match at every bracket and digit), so
+# each runs only on a window that a C-speed pre-filter cannot clear: _DEEP needs 512 openings
+# with no closing bracket among them, so the window's brackets alone (every other byte deleted)
+# must hold 512 openings in a row; _LONG_NUMBER needs 4,000 digits in a row, which cover at least
+# one whole aligned block of _DIGIT_BLOCK bytes. The regex still decides: the refusals are its own.
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPENINGS = re.compile(rb"[\[{]{%d}" % MAX_OPEN)
+_DIGIT_BLOCK = 2000
+
+
+def _maybe_deep(window: bytes) -> bool:
+    return _OPENINGS.search(window.translate(None, _NOT_BRACKETS)) is not None
+
+
+def _maybe_long_number(window: bytes) -> bool:
+    return any(window[p : p + _DIGIT_BLOCK].isdigit() for p in range(0, len(window) - _DIGIT_BLOCK + 1, _DIGIT_BLOCK))
 
 
 def _not_unicode(source: str) -> InvalidInput:
@@ -98,9 +114,9 @@ class _Scanned:
                 raise InvalidInput(f"{self.source} is not a coopctl export: it is not UTF-8 text") from None
         self._scan(chunk)
         window = self._carry_deep + chunk
-        if _DEEP.search(window):
+        if _maybe_deep(window) and _DEEP.search(window):
             raise InvalidInput(f"{self.source} is not a coopctl export: its JSON is nested too deeply")
-        if _LONG_NUMBER.search(window):
+        if _maybe_long_number(window) and _LONG_NUMBER.search(window):
             raise InvalidInput(f"{self.source} is not a coopctl export: a number in it is too large")
         self._carry_deep = chunk[-(MAX_OPEN * 65):]
         self.position += len(chunk)
