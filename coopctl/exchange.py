@@ -33,7 +33,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timezone, tzinfo
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, TextIO
@@ -41,6 +40,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, TextIO
 from coopctl.errors import CoopError, InvalidInput, NotFound, Refused
 from coopctl.evidence import files_from_json
 from coopctl.history import Divergence, Step, check_outbox, rebuild, recorded_action, verify_chain
+from coopctl.memo import TextCache
 from coopctl.lifecycle import (
     ACTION_OF_KIND,
     EVIDENCE_KEY,
@@ -850,9 +850,14 @@ def _instant(obj: dict, key: str, where: str, *, nullable: bool = False) -> int 
     if value is None and nullable:
         return None
     try:
-        return parse_instant(value, timezone.utc)
+        return _utc_instant(value)
     except InvalidValue as exc:
         raise InvalidInput(f"{where}: {key!r}: {exc}") from None
+
+
+# An instant of a file (without an offset: UTC), each distinct text read once: an order's instants
+# repeat (its created_at is also its first event's, its first notifications' and its last_event_at).
+_utc_instant = TextCache(lambda text: parse_instant(text, timezone.utc), size=4096)
 
 
 def _normal(key: str, value):
@@ -860,7 +865,7 @@ def _normal(key: str, value):
     if value is None:
         return None
     if key in _INSTANTS:
-        return parse_instant(value, timezone.utc)
+        return _utc_instant(value)
     if key in _DECIMALS:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise InvalidValue(f"expected a decimal, got {_kind(value)}")
@@ -880,26 +885,10 @@ def _normal(key: str, value):
             "amount": None if value.get("amount") is None else _normal("ad_budget", value["amount"]),
         }
     if key == "policy":
-        return _windows(Policy, value)
+        return Policy.from_json(value)  # (each distinct value read once: `memo`)
     if key == "reminders":
-        return _windows(ReminderOffsets, value)
+        return ReminderOffsets.from_json(value)
     return value
-
-
-def _windows(kind, value):
-    """Policy/ReminderOffsets.from_json, read once per distinct value: the orders of an export
-    mostly share one policy, and each is compared several times (about a quarter of an import)."""
-    if isinstance(value, dict):
-        try:
-            return _windows_of(kind, tuple(value.items()))
-        except TypeError:  # a value that cannot be a key (a list, an object): read it as it is
-            pass
-    return kind.from_json(value)
-
-
-@lru_cache(maxsize=64)
-def _windows_of(kind, items: tuple):
-    return kind.from_json(dict(items))
 
 
 def _parse_order(item, where: str) -> ExportedOrder:
@@ -1112,7 +1101,10 @@ def _check_data(value, where: str, path: str) -> None:
             if not (isinstance(key, str) and key.isprintable() and len(key) <= MAX_TEXT_LENGTH):
                 _checked(check_text, key, where, f"{path} key")
             kind = type(inner)
-            if kind is Decimal or kind is int:
+            if kind is str:  # (as the call below would check it, without the call)
+                if not (inner.isprintable() and len(inner) <= MAX_TEXT_LENGTH):
+                    _checked(check_text, inner, where, f"{path}.{key}")
+            elif kind is Decimal or kind is int:
                 value[key] = _plain(inner, where, f"{path}.{key}")
             elif not isinstance(inner, (int, float, type(None))):
                 _check_data(inner, where, f"{path}.{key}")
@@ -1222,7 +1214,10 @@ def _rebuild(exported: ExportedOrder) -> Verdict:
         except Divergence as broken:
             divergence = broken
         return Verdict(exported, _prefix(exported.id, events, divergence.seq), None, divergence)
-    return Verdict(exported, steps, replace(steps[-1].order, reminders_sent=exported.reminders_sent))
+    end = steps[-1].order
+    if end.reminders_sent != exported.reminders_sent:
+        end = replace(end, reminders_sent=exported.reminders_sent)
+    return Verdict(exported, steps, end)
 
 
 def _outbox_compared(verdict: Verdict) -> Verdict:
@@ -1302,6 +1297,8 @@ def _difference(order: Order, exported: dict) -> str | None:
         if key not in exported:
             continue  # a field this export does not carry (the required ones were checked when reading)
         theirs = exported[key]
+        if value == theirs:  # the same text or number (what the reading checks let through means the same then)
+            continue
         try:
             same = _normal(key, value) == _normal(key, theirs)
         except InvalidValue:

@@ -12,6 +12,8 @@ from functools import lru_cache
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Callable
 
+from coopctl.memo import ValueCache
+
 SECOND = 1_000_000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
@@ -232,8 +234,9 @@ class Policy:
 
     @classmethod
     def from_json(cls, data: dict) -> "Policy":
-        """Keys missing from `data` (a policy frozen before they existed) take their defaults."""
-        return cls(**_read_keys(cls, data, counts=POLICY_COUNTS, allow_zero=False))
+        """Keys missing from `data` (a policy frozen before they existed) take their defaults.
+        Read once per distinct value (`memo`: an export repeats one policy on every order)."""
+        return _policy_from_json(data)
 
 
 POLICY_COUNTS = frozenset({"max_failed_reviews", "max_extensions", "max_appeals"})  # whole numbers, not durations
@@ -257,7 +260,11 @@ class ReminderOffsets:
 
     @classmethod
     def from_json(cls, data: dict) -> "ReminderOffsets":
-        return cls(**_read_keys(cls, data, counts=set(), allow_zero=True))
+        return _offsets_from_json(data)
+
+
+_policy_from_json = ValueCache(lambda data: Policy(**_read_keys(Policy, data, counts=POLICY_COUNTS, allow_zero=False)))
+_offsets_from_json = ValueCache(lambda data: ReminderOffsets(**_read_keys(ReminderOffsets, data, counts=set(), allow_zero=True)))
 
 
 @lru_cache(maxsize=64)
