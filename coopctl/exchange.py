@@ -29,7 +29,7 @@ import stat
 import sys
 from array import array
 from itertools import chain
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timezone, tzinfo
 from decimal import Decimal, InvalidOperation
@@ -1170,24 +1170,39 @@ def replay_chunks(
             batch = list(islice(source, chunk or REPLAY_CHUNK))
             if not batch:
                 return
-            part = _unique_keys([_rebuild(order) for order in batch], owners)
+            verdicts, _ = replay_part(scratch, batch, owners, keep_steps=keep_steps)
             del batch
-            rebuilt = [v for v in part if v.ok]
-            stored = _through_scratch(scratch, rebuilt) if rebuilt else {}
-            verdicts: list[Verdict] = []
-            for verdict in part:
-                if verdict.ok:
-                    verdict = _compared(verdict, stored[verdict.order_id])
-                if verdict.ok:
-                    verdict = _outbox_compared(verdict)
-                if verdict.ok:
-                    verdict = _evidence_compared(verdict)
-                verdicts.append(verdict if keep_steps else replace(verdict, steps=[]))
             if progress is not None:
-                progress(len(part))
+                progress(len(verdicts))
             yield verdicts
     finally:
         scratch.dispose()
+
+
+def replay_part(scratch, batch: list[ExportedOrder], owners: dict[str, int], *, keep_steps: bool) -> tuple[list[Verdict], list]:
+    """The verdicts of one chunk of orders (`replay_chunks`), through `scratch`, which it leaves
+    empty, and the idempotency key of each order that rebuilt (None otherwise): `owners` holds the
+    keys of earlier chunks (key -> order id) and gets those of this one."""
+    rebuilt = [_rebuild(order) for order in batch]
+    keys = [None if v.rebuilt is None else v.rebuilt.idempotency_key for v in rebuilt]
+    part = _unique_keys(rebuilt, owners)
+    stored = _through_scratch(scratch, [v for v in part if v.ok]) if any(v.ok for v in part) else {}
+    verdicts: list[Verdict] = []
+    for verdict in part:
+        if verdict.ok:
+            verdict = _compared(verdict, stored[verdict.order_id])
+        if verdict.ok:
+            verdict = _outbox_compared(verdict)
+        if verdict.ok:
+            verdict = _evidence_compared(verdict)
+        verdicts.append(verdict if keep_steps else replace(verdict, steps=[]))
+    return verdicts, keys
+
+
+def duplicate_key(verdict: Verdict, key: str, owner: int) -> Verdict:
+    """The verdict of an order whose idempotency key an earlier order of the file holds (`_unique_keys`)."""
+    why = f"not allowed: idempotency key {key!r} already belongs to order {owner} of this file"
+    return replace(verdict, steps=[], rebuilt=None, divergence=Divergence(1, why))
 
 
 def _compared(verdict: Verdict, order: Order) -> Verdict:
@@ -1255,8 +1270,7 @@ def _unique_keys(verdicts: list[Verdict], owner: dict[str, int]) -> list[Verdict
     for v in verdicts:
         key = v.rebuilt.idempotency_key if v.rebuilt is not None else None
         if key is not None and key in owner:
-            why = f"not allowed: idempotency key {key!r} already belongs to order {owner[key]} of this file"
-            v = replace(v, steps=[], rebuilt=None, divergence=Divergence(1, why))
+            v = duplicate_key(v, key, owner[key])
         elif key is not None:
             owner[key] = v.order_id
         checked.append(v)
@@ -1434,10 +1448,15 @@ def _import(svc, export, progress, report) -> ImportSummary:
     svc.store.initialise()
     where = svc.store.location.display
     summary = ImportSummary(where)
-    orders = export.orders if isinstance(export, ExportFile) else export.orders()
-    with change(svc.store, report) as current:
+    if isinstance(export, ExportFile):
+        parts = replay_chunks(export.orders, keep_steps=False, chunk=IMPORT_CHUNK)
+    else:  # a stream: the same chunks, replayed on two cores (`replayhelper`)
+        from coopctl.replayhelper import verdict_chunks
+
+        parts = verdict_chunks(export, full=True, chunk=IMPORT_CHUNK)
+    with closing(parts), change(svc.store, report) as current:
         tx = current.tx
-        for part in replay_chunks(orders, keep_steps=False, chunk=IMPORT_CHUNK):
+        for part in parts:
             failed = [v for v in part if not v.ok]
             if failed:
                 more = f" (and {len(failed) - 1} more in its chunk)" if len(failed) > 1 else ""

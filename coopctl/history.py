@@ -54,6 +54,9 @@ class Divergence(Exception):
         self.seq = seq
         self.why = why
 
+    def __reduce__(self):  # pickled with the arguments it was made from (replay's helper sends verdicts back)
+        return (type(self), (self.seq, self.why))
+
 
 class NotificationDivergence(Divergence):
     """An order's outbox (or `reminders_sent`) is not what the rules wrote along its history:
@@ -66,6 +69,10 @@ class NotificationDivergence(Divergence):
         self.index = index
         self.kind = kind
         self.why = f"{where}: {why}"
+        self._given = why
+
+    def __reduce__(self):
+        return (type(self), (self.seq, self.index, self.kind, self._given))
 
 
 @dataclass(frozen=True)
