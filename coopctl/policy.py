@@ -87,8 +87,22 @@ def to_datetime(instant: int, tz: tzinfo = timezone.utc) -> datetime:
 def iso(instant: int, tz: tzinfo = timezone.utc) -> str:
     """ISO 8601 with an offset; whole seconds unless the instant has a fraction. Never raises for
     an instant outside what datetime can hold (a stored value past 9999 shows as `+10000-…`)."""
+    if tz is timezone.utc and type(instant) is int:  # the hot path of hashing and replay: an order's instants repeat
+        text = _UTC_TEXT.get(instant)
+        if text is None:
+            if len(_UTC_TEXT) >= 4096:
+                _UTC_TEXT.clear()
+            text = _UTC_TEXT[instant] = _iso(instant, tz)
+        return text
+    return _iso(instant, tz)
+
+
+_UTC_TEXT: dict[int, str] = {}  # iso(instant) of the instants met lately (bounded; strings are immutable)
+
+
+def _iso(instant: int, tz: tzinfo) -> str:
     try:
-        if tz is timezone.utc:  # the hot path of hashing: no zone conversion needed
+        if tz is timezone.utc:  # no zone conversion needed
             return (_EPOCH + timedelta(microseconds=instant)).isoformat()
         return (_EPOCH + timedelta(microseconds=instant)).astimezone(tz).isoformat()
     except OverflowError:  # beyond what datetime holds (in UTC, or in the zone): costs nothing until then

@@ -99,6 +99,8 @@ def verdict_chunks(stream, *, full: bool, chunk: int | None = None, progress=Non
                 queue.append(entry)
             while queue and (queue[0].done or len(queue) >= HELD[full] or not batch or failure is not None
                              or replayer is None or replayer.ready()):
+                if not batch and replayer is not None and not queue[0].done and not replayer.ready():
+                    _take_back(queue, work)  # the file is read: the last chunks the helper has are done here too
                 replayer = work.answer(queue[0], replayer)
                 yield work.finished(queue.popleft())
             if not batch or failure is not None:
@@ -110,6 +112,17 @@ def verdict_chunks(stream, *, full: bool, chunk: int | None = None, progress=Non
         if replayer is not None:
             replayer.close()
         scratch.dispose()
+
+
+def _take_back(queue: deque, work: "_Work") -> None:
+    """Replay here the last chunk given to the helper that it has not answered (it is the last it
+    was given, so every answer still awaited comes before its own, which is never read)."""
+    for entry in reversed(queue):
+        if entry.done:
+            continue
+        if entry is not queue[0]:
+            work.here(entry)
+        return
 
 
 def _next_batch(items: Iterator, size: int) -> tuple[list, BaseException | None]:

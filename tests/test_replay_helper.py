@@ -176,6 +176,7 @@ def test_two_processes_give_the_chunks_verdicts_and_errors_of_one(document, edit
 def test_an_order_the_helper_refuses_is_replayed_here_where_its_error_is_raised(document, answers, monkeypatch):
     monkeypatch.setattr(replayhelper, "AHEAD", 100)  # every chunk to the helper
     monkeypatch.setattr(replayhelper, "HELD", {True: 100, False: 100})
+    monkeypatch.setattr(replayhelper, "_take_back", lambda queue, work: None)  # and none taken back at the end
     raw = text_of(document, "malformed late")
     assert two_processes(raw)[-1] == ("InvalidInput", "f.json: order 46: 'status' must be text, got a number")
     assert None in answers  # the helper gave the chunk back
@@ -254,6 +255,23 @@ def test_no_helper_is_left_running_after_an_error_or_an_early_stop(document):
     assert len(made) == 2
     for replayer in made:
         assert replayer.proc.wait(timeout=10) is not None
+
+
+def test_the_last_chunks_the_helper_holds_are_taken_back_once_the_file_is_read(document, monkeypatch, answers):
+    monkeypatch.setattr(replayhelper, "AHEAD", 100)
+    monkeypatch.setattr(replayhelper, "HELD", {True: 100, False: 100})
+    taken = []
+    here = replayhelper._Work.here
+
+    def counted(self, entry):
+        taken.append(entry.first)
+        return here(self, entry)
+
+    monkeypatch.setattr(replayhelper._Work, "here", counted)
+    raw = text_of(document, "tampered")
+    assert two_processes(raw) == one_process(raw)
+    assert taken and taken == sorted(taken, reverse=True) and CHUNK * 8 in taken  # from the back
+    assert len(answers) + len(taken) == 9
 
 
 def test_small_files_and_a_machine_with_one_core_stay_in_one_process(document, monkeypatch):
