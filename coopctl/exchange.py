@@ -29,11 +29,10 @@ import stat
 import sys
 from array import array
 from itertools import chain
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timezone, tzinfo
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, TextIO
@@ -41,6 +40,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, TextIO
 from coopctl.errors import CoopError, InvalidInput, NotFound, Refused
 from coopctl.evidence import files_from_json
 from coopctl.history import Divergence, Step, check_outbox, rebuild, recorded_action, verify_chain
+from coopctl.memo import TextCache
 from coopctl.lifecycle import (
     ACTION_OF_KIND,
     EVIDENCE_KEY,
@@ -885,9 +885,14 @@ def _instant(obj: dict, key: str, where: str, *, nullable: bool = False) -> int 
     if value is None and nullable:
         return None
     try:
-        return parse_instant(value, timezone.utc)
+        return _utc_instant(value)
     except InvalidValue as exc:
         raise InvalidInput(f"{where}: {key!r}: {exc}") from None
+
+
+# An instant of a file (without an offset: UTC), each distinct text read once: an order's instants
+# repeat (its created_at is also its first event's, its first notifications' and its last_event_at).
+_utc_instant = TextCache(lambda text: parse_instant(text, timezone.utc), size=4096)
 
 
 def _normal(key: str, value):
@@ -895,7 +900,7 @@ def _normal(key: str, value):
     if value is None:
         return None
     if key in _INSTANTS:
-        return parse_instant(value, timezone.utc)
+        return _utc_instant(value)
     if key in _DECIMALS:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise InvalidValue(f"expected a decimal, got {_kind(value)}")
@@ -915,26 +920,10 @@ def _normal(key: str, value):
             "amount": None if value.get("amount") is None else _normal("ad_budget", value["amount"]),
         }
     if key == "policy":
-        return _windows(Policy, value)
+        return Policy.from_json(value)  # (each distinct value read once: `memo`)
     if key == "reminders":
-        return _windows(ReminderOffsets, value)
+        return ReminderOffsets.from_json(value)
     return value
-
-
-def _windows(kind, value):
-    """Policy/ReminderOffsets.from_json, read once per distinct value: the orders of an export
-    mostly share one policy, and each is compared several times (about a quarter of an import)."""
-    if isinstance(value, dict):
-        try:
-            return _windows_of(kind, tuple(value.items()))
-        except TypeError:  # a value that cannot be a key (a list, an object): read it as it is
-            pass
-    return kind.from_json(value)
-
-
-@lru_cache(maxsize=64)
-def _windows_of(kind, items: tuple):
-    return kind.from_json(dict(items))
 
 
 def _parse_order(item, where: str) -> ExportedOrder:
@@ -1147,7 +1136,10 @@ def _check_data(value, where: str, path: str) -> None:
             if not (isinstance(key, str) and key.isprintable() and len(key) <= MAX_TEXT_LENGTH):
                 _checked(check_text, key, where, f"{path} key")
             kind = type(inner)
-            if kind is Decimal or kind is int:
+            if kind is str:  # (as the call below would check it, without the call)
+                if not (inner.isprintable() and len(inner) <= MAX_TEXT_LENGTH):
+                    _checked(check_text, inner, where, f"{path}.{key}")
+            elif kind is Decimal or kind is int:
                 value[key] = _plain(inner, where, f"{path}.{key}")
             elif not isinstance(inner, (int, float, type(None))):
                 _check_data(inner, where, f"{path}.{key}")
@@ -1213,24 +1205,39 @@ def replay_chunks(
             batch = list(islice(source, chunk or REPLAY_CHUNK))
             if not batch:
                 return
-            part = _unique_keys([_rebuild(order) for order in batch], owners)
+            verdicts, _ = replay_part(scratch, batch, owners, keep_steps=keep_steps)
             del batch
-            rebuilt = [v for v in part if v.ok]
-            stored = _through_scratch(scratch, rebuilt) if rebuilt else {}
-            verdicts: list[Verdict] = []
-            for verdict in part:
-                if verdict.ok:
-                    verdict = _compared(verdict, stored[verdict.order_id])
-                if verdict.ok:
-                    verdict = _outbox_compared(verdict)
-                if verdict.ok:
-                    verdict = _evidence_compared(verdict)
-                verdicts.append(verdict if keep_steps else replace(verdict, steps=[]))
             if progress is not None:
-                progress(len(part))
+                progress(len(verdicts))
             yield verdicts
     finally:
         scratch.dispose()
+
+
+def replay_part(scratch, batch: list[ExportedOrder], owners: dict[str, int], *, keep_steps: bool) -> tuple[list[Verdict], list]:
+    """The verdicts of one chunk of orders (`replay_chunks`), through `scratch`, which it leaves
+    empty, and the idempotency key of each order that rebuilt (None otherwise): `owners` holds the
+    keys of earlier chunks (key -> order id) and gets those of this one."""
+    rebuilt = [_rebuild(order) for order in batch]
+    keys = [None if v.rebuilt is None else v.rebuilt.idempotency_key for v in rebuilt]
+    part = _unique_keys(rebuilt, owners)
+    stored = _through_scratch(scratch, [v for v in part if v.ok]) if any(v.ok for v in part) else {}
+    verdicts: list[Verdict] = []
+    for verdict in part:
+        if verdict.ok:
+            verdict = _compared(verdict, stored[verdict.order_id])
+        if verdict.ok:
+            verdict = _outbox_compared(verdict)
+        if verdict.ok:
+            verdict = _evidence_compared(verdict)
+        verdicts.append(verdict if keep_steps else replace(verdict, steps=[]))
+    return verdicts, keys
+
+
+def duplicate_key(verdict: Verdict, key: str, owner: int) -> Verdict:
+    """The verdict of an order whose idempotency key an earlier order of the file holds (`_unique_keys`)."""
+    why = f"not allowed: idempotency key {key!r} already belongs to order {owner} of this file"
+    return replace(verdict, steps=[], rebuilt=None, divergence=Divergence(1, why))
 
 
 def _compared(verdict: Verdict, order: Order) -> Verdict:
@@ -1257,7 +1264,10 @@ def _rebuild(exported: ExportedOrder) -> Verdict:
         except Divergence as broken:
             divergence = broken
         return Verdict(exported, _prefix(exported.id, events, divergence.seq), None, divergence)
-    return Verdict(exported, steps, replace(steps[-1].order, reminders_sent=exported.reminders_sent))
+    end = steps[-1].order
+    if end.reminders_sent != exported.reminders_sent:
+        end = replace(end, reminders_sent=exported.reminders_sent)
+    return Verdict(exported, steps, end)
 
 
 def _outbox_compared(verdict: Verdict) -> Verdict:
@@ -1295,8 +1305,7 @@ def _unique_keys(verdicts: list[Verdict], owner: dict[str, int]) -> list[Verdict
     for v in verdicts:
         key = v.rebuilt.idempotency_key if v.rebuilt is not None else None
         if key is not None and key in owner:
-            why = f"not allowed: idempotency key {key!r} already belongs to order {owner[key]} of this file"
-            v = replace(v, steps=[], rebuilt=None, divergence=Divergence(1, why))
+            v = duplicate_key(v, key, owner[key])
         elif key is not None:
             owner[key] = v.order_id
         checked.append(v)
@@ -1337,6 +1346,8 @@ def _difference(order: Order, exported: dict) -> str | None:
         if key not in exported:
             continue  # a field this export does not carry (the required ones were checked when reading)
         theirs = exported[key]
+        if value == theirs:  # the same text or number (what the reading checks let through means the same then)
+            continue
         try:
             same = _normal(key, value) == _normal(key, theirs)
         except InvalidValue:
@@ -1472,10 +1483,15 @@ def _import(svc, export, progress, report) -> ImportSummary:
     svc.store.initialise()
     where = svc.store.location.display
     summary = ImportSummary(where)
-    orders = export.orders if isinstance(export, ExportFile) else export.orders()
-    with change(svc.store, report) as current:
+    if isinstance(export, ExportFile):
+        parts = replay_chunks(export.orders, keep_steps=False, chunk=IMPORT_CHUNK)
+    else:  # a stream: the same chunks, replayed on two cores (`replayhelper`)
+        from coopctl.replayhelper import verdict_chunks
+
+        parts = verdict_chunks(export, full=True, chunk=IMPORT_CHUNK)
+    with closing(parts), change(svc.store, report) as current:
         tx = current.tx
-        for part in replay_chunks(orders, keep_steps=False, chunk=IMPORT_CHUNK):
+        for part in parts:
             failed = [v for v in part if not v.ok]
             if failed:
                 more = f" (and {len(failed) - 1} more in its chunk)" if len(failed) > 1 else ""

@@ -41,6 +41,7 @@ from coopctl.lifecycle import (
     fire_due,
     reminders_due,
 )
+from coopctl.memo import ValueCache
 from coopctl.policy import POLICY_KEYS_OF_V4, InvalidValue, Policy, ReminderOffsets, iso, parse_instant, to_instant
 from coopctl.trust import check_id, check_operator, check_stored_id
 
@@ -52,6 +53,9 @@ class Divergence(Exception):
         super().__init__(f"event seq {seq}: {why}")
         self.seq = seq
         self.why = why
+
+    def __reduce__(self):  # pickled with the arguments it was made from (replay's helper sends verdicts back)
+        return (type(self), (self.seq, self.why))
 
 
 class NotificationDivergence(Divergence):
@@ -65,6 +69,10 @@ class NotificationDivergence(Divergence):
         self.index = index
         self.kind = kind
         self.why = f"{where}: {why}"
+        self._given = why
+
+    def __reduce__(self):
+        return (type(self), (self.seq, self.index, self.kind, self._given))
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ def _created(order_id: int, e: Event, strict: bool) -> Outcome:
     if not isinstance(data, dict) or not isinstance(data.get("terms"), dict):
         raise Divergence(e.seq, "the created event lacks its terms")
     try:
-        terms = Terms.from_json(data["terms"], strict=strict)
+        terms = _terms_from_json(data["terms"], strict)
         policy = Policy.from_json(data.get("policy", {}))
         reminders = ReminderOffsets.from_json(data.get("reminders", {}))
         key = data.get("idempotency_key")
@@ -112,6 +120,11 @@ def _created(order_id: int, e: Event, strict: bool) -> Outcome:
         return create(order_id, terms, policy, reminders, e.at, e.operator, key, written_policy=_as_recorded(policy, data))
     except (CoopError, InvalidValue) as exc:
         raise Divergence(e.seq, f"not allowed: {exc}") from None
+
+
+# The terms of a created event, each distinct value (and strictness) read once (`memo`: a book
+# repeats its merchants, creators, products and terms).
+_terms_from_json = ValueCache(lambda data, strict: Terms.from_json(data, strict=strict))
 
 
 def _as_recorded(policy: Policy, data: dict) -> dict | None:
@@ -365,7 +378,7 @@ def _short(text: str, limit: int = 60) -> str:
 def _reminders_at(step: Step, notifications: list[Notification], position: int, written: dict[str, int]) -> int:
     """Check the reminders that stand at `position`, written by ticks after `step`; returns the
     position after them."""
-    order = replace(step.order, reminders_sent=frozenset())
+    order = step.order if not step.order.reminders_sent else replace(step.order, reminders_sent=frozenset())
     while position < len(notifications) and notifications[position].kind == Kind.REMINDER:
         found = notifications[position]
         key = _reminder_key(step, order, found, position)

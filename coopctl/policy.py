@@ -12,6 +12,8 @@ from functools import lru_cache
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Callable
 
+from coopctl.memo import ValueCache
+
 SECOND = 1_000_000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
@@ -85,8 +87,22 @@ def to_datetime(instant: int, tz: tzinfo = timezone.utc) -> datetime:
 def iso(instant: int, tz: tzinfo = timezone.utc) -> str:
     """ISO 8601 with an offset; whole seconds unless the instant has a fraction. Never raises for
     an instant outside what datetime can hold (a stored value past 9999 shows as `+10000-…`)."""
+    if tz is timezone.utc and type(instant) is int:  # the hot path of hashing and replay: an order's instants repeat
+        text = _UTC_TEXT.get(instant)
+        if text is None:
+            if len(_UTC_TEXT) >= 4096:
+                _UTC_TEXT.clear()
+            text = _UTC_TEXT[instant] = _iso(instant, tz)
+        return text
+    return _iso(instant, tz)
+
+
+_UTC_TEXT: dict[int, str] = {}  # iso(instant) of the instants met lately (bounded; strings are immutable)
+
+
+def _iso(instant: int, tz: tzinfo) -> str:
     try:
-        if tz is timezone.utc:  # the hot path of hashing: no zone conversion needed
+        if tz is timezone.utc:  # no zone conversion needed
             return (_EPOCH + timedelta(microseconds=instant)).isoformat()
         return (_EPOCH + timedelta(microseconds=instant)).astimezone(tz).isoformat()
     except OverflowError:  # beyond what datetime holds (in UTC, or in the zone): costs nothing until then
@@ -232,8 +248,9 @@ class Policy:
 
     @classmethod
     def from_json(cls, data: dict) -> "Policy":
-        """Keys missing from `data` (a policy frozen before they existed) take their defaults."""
-        return cls(**_read_keys(cls, data, counts=POLICY_COUNTS, allow_zero=False))
+        """Keys missing from `data` (a policy frozen before they existed) take their defaults.
+        Read once per distinct value (`memo`: an export repeats one policy on every order)."""
+        return _policy_from_json(data)
 
 
 POLICY_COUNTS = frozenset({"max_failed_reviews", "max_extensions", "max_appeals"})  # whole numbers, not durations
@@ -257,7 +274,11 @@ class ReminderOffsets:
 
     @classmethod
     def from_json(cls, data: dict) -> "ReminderOffsets":
-        return cls(**_read_keys(cls, data, counts=set(), allow_zero=True))
+        return _offsets_from_json(data)
+
+
+_policy_from_json = ValueCache(lambda data: Policy(**_read_keys(Policy, data, counts=POLICY_COUNTS, allow_zero=False)))
+_offsets_from_json = ValueCache(lambda data: ReminderOffsets(**_read_keys(ReminderOffsets, data, counts=set(), allow_zero=True)))
 
 
 @lru_cache(maxsize=64)

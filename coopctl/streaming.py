@@ -57,6 +57,22 @@ _DEEP = re.compile(rb"(?:[\[{][^\[\]{}]{0,64}){%d}" % MAX_OPEN)
 # and on a whole number of more than 4,300 digits (Python's limit for int()); no text of an export
 # holds that many digits in a row (ids: 128 characters; notes and reasons: 2,000)
 _LONG_NUMBER = re.compile(rb"[0-9]{4000}")
+# Both regexes cost some 20-50 ms per megabyte (they try a match at every bracket and digit), so
+# each runs only on a window that a C-speed pre-filter cannot clear: _DEEP needs 512 openings
+# with no closing bracket among them, so the window's brackets alone (every other byte deleted)
+# must hold 512 openings in a row; _LONG_NUMBER needs 4,000 digits in a row, which cover at least
+# one whole aligned block of _DIGIT_BLOCK bytes. The regex still decides: the refusals are its own.
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPENINGS = re.compile(rb"[\[{]{%d}" % MAX_OPEN)
+_DIGIT_BLOCK = 2000
+
+
+def _maybe_deep(window: bytes) -> bool:
+    return _OPENINGS.search(window.translate(None, _NOT_BRACKETS)) is not None
+
+
+def _maybe_long_number(window: bytes) -> bool:
+    return any(window[p : p + _DIGIT_BLOCK].isdigit() for p in range(0, len(window) - _DIGIT_BLOCK + 1, _DIGIT_BLOCK))
 
 
 def _not_unicode(source: str) -> InvalidInput:
@@ -98,9 +114,9 @@ class _Scanned:
                 raise InvalidInput(f"{self.source} is not a coopctl export: it is not UTF-8 text") from None
         self._scan(chunk)
         window = self._carry_deep + chunk
-        if _DEEP.search(window):
+        if _maybe_deep(window) and _DEEP.search(window):
             raise InvalidInput(f"{self.source} is not a coopctl export: its JSON is nested too deeply")
-        if _LONG_NUMBER.search(window):
+        if _maybe_long_number(window) and _LONG_NUMBER.search(window):
             raise InvalidInput(f"{self.source} is not a coopctl export: a number in it is too large")
         self._carry_deep = chunk[-(MAX_OPEN * 65):]
         self.position += len(chunk)
@@ -229,6 +245,29 @@ def _value(first: tuple, events) -> object:
     return builder.value  # pragma: no cover - the parser raises on a premature end
 
 
+def parse_item(source: str, index: int, item):
+    """The order at `index` of the file's "orders", as the parser built it, checked and read into an
+    `ExportedOrder` (`exchange._parse_order`, after its numbers are made plain), in place."""
+    from coopctl.exchange import _parse_order
+
+    where = f"{source}: orders[{index}]"
+    if isinstance(item, dict):
+        plain_numbers(item, where)
+        for key in ("events", "notifications"):
+            inner = item.get(key)
+            if type(inner) is list:
+                for position, entry in enumerate(inner):
+                    if type(entry) is dict:
+                        plain_numbers(entry, f"{where}, {key}[{position}]")
+    return _parse_order(item, where)
+
+
+def count_of(order) -> tuple:
+    """What `ExportStream.count` needs of an order: (id, events, notifications, latest event instant)."""
+    events = order.events
+    return (order.id, len(events), len(order.notifications), max(e.at for e in events) if events else None)
+
+
 @dataclass
 class ExportStream:
     """An export being read: `header` (the top-level keys read so far), `orders()` (each order
@@ -249,6 +288,8 @@ class ExportStream:
     seal: object | None = None
     finished: bool = False
     _seen: set | None = None
+    progress: Callable[[int, int], None] | None = None  # told (bytes read, orders) when none is given
+
 
     @property
     def position(self) -> int:
@@ -257,44 +298,37 @@ class ExportStream:
     def orders(self, progress: Callable[[int, int], None] | None = None) -> Iterator:
         """Each order as an `ExportedOrder`, checked as `parse_document` checks it; `progress(bytes,
         orders)` after each read. The header's own checks run first when it is complete."""
-        from coopctl.exchange import _parse_order
-
-        if self.fast:
-            self._check_header()
-        raw = self._fast_orders(progress) if self.fast else self._slow_orders(progress)
-        for index, item in enumerate(raw):
-            where = f"{self.source}: orders[{index}]"
-            if isinstance(item, dict):
-                self._plain(item, where)
-            order = _parse_order(item, where)
-            self._count(order)
+        for index, item in enumerate(self.items(progress)):
+            order = parse_item(self.source, index, item)
+            self.count(count_of(order))
             yield order
         self.finish()
 
-    def _plain(self, item: dict, where: str) -> None:
-        plain_numbers(item, where)
-        for key in ("events", "notifications"):
-            inner = item.get(key)
-            if type(inner) is list:
-                for position, entry in enumerate(inner):
-                    if type(entry) is dict:
-                        plain_numbers(entry, f"{where}, {key}[{position}]")
+    def items(self, progress: Callable[[int, int], None] | None = None) -> Iterator:
+        """The orders as the parser built them, not yet checked (`orders()` checks each with
+        `parse_item` and `count`, then calls `finish`; `replayhelper` does the same on two cores)."""
+        progress = progress or self.progress
+        if self.fast:
+            self._check_header()
+        return self._fast_orders(progress) if self.fast else self._slow_orders(progress)
 
-    def _count(self, order) -> None:
+    def count(self, counted: tuple) -> None:
+        """The file-wide checks of one order, in file order: its id not seen before, its last event
+        not after `exported_at`; `counted` is `count_of(order)`."""
+        order_id, events, notifications, last_at = counted
         ids = self.ids
-        if ids and order.id <= ids[-1]:  # exports are sorted by id; a file that is not is checked by a set
+        if ids and order_id <= ids[-1]:  # exports are sorted by id; a file that is not is checked by a set
             if self._seen is None:
                 self._seen = set(ids)
-            if order.id in self._seen:
-                raise InvalidInput(f"{self.source}: order {order.id} appears twice")
+            if order_id in self._seen:
+                raise InvalidInput(f"{self.source}: order {order_id} appears twice")
         if self._seen is not None:
-            self._seen.add(order.id)
-        ids.append(order.id)
-        self.event_count += len(order.events)
-        self.notification_count += len(order.notifications)
-        for e in order.events:
-            if self.latest is None or e.at > self.latest[0]:
-                self.latest = (e.at, order.id)
+            self._seen.add(order_id)
+        ids.append(order_id)
+        self.event_count += events
+        self.notification_count += notifications
+        if last_at is not None and (self.latest is None or last_at > self.latest[0]):
+            self.latest = (last_at, order_id)
         if self.exported_at is not None:
             self._check_dated()
 

@@ -573,6 +573,9 @@ MALFORMED_DOCUMENTS = [
     ("failed_reviews bool", _set(["orders", 0, "failed_reviews"], True), "order 1: 'failed_reviews' must be a whole number"),
     ("policy unknown key", _set(["orders", 0, "policy", "grace"], "1d"), "order 1: 'policy': unknown key 'grace'"),
     ("policy not an object", _set(["orders", 0, "policy"], "3d"), "order 1: 'policy' must be an object"),
+    # after order 1's valid policy: an equal-looking value (true == 1, 2.0 == 2) is still read and refused
+    ("policy count true", _set(["orders", 1, "policy", "max_appeals"], True), "order 2: 'policy': 'max_appeals' must be a whole number"),
+    ("policy count float", _set(["orders", 1, "policy", "max_failed_reviews"], 2.0), "order 2: 'policy': 'max_failed_reviews' must be a whole number"),
     ("reminders_sent junk", _set(["orders", 0, "reminders_sent"], [1]), "order 1: 'reminders_sent'"),
     ("events not a list", _set(["orders", 0, "events"], {}), "order 1: 'events' must be an array"),
     ("event not an object", _set(["orders", 0, "events", 2], "x"), "order 1, events[2] must be an object"),

@@ -298,6 +298,56 @@ def test_surrogate_escapes_split_across_reads_are_judged_whole():
             streaming.open_export(Trickle(bad), "t")
 
 
+def _hostile_windows() -> list[bytes]:
+    """Windows at and around the limits of the deep-nesting and long-number refusals."""
+    gap = b" " * 64
+    return [
+        b"{" * 512, b"{" * 511, b"[" * 511 + b"}" + b"[" * 511, (b"{" + gap) * 512, (b"{" + gap + b" ") * 512,
+        (b"{" + gap) * 511 + b"]" + b"{", (b"[" + gap) * 300 + (b"{\n" * 212), b'{"a": ' * 600,
+        b"1" * 4000, b"1" * 3999, b"x" + b"1" * 4000 + b"y", b"a" * 1998 + b"1" * 4000, b"a" * 1999 + b"1" * 3999 + b"b",
+        b"a" * 2001 + b"1" * 4000, b"1" * 2000 + b"," + b"1" * 2000, b'{"id": 12, "hash": "0123"}' * 3000,
+    ]
+
+
+@pytest.mark.parametrize("window", _hostile_windows(), ids=range(len(_hostile_windows())))
+def test_the_pre_filters_never_clear_a_window_the_regexes_refuse(window):
+    """The cheap checks before `_DEEP` and `_LONG_NUMBER` only skip windows that the regex would
+    let through: the refusal is still the regex's own."""
+    from coopctl import streaming
+
+    assert streaming._maybe_deep(window) or not streaming._DEEP.search(window)
+    assert streaming._maybe_long_number(window) or not streaming._LONG_NUMBER.search(window)
+
+
+@pytest.mark.parametrize("read", [40_000, 50_021, 1 << 20])  # (at least the carry of 33 KB, as every real read is)
+def test_deep_nesting_and_long_numbers_are_refused_across_reads(read):
+    import io
+
+    from coopctl import streaming
+    from coopctl.errors import InvalidInput
+
+    class Pieces(io.RawIOBase):  # `read` bytes at a time, whatever is asked
+        def __init__(self, data):
+            self.data = data
+
+        def readable(self):
+            return True
+
+        def read(self, size=-1):
+            chunk, self.data = self.data[:read], self.data[read:]
+            return chunk
+
+    head = b'{"format": "coopctl-export", "version": 1, "exported_at": "2026-12-01T00:00:00Z", "x": '
+    deep = head + (b"[ " + b" " * 60) * 600 + b"]" * 600 + b', "orders": []}'
+    with pytest.raises(InvalidInput, match="nested too deeply"):
+        list(streaming.open_export(Pieces(deep), "t").orders())
+    long_number = head + b'"' + b"7" * 4000 + b'", "orders": []}'
+    with pytest.raises(InvalidInput, match="a number in it is too large"):
+        list(streaming.open_export(Pieces(long_number), "t").orders())
+    shallow = head + b"[" * 100 + b"]" * 100 + b', "y": "' + b"7" * 3999 + b'", "orders": []}'
+    assert list(streaming.open_export(Pieces(shallow), "t").orders()) == []
+
+
 # --------------------------------------------------------------------------- progress
 
 

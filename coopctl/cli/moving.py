@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from typing import Annotated, Optional
 
 import typer
@@ -154,11 +154,18 @@ def replay(
             orders = iter(held.orders)
         else:
             stream = reading.enter_context(_streamed(file))
-            orders = stream.orders(progress=reading.enter_context(render.file_progress("replay", stream.size)))
+            stream.progress = reading.enter_context(render.file_progress("replay", stream.size))
+            orders = stream.orders()
         if wanted:
             orders = (o for o in orders if o.id in wanted and not found.add(o.id))
+        if summary and held is None and not wanted:  # every order, only the outcome kept: on two cores
+            from coopctl.replayhelper import verdict_chunks
+
+            chunks = reading.enter_context(closing(verdict_chunks(stream, full=False)))
+        else:
+            chunks = exchange.replay_chunks(orders, keep_steps=not summary and not as_json)
         first = True
-        for chunk in exchange.replay_chunks(orders, keep_steps=not summary and not as_json):
+        for chunk in chunks:
             for verdict in chunk:
                 total += 1
                 if verdict.ok:
@@ -248,6 +255,5 @@ def import_(ctx: typer.Context, file: ExportFileArg, as_json: JsonOpt = False) -
         with ExitStack() as bar:
             bars.append(bar)
             update = bar.enter_context(render.file_progress("import", stream.size))
-            stream_orders = stream.orders
-            stream.orders = lambda: stream_orders(progress=update)  # the bar follows the bytes read
+            stream.progress = update  # the bar follows the bytes read
             exchange.import_orders(rt.service, stream, report=done)
