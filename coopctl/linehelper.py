@@ -20,7 +20,6 @@ it, then closes the helper's input) and stops at the end of its input.
 from __future__ import annotations
 
 import marshal
-import os
 import pickle
 import sys
 from collections import deque
@@ -29,7 +28,7 @@ from datetime import tzinfo
 from itertools import islice
 from typing import Callable, Iterable, Iterator
 
-from coopctl.tickwork import _HEADER, Pipes, _cores, _read_exact
+from coopctl.tickwork import Pipes, _cores, serve_frames
 
 HELPER_AT_LEAST = 20_000  # rows made here before a helper is started (its start costs ~0.2 s of CPU)
 PIECE = 400  # rows per piece given to the helper (its text, about 450 KB, fits in the pipe back)
@@ -167,11 +166,8 @@ class Formatter(Pipes):
         if proc is None:
             return None
         formatter = cls(proc)
-        formatter._send(pickle.dumps(tz))
+        formatter._send_frame(pickle.dumps(tz))
         return formatter
-
-    def _send(self, payload: bytes) -> None:
-        self._send_bytes(_HEADER.pack(len(payload)) + payload)
 
     def submit(self, piece) -> bool:
         """Give it a piece; False (and nothing sent) if marshal cannot carry it (a value of a type
@@ -180,7 +176,7 @@ class Formatter(Pipes):
             payload = marshal.dumps(piece)
         except ValueError:
             return False
-        self._send(payload)
+        self._send_frame(payload)
         self.pending += 1
         return True
 
@@ -190,48 +186,28 @@ class Formatter(Pipes):
             return None
         self.pending -= 1
         try:
-            self._wait_readable()
-            header = _read_exact(self.rfd, _HEADER.size)
-            if header is None:
-                return None
-            (size,) = _HEADER.unpack(header)
-            if size == 0:  # it failed on this piece: made here, where the error surfaces
-                return None
-            return _read_exact(self.rfd, size)
+            return self._receive_frame() or None  # empty: it failed on this piece, made here where the error surfaces
         except (OSError, ValueError):
             return None
 
 
 def serve(maker: Callable[[tzinfo], Callable[[object], bytes]] | None = None) -> None:
-    """The helper's loop: a piece in, its text out (an empty frame for a piece it could not make),
-    until its input ends. `maker(tz)` gives the function that makes a piece's text (`Lines(tz).text`
-    by default); it is made again after a piece that failed."""
-    import signal
-
-    from coopctl.tickwork import quiet_gc
-
+    """The helper's loop (`tickwork.serve_frames`): the time zone first, then a piece in, its text
+    out. `maker(tz)` gives the function that makes a piece's text (`Lines(tz).text` by default); it
+    is made again after a piece that failed."""
     maker = maker or (lambda tz: Lines(tz).text)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then closes our stdin
-    quiet_gc()
-    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    try:
-        header = _read_exact(stdin, _HEADER.size)
-        data = None if header is None else _read_exact(stdin, _HEADER.unpack(header)[0])
-        if data is None:
-            os._exit(0)
+
+    def begin(data: bytes):
         tz = pickle.loads(data)
-        make = maker(tz)
-        while (header := _read_exact(stdin, _HEADER.size)) is not None:
-            data = _read_exact(stdin, _HEADER.unpack(header)[0])
-            if data is None:
-                break
+        make = [maker(tz)]
+
+        def answer(frame: bytes) -> bytes:
             try:
-                text = make(marshal.loads(data))
-            except Exception:  # noqa: BLE001 - the parent makes this piece itself, where the error surfaces
-                text, make = b"", maker(tz)
-            view = memoryview(_HEADER.pack(len(text)) + text)
-            while view:
-                view = view[os.write(stdout, view) :]
-    except (OSError, KeyboardInterrupt):
-        pass
-    os._exit(0)
+                return make[0](marshal.loads(frame))
+            except Exception:
+                make[0] = maker(tz)
+                raise
+
+        return answer
+
+    serve_frames(begin)

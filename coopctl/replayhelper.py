@@ -31,14 +31,12 @@ the end of its input.
 from __future__ import annotations
 
 import marshal
-import os
 import pickle
-import sys
 from collections import deque
 from itertools import islice
 from typing import Iterator
 
-from coopctl.tickwork import _HEADER, Pipes, _cores, _read_exact
+from coopctl.tickwork import Pipes, _cores, serve_frames
 
 HELPER_AT_LEAST = 1000  # orders read (a first chunk full: more follow) before a helper is started
 AHEAD = 3  # chunks the helper may hold unanswered before the next one is replayed here
@@ -272,14 +270,11 @@ class Replayer(Pipes):
         if proc is None:
             return None
         replayer = cls(proc)
-        replayer._send(pickle.dumps((source, full)))
+        replayer._send_frame(pickle.dumps((source, full)))
         return replayer
 
-    def _send(self, payload: bytes) -> None:
-        self._send_bytes(_HEADER.pack(len(payload)) + payload)
-
     def submit(self, first: int, payload: bytes) -> None:
-        self._send(first.to_bytes(8, "little") + payload)
+        self._send_frame(first.to_bytes(8, "little") + payload)
         self.pending += 1
 
     def receive(self):
@@ -289,50 +284,29 @@ class Replayer(Pipes):
             return _FAILED
         self.pending -= 1
         try:
-            self._wait_readable()
-            header = _read_exact(self.rfd, _HEADER.size)
-            if header is None:
+            data = self._receive_frame()
+            if data is None:
                 return _FAILED
-            (size,) = _HEADER.unpack(header)
-            if size == 0:
-                return None
-            data = _read_exact(self.rfd, size)
-            return _FAILED if data is None else pickle.loads(data)
+            return pickle.loads(data) if data else None
         except Exception:  # noqa: BLE001 - OSError, a truncated or garbled answer: replayed here
             return _FAILED
 
 
 def serve() -> None:
-    """The helper's loop: a chunk in, (counts, keys, verdicts) out, or an empty frame for a chunk in
-    which anything went wrong; until its input ends."""
-    import signal
+    """The helper's loop (`tickwork.serve_frames`): (source, full) first, then a chunk in, (counts,
+    keys, verdicts) out, or an empty frame for a chunk in which anything went wrong."""
 
-    from coopctl.store import Location, Store
-    from coopctl.tickwork import quiet_gc
+    def begin(data: bytes):
+        from coopctl.store import Location, Store
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the replay, which then closes our stdin
-    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    try:
-        header = _read_exact(stdin, _HEADER.size)
-        data = None if header is None else _read_exact(stdin, _HEADER.unpack(header)[0])
-        if data is None:
-            os._exit(0)
         source, full = pickle.loads(data)
         scratch = Store(Location.memory())
         scratch.initialise(made_by="replay")
-        quiet_gc()
-        while (header := _read_exact(stdin, _HEADER.size)) is not None:
-            data = _read_exact(stdin, _HEADER.unpack(header)[0])
-            if data is None:
-                break
-            try:
-                first = int.from_bytes(data[:8], "little")
-                answer = pickle.dumps(replay_items(scratch, source, first, _items(data[8:]), full), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:  # noqa: BLE001 - the reader replays this chunk itself, where the error surfaces
-                answer = b""
-            view = memoryview(_HEADER.pack(len(answer)) + answer)
-            while view:
-                view = view[os.write(stdout, view) :]
-    except (OSError, KeyboardInterrupt):
-        pass
-    os._exit(0)
+
+        def answer(frame: bytes) -> bytes:
+            first = int.from_bytes(frame[:8], "little")
+            return pickle.dumps(replay_items(scratch, source, first, _items(frame[8:]), full), protocol=pickle.HIGHEST_PROTOCOL)
+
+        return answer
+
+    serve_frames(begin)

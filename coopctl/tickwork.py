@@ -205,13 +205,46 @@ def _read_exact(fd: int, size: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _read_frame(fd: int):
-    """The next value from a file descriptor, or None at the end of the stream (or of a truncated one)."""
+def _read_bytes_frame(fd: int) -> bytes | None:
+    """The next length-prefixed frame's bytes, or None at the end of the stream (or of a truncated one)."""
     header = _read_exact(fd, _HEADER.size)
     if header is None:
         return None
-    data = _read_exact(fd, _HEADER.unpack(header)[0])
+    return _read_exact(fd, _HEADER.unpack(header)[0])
+
+
+def _read_frame(fd: int):
+    """The next value from a file descriptor, or None at the end of the stream (or of a truncated one)."""
+    data = _read_bytes_frame(fd)
     return None if data is None else pickle.loads(data)
+
+
+def serve_frames(begin: Callable[[bytes], Callable[[bytes], bytes]]) -> None:
+    """A helper's main loop over length-prefixed byte frames (`linehelper`'s and `replayhelper`'s):
+    the first frame goes to `begin`, which gives the function answering each later one; an answer
+    that raises is sent as an empty frame (the parent then does that piece itself, where the error
+    surfaces). Ctrl-C is for the parent, which then closes our stdin; the loop stops at its end."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    try:
+        data = _read_bytes_frame(stdin)
+        if data is None:
+            os._exit(0)
+        answer = begin(data)
+        quiet_gc()
+        while (data := _read_bytes_frame(stdin)) is not None:
+            try:
+                out = answer(data)
+            except Exception:  # noqa: BLE001 - made again by the parent
+                out = b""
+            view = memoryview(_HEADER.pack(len(out)) + out)
+            while view:
+                view = view[os.write(stdout, view) :]
+    except (OSError, KeyboardInterrupt):
+        pass
+    os._exit(0)
 
 
 def _grow_pipe(fd: int) -> None:
@@ -272,6 +305,15 @@ class Pipes:
     def _send_bytes(self, data: bytes) -> None:
         self.out += data
         self._pump()
+
+    def _send_frame(self, payload: bytes) -> None:
+        self._send_bytes(_HEADER.pack(len(payload)) + payload)
+
+    def _receive_frame(self) -> bytes | None:
+        """The next answer's bytes (empty: the helper could not make that piece), waiting for it;
+        None when the helper is gone or its answer was cut off."""
+        self._wait_readable()
+        return _read_bytes_frame(self.rfd)
 
     def ready(self) -> bool:
         """Whether the next answer has begun to arrive (so receive() will not wait long)."""

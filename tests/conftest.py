@@ -184,3 +184,22 @@ def in_pty(args: list[str], *, columns: int, rows: int, env: dict, cwd=None) -> 
     code = proc.wait(timeout=30)
     os.close(leader)
     return out, code
+
+
+@pytest.fixture
+def answered(monkeypatch) -> list[int]:
+    """How many pieces a helper of `list --format jsonl` or `export --all` (linehelper.Formatter and
+    its kinds) answered: tests/test_linehelper.py, tests/test_exporthelper.py."""
+    from coopctl import linehelper
+
+    answers: list[int] = []
+    receive = linehelper.Formatter.receive
+
+    def counting(self):
+        text = receive(self)
+        if text is not None:
+            answers.append(1)
+        return text
+
+    monkeypatch.setattr(linehelper.Formatter, "receive", counting)
+    return answers

@@ -111,22 +111,6 @@ def two_cores(monkeypatch):
     monkeypatch.setattr(exporthelper, "AHEAD", 2)
 
 
-@pytest.fixture
-def answered(monkeypatch) -> list[int]:
-    """How many pieces the helper answered."""
-    answers: list[int] = []
-    receive = linehelper.Formatter.receive
-
-    def counting(self):
-        text = receive(self)
-        if text is not None:
-            answers.append(1)
-        return text
-
-    monkeypatch.setattr(linehelper.Formatter, "receive", counting)
-    return answers
-
-
 def test_a_helper_making_the_text_writes_what_one_process_writes(book, expected, two_cores, answered):
     text, summary = exported(book)
     assert text == expected

@@ -70,22 +70,6 @@ def test_the_expected_listing_holds_the_forged_rows_escaped(expected):
     assert b"\\u001b[31m" in expected and b"\x1b" not in expected and b"\\u202e" in expected
 
 
-@pytest.fixture
-def answered(monkeypatch) -> list[int]:
-    """How many pieces the helper answered."""
-    answers: list[int] = []
-    receive = linehelper.Formatter.receive
-
-    def counting(self):
-        text = receive(self)
-        if text is not None:
-            answers.append(1)
-        return text
-
-    monkeypatch.setattr(linehelper.Formatter, "receive", counting)
-    return answers
-
-
 def test_a_helper_making_the_lines_writes_what_one_process_writes(book, tmp_path, expected, small_pieces, answered):
     assert listed(book, tmp_path / "two.jsonl", helper=True, at_least=300) == expected
     assert len(answered) >= 10  # most pieces were the helper's
