@@ -21,8 +21,10 @@ import functools
 import heapq
 import json
 import os
+import signal
 import sqlite3
 import stat
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -493,8 +495,18 @@ class Store:
         try:
             with self.engine.connect() as conn:
                 conn.execution_options(coopctl_write=write)
-                with conn.begin():
+                transaction = conn.begin()
+                outcome = "rolled back"
+                try:
                     yield Tx(conn, self.location.is_sqlite)
+                    with _interrupts_wait():  # a Ctrl-C now would leave unsaid whether this committed
+                        transaction.commit()
+                        outcome = "committed"
+                finally:
+                    if transaction.is_active:
+                        transaction.rollback()
+                    if write:
+                        WRITES.latest = outcome
         except IntegrityError as exc:
             detail = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
             if _IDEMPOTENCY_INDEX in detail or _IDEMPOTENCY_COLUMN in detail:
@@ -509,6 +521,31 @@ class Store:
             ) from None
         except DBAPIError as exc:
             raise translate(exc, where) from None
+
+
+class WRITES:
+    """What became of this process's latest write transaction, for the one line an interrupt
+    prints (`cli.base.guarded`): "none" (there was none), "rolled back" or "committed"."""
+
+    latest = "none"
+
+
+@contextmanager
+def _interrupts_wait() -> Iterator[None]:
+    """A SIGINT (Ctrl-C) that arrives during a commit is raised once the commit has returned and
+    `WRITES` says so; otherwise the interrupt could land between the two, and the command would
+    say its transaction was rolled back when it was not. Only the main thread receives signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        signal.raise_signal(signal.SIGINT)  # to the handler that was there (KeyboardInterrupt)
 
 
 def _sqlite_connect(dbapi_conn, record) -> None:

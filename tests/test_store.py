@@ -3,6 +3,8 @@ settings, the write transaction, busy handling, the `due` query, and the columns
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -230,6 +232,51 @@ def test_an_error_inside_a_write_rolls_everything_back(svc, store, db_rows):
             )
             raise RuntimeError("boom")
     assert db_rows() == rows
+
+
+def _event_row(order_id: int) -> dict:
+    return dict(
+        order_id=order_id, seq=2, kind="accepted", at=T0, actor="creator:达人小王", operator="x",
+        data="{}", prev_hash="0" * 64, hash="0" * 64,
+    )
+
+
+def test_a_ctrl_c_during_a_commit_is_raised_after_it_and_said_as_committed(svc, store, db_rows, monkeypatch):
+    """SIGINT right after the database committed: the interrupt must not say "rolled back"."""
+    from coopctl.cli.base import interrupted
+    from coopctl.store import WRITES
+
+    order = new_order(svc)
+    rows = db_rows()
+    commit = store.engine.dialect.do_commit
+
+    def commit_then_interrupt(dbapi_conn):
+        commit(dbapi_conn)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # a handler that raises does so here, before `_transaction` knows
+
+    monkeypatch.setattr(store.engine.dialect, "do_commit", commit_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with store.write() as tx:
+            tx.conn.execute(insert(EVENTS).values(**_event_row(order.id)))
+    assert db_rows() != rows  # it committed
+    assert WRITES.latest == "committed"
+    assert interrupted() == "interrupted after the latest transaction committed; what it changed stands"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_inside_a_write_rolls_it_back_and_says_so(svc, store, db_rows):
+    from coopctl.cli.base import interrupted
+
+    order = new_order(svc)
+    rows = db_rows()
+    with pytest.raises(KeyboardInterrupt):
+        with store.write() as tx:
+            tx.conn.execute(insert(EVENTS).values(**_event_row(order.id)))
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert db_rows() == rows
+    assert interrupted() == "interrupted; the current transaction was rolled back"
 
 
 def test_a_save_from_a_stale_copy_is_refused_and_writes_nothing(svc, store, db_rows):

@@ -20,7 +20,7 @@ from typing import Callable
 
 import typer
 
-from coopctl.cli.base import FORMS, PARTIES, STATUSES, TERMS, RootGroup, _discard_stdout, _fail, app  # noqa: F401  the choices: named by the tests
+from coopctl.cli.base import FORMS, PARTIES, STATUSES, TERMS, RootGroup, _discard_stdout, _fail, app, ignore_interrupts, interrupted  # noqa: F401  the choices: named by the tests
 from coopctl.cli import orders, disputes, clock, reading, outbox, evidence, databases, moving, overview, sealing  # noqa: E402,F401  each registers its commands on `app`, in this order (help lists them so)
 
 
@@ -45,9 +45,12 @@ def main() -> None:
     except BrokenPipeError:  # help or usage text whose reader went away
         _discard_stdout()
         status = 0
+    except KeyboardInterrupt:  # before the command began (commands are `guarded`)
+        status = _fail(130, interrupted()).exit_code
     except OSError as exc:  # help or usage text on a stdout that cannot take it (commands are `guarded`)
         _discard_stdout()
         status = _fail(6, f"could not write the output ({exc.strerror or exc}); the database was not changed").exit_code
+    ignore_interrupts()
     leave(status)
 
 

@@ -224,6 +224,7 @@ def guarded(command: Callable) -> Callable:
 
         try:
             result = command(*args, **kwargs)
+            ignore_interrupts()  # done: a Ctrl-C from here on would only hide the exit code
             sys.stdout.flush()
             return result
         except (typer.Exit, typer.Abort):
@@ -234,7 +235,7 @@ def guarded(command: Callable) -> Callable:
         except CoopError as exc:
             raise _fail(exc.exit_code, f"{exc}{_demo_hint(exc)}") from None
         except KeyboardInterrupt:
-            raise _fail(130, "interrupted; the current transaction was rolled back") from None
+            raise _fail(130, interrupted()) from None
         except BrokenPipeError:  # the reader went away (| head): the command only read
             _discard_stdout()
             raise typer.Exit(0) from None
@@ -249,6 +250,25 @@ def guarded(command: Callable) -> Callable:
             raise _fail(1, f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); nothing was changed; please report it") from None
 
     return wrapper
+
+
+def interrupted() -> str:
+    """The line of a Ctrl-C (exit 130): what became of the command's latest write transaction."""
+    store = sys.modules.get("coopctl.store")  # not loaded yet: nothing was opened
+    return {
+        "none": "interrupted; nothing was changed",
+        "rolled back": "interrupted; the current transaction was rolled back",
+        "committed": "interrupted after the latest transaction committed; what it changed stands",
+    }[store.WRITES.latest if store else "none"]
+
+
+def ignore_interrupts() -> None:
+    """Ignore SIGINT for the rest of the process (only the main thread may set a handler)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 _opened: dict[str, object] = {}  # "path": the database file of this command (set by `runtime`)
