@@ -32,8 +32,9 @@ from dbtools import BASE, event_lists, file_digest, integrity, load_orders, scen
 
 TICK_PROCESSES = 4
 ACTION_PROCESSES = 4
-ORDERS = 300 * stress()
-COMMANDS_PER_PROCESS = 45 * stress()
+# 200 orders and 30 commands per process by default, to keep the suite short; COOPCTL_STRESS=2 or more: 300 and 45 per step
+ORDERS = 200 if stress() == 1 else 300 * stress()
+COMMANDS_PER_PROCESS = 30 if stress() == 1 else 45 * stress()
 IDEMPOTENCY_KEYS = 4
 TICK_TIMES = [BASE + t for t in (6 * HOUR, DAY, 36 * HOUR, 2 * DAY, 60 * HOUR, 3 * DAY, 3 * DAY + 6 * HOUR, 4 * DAY,
                                  5 * DAY, 6 * DAY, 10 * DAY, 20 * DAY)]

@@ -29,8 +29,9 @@ from coopctl.policy import DAY, iso
 from conftest import base_env, coopctl_executable
 from dbtools import BASE, build, event_lists, integrity, stress, verify_all
 
-ORDERS = 2000 * stress()
-KILLS = 20 * stress()
+# 1,000 orders and 12 kills by default, to keep the suite short; COOPCTL_STRESS=2 or more: 2,000 and 20 per step
+ORDERS = 1000 if stress() == 1 else 2000 * stress()
+KILLS = 12 if stress() == 1 else 20 * stress()
 BATCH = 50
 NOW = BASE + 40 * DAY  # every order of the book is due by then, cascades included
 SEED = int(os.environ.get("COOPCTL_CRASH_SEED", "20261126"))
