@@ -535,8 +535,8 @@ def _interrupts_wait() -> Iterator[None]:
     """A SIGINT (Ctrl-C) that arrives during a commit is raised once the commit has returned and
     `WRITES` says so; otherwise the interrupt could land between the two, and the command would
     say its transaction was rolled back when it was not. Only the main thread receives signals."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield  # no handler this process could put back (one set outside Python): leave it alone
         return
     pending: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
