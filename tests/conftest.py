@@ -37,6 +37,13 @@ def pytest_configure(config) -> None:
         import compileall
 
         compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "coopctl"), quiet=1)
+    # A suite started in the background by a non-interactive shell (`.ci/run &`) inherits SIGINT
+    # ignored, and so would every coopctl it starts: the Ctrl-C tests would then test nothing.
+    # Put Python's handler back (each xdist worker runs this too; their children get the default).
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def coopctl_executable() -> str:

@@ -750,3 +750,33 @@ def test_demo_refuses_a_database_it_did_not_create(invoke, tmp_path, kind):
     else:
         assert_error(result, 5, f"{target} exists and was not created by `coopctl demo`; refusing to touch it (give another --db)")
     assert target.read_bytes() == data
+
+
+_INTERRUPTED_WHILE_PARSING = """
+import sys, coopctl.cli
+from typer import _click as click  # Typer 0.29 carries its own click
+def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt  # what a Ctrl-C does while click is still handling the command line
+click.core.Context.invoke = interrupt  # the first callback (the root group's), before the command
+ended = []
+coopctl.cli.leave = ended.append  # main() ends the process here
+sys.argv = ["coopctl", *sys.argv[1:]]
+coopctl.cli.main()
+print(ended)
+"""
+
+
+@pytest.mark.parametrize("args", [["list"], ["tick", "--json"]])
+def test_a_ctrl_c_while_the_command_line_is_parsed_is_one_line_and_exit_130(args, tmp_path, db_path):
+    """Typer answers a KeyboardInterrupt before the command began with a silent exit 130."""
+    import subprocess
+    import sys
+
+    from conftest import base_env, coopctl_executable
+
+    subprocess.run([coopctl_executable(), "init"], env=base_env(db_path), cwd=tmp_path, check=True, capture_output=True)
+    before = db_path.read_bytes()
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_WHILE_PARSING, *args], capture_output=True, text=True,
+                          env=base_env(db_path), cwd=tmp_path, timeout=120)
+    assert (proc.stdout, proc.stderr) == ("[130]\n", "error: interrupted; nothing was changed\n")
+    assert db_path.read_bytes() == before

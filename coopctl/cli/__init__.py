@@ -20,7 +20,7 @@ from typing import Callable
 
 import typer
 
-from coopctl.cli.base import FORMS, PARTIES, STATUSES, TERMS, RootGroup, _discard_stdout, _fail, app, ignore_interrupts, interrupted  # noqa: F401  the choices: named by the tests
+from coopctl.cli.base import FORMS, PARTIES, STATUSES, TERMS, SAID, RootGroup, _discard_stdout, _fail, app, ignore_interrupts, interrupted  # noqa: F401  the choices: named by the tests
 from coopctl.cli import orders, disputes, clock, reading, outbox, evidence, databases, moving, overview, sealing  # noqa: E402,F401  each registers its commands on `app`, in this order (help lists them so)
 
 
@@ -38,6 +38,8 @@ def main() -> None:
         status = 0
     except SystemExit as done:
         status = done.code
+        if status == 130 and not SAID.line:  # Typer's own answer to a Ctrl-C before the command began: silent
+            status = _fail(130, interrupted()).exit_code
         if status == 1 and sys.stdout is not out:  # click met EPIPE writing help (it wraps stdout, exits 1): the reader went away
             sys.stdout = out
             _discard_stdout()

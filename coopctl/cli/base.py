@@ -168,11 +168,19 @@ def root(ctx: typer.Context, db: DbOpt = None, config: ConfigOpt = None, operato
 MAX_LINE = 500  # characters of an error line, "error: " included (SPEC section 2)
 
 
+class SAID:
+    """Whether `_fail` has said this process's one line (`main` says one for an exit 130 that Typer
+    made silently: a Ctrl-C while it was still parsing the command line)."""
+
+    line = False
+
+
 def _fail(code: int, message: str) -> typer.Exit:
     """Say `message` in one line on stderr (at most MAX_LINE characters) and exit with `code`.
     A stderr that cannot be written (a full disk, a closed pipe) loses the line, not the code."""
     from coopctl.trust import shown  # nothing stored or typed reaches the terminal raw (SPEC section 7)
 
+    SAID.line = True
     try:
         sys.stderr.write(f"error: {_shorten(_abbreviate(shown(' '.join(message.split()))))}\n")
         sys.stderr.flush()
