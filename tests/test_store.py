@@ -241,6 +241,16 @@ def _event_row(order_id: int) -> dict:
     )
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt in this process, as in a coopctl started from a terminal
+    (a suite started in the background inherits it ignored); the handler before is put back."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_ctrl_c_during_a_commit_is_raised_after_it_and_said_as_committed(svc, store, db_rows, monkeypatch):
     """SIGINT right after the database committed: the interrupt must not say "rolled back"."""
     from coopctl.cli.base import interrupted
@@ -265,6 +275,7 @@ def test_a_ctrl_c_during_a_commit_is_raised_after_it_and_said_as_committed(svc, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_ctrl_c_inside_a_write_rolls_it_back_and_says_so(svc, store, db_rows):
     from coopctl.cli.base import interrupted
 

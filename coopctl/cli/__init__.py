@@ -31,6 +31,7 @@ def main() -> None:
     Typer turns every registered command into a click command (reading each signature and its
     annotations) before it parses anything; to run one command, one is enough. `coopctl --help`,
     a mistyped name and anything unusual get the whole app, as before."""
+    SAID.main = True
     _standard_streams()
     out = sys.stdout
     try:

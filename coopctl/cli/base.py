@@ -170,9 +170,11 @@ MAX_LINE = 500  # characters of an error line, "error: " included (SPEC section 
 
 class SAID:
     """Whether `_fail` has said this process's one line (`main` says one for an exit 130 that Typer
-    made silently: a Ctrl-C while it was still parsing the command line)."""
+    made silently: a Ctrl-C while it was still parsing the command line), and whether `main` runs
+    this process (the console script) rather than a caller in-process."""
 
     line = False
+    main = False
 
 
 def _fail(code: int, message: str) -> typer.Exit:
@@ -271,11 +273,13 @@ def interrupted() -> str:
 
 
 def ignore_interrupts() -> None:
-    """Ignore SIGINT for the rest of the process (only the main thread may set a handler)."""
+    """Ignore SIGINT for the rest of the process, when `main` runs it (the console script: nothing
+    is left but to report and exit; a command run in-process, as tests do, leaves it alone) and
+    from the main thread (only it may set a handler)."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
+    if SAID.main and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
