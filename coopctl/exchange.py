@@ -398,12 +398,12 @@ def chunk_rows(
         if not rows:
             return
         chunk = [row[0] for row in rows]
-        event_rows, note_rows = reader.events_of(chunk), reader.notifications_of(chunk)
+        event_rows, note_rows = reader.events_of(chunk, log_index=sealing is not None), reader.notifications_of(chunk)
         if summary is not None:
             summary.ids.extend(chunk)
             summary.events += len(event_rows)
             summary.notifications += len(note_rows)
-        sealed = sealing.sealed_of(chunk) if sealing is not None else None
+        sealed = sealing.sealed_of_rows(event_rows) if sealing is not None else None
         yield rows, event_rows, note_rows, sealed
         after = chunk[-1]
 
@@ -445,7 +445,7 @@ class _RowReader:
     kind, at, actor, operator, data, prev_hash, hash) by (order_id, seq), notifications (order_id,
     recipient, channel, kind, at, text, sent_at) by id."""
 
-    _EVENTS = "SELECT order_id, seq, kind, at, actor, operator, data, prev_hash, hash FROM events"
+    _EVENTS = "SELECT order_id, seq, kind, at, actor, operator, data, prev_hash, hash"  # then FROM events (`events_of`)
     _NOTES = "SELECT order_id, recipient, channel, kind, at, text, sent_at FROM notifications"
 
     def __init__(self, tx):
@@ -477,8 +477,10 @@ class _RowReader:
             found.extend(self._rows(f"{base} WHERE order_id IN ({', '.join('?' * len(part))}) ORDER BY {order}", part))
         return found
 
-    def events_of(self, ids: list[int]) -> list[tuple]:
-        return self._of(self._EVENTS, ids, "order_id, seq")
+    def events_of(self, ids: list[int], *, log_index: bool = False) -> list[tuple]:
+        """With `log_index`, each row ends with the event's place in the sealed log (or None):
+        what a sealed export's "sealed" parts are made of (`seal.ExportSeal.sealed_of_rows`)."""
+        return self._of(self._EVENTS + (", log_index FROM events" if log_index else " FROM events"), ids, "order_id, seq")
 
     def notifications_of(self, ids: list[int]) -> list[tuple]:
         return self._of(self._NOTES, ids, "id")
@@ -539,8 +541,8 @@ class _Data(dict):
 
 
 def _event_json(row: tuple, when: _Instants, data: _Data) -> dict:
-    """`Event.to_json(tz)` of an event row."""
-    _, seq, kind, at, actor, operator, text, prev_hash, digest = row
+    """`Event.to_json(tz)` of an event row (of a sealed export: with its log_index after the hash)."""
+    seq, kind, at, actor, operator, text, prev_hash, digest = row[1:9]
     return {
         "seq": seq,
         "kind": kind,

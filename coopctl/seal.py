@@ -142,20 +142,24 @@ class Tree:
         self._ranges: dict[tuple[int, int], bytes] = {}
 
     def node(self, level: int, idx: int) -> bytes:
-        key = (level, idx // _BLOCK)
+        try:
+            return self._block(level, idx // _BLOCK)[idx]
+        except KeyError:
+            raise LogDamaged(f"the sealed log lacks its node at level {level}, position {idx}") from None
+
+    def _block(self, level: int, number: int) -> dict[int, bytes]:
+        """The stored nodes {idx: hash} of block `number` of `level` (_BLOCK of them, fewer at the end)."""
+        key = (level, number)
         block = self._cache.get(key)
         if block is None:
-            first = key[1] * _BLOCK
+            first = number * _BLOCK
             block = self._fetch(level, first, first + _BLOCK - 1)
             self._cache[key] = block
             if len(self._cache) > self._blocks:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
-        try:
-            return block[idx]
-        except KeyError:
-            raise LogDamaged(f"the sealed log lacks its node at level {level}, position {idx}") from None
+        return block
 
     def subtree(self, lo: int, hi: int) -> bytes:
         """MTH(D[lo:hi]); lo is aligned to the largest power of two not above hi - lo (as every
@@ -198,25 +202,42 @@ class Tree:
         (tests/test_seal.py). `memo` (a dict, empty at first, for one tree) keeps the siblings of
         the previous proof by level: above the highest bit where m and the previous leaf differ
         they are the same, so an export, which asks for neighbouring leaves in turn, computes
-        about two siblings per proof instead of twenty."""
-        height = (size - 1).bit_length() if size > 1 else 0
-        levels = memo.get("levels")
-        if levels is None or memo["size"] != size:
-            levels = memo["levels"] = [None] * height
-            memo["size"] = size
+        about two siblings per proof instead of twenty. It also keeps, per level, the block of
+        stored nodes the last sibling came from, in hex: the next siblings are nearly always in it;
+        and memo["leaves"] may hold {log_index: event hash} of events at hand, whose leaves are then
+        hashed here rather than read (an export's chunk: `ExportSeal.sealed_of_rows`)."""
+        if memo.get("size") != size:
+            height = (size - 1).bit_length() if size > 1 else 0
+            memo.update(size=size, levels=[None] * height, blocks=[(-1, {})] * height, absent=height, height=height)
             changed = height
         else:
+            height = memo["height"]
             changed = min(height, (m ^ memo["last"]).bit_length())
         memo["last"] = m
+        levels, blocks, absent, leaves = memo["levels"], memo["blocks"], memo["absent"], memo.get("leaves")
         for level in range(changed):
             start = ((m >> level) ^ 1) << level
+            was = levels[level]
             if start >= size:
-                levels[level] = None
+                text = None
+            elif level == 0 and leaves is not None and start in leaves:  # an event of the chunk asking
+                text = leaf_hash(_event_bytes(leaves[start])).hex()
             elif start + (1 << level) <= size:
-                levels[level] = self.node(level, start >> level).hex()
+                idx = start >> level
+                number, block = blocks[level]
+                if number != idx // _BLOCK:
+                    number = idx // _BLOCK
+                    block = {i: h.hex() for i, h in self._block(level, number).items()}
+                    blocks[level] = (number, block)
+                text = block.get(idx)
+                if text is None:
+                    raise LogDamaged(f"the sealed log lacks its node at level {level}, position {idx}")
             else:
-                levels[level] = self.subtree(start, size).hex()
-        return [text for text in levels if text is not None]
+                text = self.subtree(start, size).hex()
+            levels[level] = text
+            absent += (text is None) - (was is None)
+        memo["absent"] = absent
+        return [text for text in levels if text is not None] if absent else levels.copy()
 
     def right_edge(self, size: int) -> list[tuple[int, bytes]]:
         """The complete subtrees that make a tree of `size` leaves, largest first."""
@@ -650,29 +671,31 @@ class ExportSeal:
     def header(self) -> dict | None:
         return None if self.head is None else self.head.to_json()
 
-    def sealed_of(self, order_ids: list[int]) -> dict[int, dict]:
-        """{order id: {"seq", "log_index", "proof"}} for the orders with sealed events."""
-        if self.head is None or not order_ids or self.head.size == 0:
+    def sealed_of_rows(self, event_rows: list[tuple]) -> dict[int, dict]:
+        """{order id: {"seq", "log_index", "proof"}} for the orders of these event rows that have
+        sealed events (an export's chunk: order_id and seq first, hash ninth, log_index tenth, by
+        order and seq): each order's last event under the head, from the rows rather than another
+        query, and the leaves of the chunk's own events given to the proofs (their level-0
+        siblings are nearly always among them, and then are not read again)."""
+        if self.head is None or self.head.size == 0 or not event_rows:
             return {}
-        from coopctl.rows import driver_rows
-
-        ids = sorted(order_ids)
-        base = "SELECT order_id, max(seq), max(log_index) FROM events WHERE log_index IS NOT NULL AND log_index < ? AND "
-        if ids[-1] - ids[0] + 1 == len(ids):  # every id of a range (export --all walks the key)
-            rows = driver_rows(self.conn, base + "order_id >= ? AND order_id <= ? GROUP BY order_id",
-                                (self.head.size, ids[0], ids[-1]))
-        else:
-            rows = []
-            for start in range(0, len(ids), 500):
-                part = ids[start : start + 500]
-                rows += driver_rows(self.conn, base + f"order_id IN ({', '.join('?' * len(part))}) GROUP BY order_id",
-                                     (self.head.size, *part))
-            rows.sort()
-        size, memo, proof = self.head.size, self._memo, self.tree.proof_hex
-        return {
-            order_id: {"seq": seq, "log_index": log_index, "proof": proof(log_index, size, memo)}
-            for order_id, seq, log_index in rows
-        }
+        size = self.head.size
+        last: dict[int, tuple[int, int]] = {}
+        leaves: dict[int, str] = {}
+        for row in event_rows:
+            log_index = row[9]
+            if log_index is not None and log_index < size:
+                last[row[0]] = (row[1], log_index)  # rows by seq: the last one stays
+                leaves[log_index] = row[8]
+        memo, proof = self._memo, self.tree.proof_hex
+        memo["leaves"] = leaves
+        try:
+            return {
+                order_id: {"seq": seq, "log_index": log_index, "proof": proof(log_index, size, memo)}
+                for order_id, (seq, log_index) in last.items()
+            }
+        finally:
+            memo["leaves"] = None
 
 
 # --------------------------------------------------------------------------- verify

@@ -676,3 +676,41 @@ def test_seals_running_at_once_never_number_an_event_twice(book, tmp_path):
     heads = [json.loads(out) for code, out, _ in results if code == 0]
     assert heads and all(h["size"] == 8 for h in heads)
     assert book("seal", "--check").exit_code == 0
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 200])
+def test_an_exports_sealed_parts_are_the_last_sealed_event_and_its_rfc_path_in_chunks_of_any_size(book, size):
+    """The parts come from the chunk's own event rows (`ExportSeal.sealed_of_rows`), their level-0
+    siblings from the chunk's events when it holds them: in chunks of 1 (no sibling at hand), 2,
+    3 and 200, each part is the order's last event under the head and `Tree.proof`'s RFC path, also
+    after a second seal has put an order's newer events far from its first ones in the log."""
+    from coopctl import exchange
+    from coopctl.rows import driver_rows
+    from coopctl.store import Store, locate
+
+    for i in range(5, 9):
+        r = book("create", "--merchant", f"{M}{i}", "--creator", f"{C}{i}", "--product", f"P-{i}", "--form", "live",
+                 "--commission", "12.5", "--ad-budget", "5000", "--latest-start", "2026-12-20T10:00", "--at", "2026-12-01T15:00")
+        assert r.exit_code == 0, r.stderr
+    for args in (("seal", "--now", "2026-12-01T16:00"), ("deliver", "3", "--creator", f"{C}2", "--at", "2026-12-01T17:00"),
+                 ("seal", "--now", "2026-12-01T18:00")):
+        r = book(*args)
+        assert r.exit_code == 0, r.stderr
+    store = Store(locate(book.db))
+    try:
+        with store.read() as tx:
+            sealing = exchange._sealing(tx)
+            head = sealing.head
+            parts = {}
+            for _, _, _, sealed in exchange.chunk_rows(tx, None, sealing=sealing, size=size):
+                parts.update(sealed)
+            expected = {}
+            for order_id, seq, log_index in driver_rows(tx.conn, "SELECT order_id, max(seq), max(log_index) FROM events "
+                                                        "WHERE log_index IS NOT NULL GROUP BY order_id", ()):
+                path = [p.hex() for p in seal.stored_tree(tx.conn).proof(log_index, head.size)]
+                expected[order_id] = {"seq": seq, "log_index": log_index, "proof": path}
+    finally:
+        store.dispose()
+    assert len(expected) == 9 and parts == expected
+    # order 3's delivery is the log's last leaf, after orders 6-9 sealed between its events
+    assert expected[3]["log_index"] == head.size - 1 > max(expected[o]["log_index"] for o in range(6, 10))
