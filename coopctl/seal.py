@@ -145,7 +145,7 @@ class Tree:
         try:
             return self._block(level, idx // _BLOCK)[idx]
         except KeyError:
-            raise LogDamaged(f"the sealed log lacks its node at level {level}, position {idx}") from None
+            raise _lacks(level, idx) from None
 
     def _block(self, level: int, number: int) -> dict[int, bytes]:
         """The stored nodes {idx: hash} of block `number` of `level` (_BLOCK of them, fewer at the end)."""
@@ -195,7 +195,7 @@ class Tree:
         path.reverse()
         return path
 
-    def proof_hex(self, m: int, size: int, memo: dict) -> list[str]:
+    def proof_hex(self, m: int, size: int, memo: dict, leaves: dict[int, str] | None = None) -> list[str]:
         """`proof(m, size)` in hex, by level: at each level the sibling of the node above leaf m,
         complete, or cut at `size` on the right edge, or absent (when the sibling starts at or
         after `size`) until a node covers the whole tree; the same list as the RFC's recursion
@@ -203,9 +203,9 @@ class Tree:
         the previous proof by level: above the highest bit where m and the previous leaf differ
         they are the same, so an export, which asks for neighbouring leaves in turn, computes
         about two siblings per proof instead of twenty. It also keeps, per level, the block of
-        stored nodes the last sibling came from, in hex: the next siblings are nearly always in it;
-        and memo["leaves"] may hold {log_index: event hash} of events at hand, whose leaves are then
-        hashed here rather than read (an export's chunk: `ExportSeal.sealed_of_rows`)."""
+        stored nodes the last sibling came from, in hex: the next siblings are nearly always in it.
+        `leaves`, {log_index: event hash} of events at hand (an export's chunk:
+        `ExportSeal.sealed_of_rows`), are hashed here rather than read."""
         if memo.get("size") != size:
             height = (size - 1).bit_length() if size > 1 else 0
             memo.update(size=size, levels=[None] * height, blocks=[(-1, {})] * height, absent=height, height=height)
@@ -214,7 +214,7 @@ class Tree:
             height = memo["height"]
             changed = min(height, (m ^ memo["last"]).bit_length())
         memo["last"] = m
-        levels, blocks, absent, leaves = memo["levels"], memo["blocks"], memo["absent"], memo.get("leaves")
+        levels, blocks, absent = memo["levels"], memo["blocks"], memo["absent"]
         for level in range(changed):
             start = ((m >> level) ^ 1) << level
             was = levels[level]
@@ -231,7 +231,7 @@ class Tree:
                     blocks[level] = (number, block)
                 text = block.get(idx)
                 if text is None:
-                    raise LogDamaged(f"the sealed log lacks its node at level {level}, position {idx}")
+                    raise _lacks(level, idx)
             else:
                 text = self.subtree(start, size).hex()
             levels[level] = text
@@ -251,6 +251,10 @@ class Tree:
 
 class LogDamaged(Refused):
     """The stored log does not hold together (a node or a leaf missing): exit 1, `seal --check`."""
+
+
+def _lacks(level: int, idx: int) -> LogDamaged:
+    return LogDamaged(f"the sealed log lacks its node at level {level}, position {idx}")
 
 
 # --------------------------------------------------------------------------- keys and heads
@@ -688,14 +692,10 @@ class ExportSeal:
                 last[row[0]] = (row[1], log_index)  # rows by seq: the last one stays
                 leaves[log_index] = row[8]
         memo, proof = self._memo, self.tree.proof_hex
-        memo["leaves"] = leaves
-        try:
-            return {
-                order_id: {"seq": seq, "log_index": log_index, "proof": proof(log_index, size, memo)}
-                for order_id, (seq, log_index) in last.items()
-            }
-        finally:
-            memo["leaves"] = None
+        return {
+            order_id: {"seq": seq, "log_index": log_index, "proof": proof(log_index, size, memo, leaves)}
+            for order_id, (seq, log_index) in last.items()
+        }
 
 
 # --------------------------------------------------------------------------- verify
