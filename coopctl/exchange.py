@@ -28,6 +28,7 @@ import re
 import stat
 import sys
 from array import array
+from binascii import hexlify
 from itertools import chain
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
@@ -273,8 +274,15 @@ def export_document(svc, order_ids: list[int] | None, *, exported_at: int, tz: t
         ids = _existing(tx, order_ids)
         _not_back_dated(tx, ids, exported_at, tz)
         sealing = _sealing(tx)
-        chunks = _order_chunks(tx, ids, tz, sealing=sealing, with_evidence=with_evidence)
-        orders = [document for chunk in chunks for document in chunk]
+        orders = []
+        for chunk in _order_chunks(tx, ids, tz, sealing=sealing, with_evidence=with_evidence):
+            if chunk.sealed:
+                from coopctl.seal import sealed_json
+
+                for document, part in zip(chunk, chunk.sealed):
+                    if part is not None:  # the last member (SPEC section 6)
+                        document["sealed"] = sealed_json(part)
+            orders.extend(chunk)
     return {**_header(exported_at, tz, sealing), "orders": orders}
 
 
@@ -358,9 +366,13 @@ def _sealing(tx):
 
 class _Chunk(list):
     """The documents of EXPORT_CHUNK orders; `exact` is False when a float came out of the database
-    (NaN or Infinity, which only the reference encoder writes as json.dumps does: `jsontext`)."""
+    (NaN or Infinity, which only the reference encoder writes as json.dumps does: `jsontext`).
+    `sealed`, None or beside the documents, each one's "sealed" part as `seal.sealed_of_rows` gives
+    it (or None): the documents do not hold it, `chunk_text` writes it (`sealed_into`) and
+    `export_document` adds it (`seal.sealed_json`)."""
 
     exact = True
+    sealed: list | None = None
 
 
 def _order_chunks(
@@ -380,8 +392,8 @@ def chunk_rows(
     tx, ids: list[int] | None, summary: ExportSummary | None = None, *, sealing=None, size: int | None = None,
 ) -> Iterator[tuple[list[tuple], list[tuple], list[tuple], dict | None]]:
     """What the documents of the orders are made of, by id, `size` (EXPORT_CHUNK) orders at a time:
-    (order rows, their event rows, their notification rows, {order id: "sealed" part} or None when
-    the database is not sealed). The orders by their key (a walk of the primary key for every
+    (order rows, their event rows, their notification rows, {order id: "sealed" part as
+    `seal.ExportSeal.sealed_of_rows` gives it} or None when the database is not sealed). The orders by their key (a walk of the primary key for every
     order), their events and notifications by order id, the rows read straight from the database
     driver on the export's own connection (SQLAlchemy's statement and row machinery cost more than
     the rows themselves at a million orders). Plain tuples, dicts and lists: `exporthelper` hands
@@ -410,8 +422,8 @@ def chunk_rows(
 
 def documents_of(rows: list[tuple], event_rows: list[tuple], note_rows: list[tuple], sealed: dict | None, tz: tzinfo) -> _Chunk:
     """The documents of a chunk of orders from its rows (`chunk_rows`): each order's JSON, its
-    events turned into their JSON without an `Event` in between, its notifications, and its
-    "sealed" part when it has one."""
+    events turned into their JSON without an `Event` in between, its notifications; their "sealed"
+    parts beside them (`_Chunk.sealed`)."""
     events: dict[int, list] = {row[0]: [] for row in rows}
     notes: dict[int, list] = {row[0]: [] for row in rows}
     documents = _Chunk()
@@ -432,10 +444,7 @@ def documents_of(rows: list[tuple], event_rows: list[tuple], note_rows: list[tup
         documents.append(_order_document(order, [_event_json(e, when, data) for e in events[order.id]], notes[order.id], when))
     documents.exact = exact and not _NON_FINITE[0]
     if sealed:
-        for document, row in zip(documents, rows):
-            part = sealed.get(row[0])
-            if part is not None:
-                document["sealed"] = part
+        documents.sealed = [sealed.get(row[0]) for row in rows]
     return documents
 
 
@@ -572,38 +581,63 @@ def _with_evidence(tx, documents: "_Chunk") -> Iterator["_Chunk"]:
     files, not by a chunk's (the text written is the same: pieces are joined as chunks are)."""
     from coopctl.evidence import embedded
 
-    piece = _Chunk()
-    piece.exact = documents.exact
-    held = 0
-    for document in documents:  # copies: the chunk's own list does not keep the contents alive
-        shaped = {key: value for key, value in document.items() if key != "sealed"}
-        shaped["evidence"] = embedded(tx, [_NamedData(e["data"]) for e in document["events"]])
-        if "sealed" in document:
-            shaped["sealed"] = document["sealed"]
+    def begun() -> _Chunk:
+        piece = _Chunk()
+        piece.exact, piece.sealed = documents.exact, [] if documents.sealed is not None else None
+        return piece
+
+    piece, held = begun(), 0
+    for i, document in enumerate(documents):  # copies: the chunk's own list does not keep the contents alive
+        shaped = {**document, "evidence": embedded(tx, [_NamedData(e["data"]) for e in document["events"]])}
         piece.append(shaped)
+        if piece.sealed is not None:
+            piece.sealed.append(documents.sealed[i])
         held += sum(len(e["content_base64"]) for e in shaped["evidence"])
         if held >= EVIDENCE_PIECE:
             yield piece
-            piece, held = _Chunk(), 0
-            piece.exact = documents.exact
+            piece, held = begun(), 0
     if piece:
         yield piece
 
 
 _NESTED = (b'{\n  "orders": [', b"\n  ]\n}")  # around the orders of a chunk dumped as the document nests them
+# What closes an order's document in a chunk's text: the only lines that begin with exactly four
+# spaces are those that open and close the orders (a string never holds a raw newline).
+_ORDER_END = b"\n    }"
+_PROOF_ITEM = b'",\n          "'  # between two hashes of a "sealed" part's proof
 
 
 def chunk_text(documents: list[dict]) -> bytes:
     """The UTF-8 text of these orders (not empty) as the document holds them: each dumped at the
     depth where the document nests its orders, so that it is indented exactly as one dumps of the
     whole would indent it, without the comma that joins it to the orders before it. Encoded by
-    `jsontext.indented` (the same bytes, from a C encoder)."""
+    `jsontext.indented` (the same bytes, from a C encoder); their "sealed" parts (`_Chunk.sealed`)
+    written into it by `sealed_into`."""
     from coopctl.jsontext import indented
 
     text = indented({"orders": documents}, exact=getattr(documents, "exact", True))
     opening, closing = _NESTED
     assert text.startswith(opening) and text.endswith(closing)
-    return text[len(opening) : -len(closing)]
+    return sealed_into(text[len(opening) : -len(closing)], getattr(documents, "sealed", None))
+
+
+def sealed_into(text: bytes, parts: list | None) -> bytes:
+    """The text of a chunk of orders (`chunk_text`'s, without "sealed" parts) with each order's
+    "sealed" part (`seal.ExportSeal.sealed_of_rows`' (seq, log_index, joined proof), or None),
+    one per order in turn, as its last member: the bytes `jsontext.indented` writes for
+    `seal.sealed_json(part)` there (tests/test_export_bytes.py), made without a dict or a list of
+    hashes in between (a sealed export writes a million of them)."""
+    if not parts:
+        return text
+    pieces = text.split(_ORDER_END)
+    assert len(pieces) == len(parts) + 1
+    for i, part in enumerate(parts):
+        if part is not None:
+            seq, log_index, proof = part
+            listed = b'[\n          "' + hexlify(proof, b"|", 32).replace(b"|", _PROOF_ITEM) + b'"\n        ]' if proof else b"[]"
+            pieces[i] += b',\n      "sealed": {\n        "seq": %d,\n        "log_index": %d,\n        "proof": %s\n      }' % (
+                seq, log_index, listed)
+    return _ORDER_END.join(pieces)
 
 
 def texts_of(chunks: Iterable[list[dict]]) -> Iterator[tuple[int, bytes]]:

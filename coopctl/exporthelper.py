@@ -4,9 +4,10 @@ Exporting an order costs about a fifth in reading its rows (and, on a sealed boo
 four fifths in making its text: its document from the rows (`exchange.documents_of`) and their
 indented JSON (`exchange.chunk_text`). From HELPER_AT_LEAST orders on, this process goes on
 reading from its one read transaction (so the export stays one snapshot of the book) and computing
-the proofs, and hands each piece of rows (PIECE orders: (order rows, event rows, notification rows,
-"sealed" parts), the driver's plain values, as marshal frames) to a helper process, which sends back
-the piece's UTF-8 text; this process writes every piece itself, in order. While the helper holds
+the proofs, and hands each piece of rows (PIECE orders: (order rows, event rows, notification rows),
+the driver's plain values, as marshal frames) to a helper process, which sends back the piece's
+UTF-8 text; this process writes the orders' "sealed" parts into it (`exchange.sealed_into`: the
+proofs never travel) and writes every piece itself, in order. While the helper holds
 AHEAD pieces unanswered, the piece just read is made here instead, so neither side waits for long.
 
 The helper is `linehelper`'s (`linehelper.in_order`, `Formatter`, `serve`: the same pipes, the same
@@ -17,6 +18,7 @@ so an export never fails because of its helper and writes the same bytes with or
 
 from __future__ import annotations
 
+from collections import deque
 from contextlib import closing
 from datetime import tzinfo
 from typing import Iterator
@@ -47,27 +49,41 @@ def export_texts(tx, ids: list[int] | None, tz: tzinfo, summary=None, *, sealing
     at_least = HELPER_AT_LEAST if at_least is None else at_least
     size = min(PIECE, exchange.EXPORT_CHUNK) if use else None  # read in pieces the helper can take
     parts = exchange.chunk_rows(tx, ids, summary, sealing=sealing, size=size)
+    proofs: deque = deque()  # the sealed parts of the pieces given out, in order, kept here
     made = _maker(tz)
     count = 0
-    for part in parts:  # the first orders here
-        yield len(part[0]), made(part)
-        count += len(part[0])
+    for rows, event_rows, note_rows, sealed in parts:  # the first orders here
+        yield len(rows), _sealed_into(made((rows, event_rows, note_rows)), rows, sealed)
+        count += len(rows)
         if use and count >= at_least:
             break
     else:
         return
-    with closing(linehelper.in_order(parts, made, ExportFormatter.start(tz), ahead=AHEAD)) as texts:
-        for part, text in texts:
-            yield len(part[0]), text
+
+    def pieces():
+        for rows, event_rows, note_rows, sealed in parts:
+            proofs.append(sealed)
+            yield rows, event_rows, note_rows
+
+    with closing(linehelper.in_order(pieces(), made, ExportFormatter.start(tz), ahead=AHEAD)) as texts:
+        for (rows, _, _), text in texts:
+            yield len(rows), _sealed_into(text, rows, proofs.popleft())
+
+
+def _sealed_into(text: bytes, rows: list[tuple], sealed: dict | None) -> bytes:
+    """A piece's text with the "sealed" parts of its orders (`exchange.sealed_into`)."""
+    from coopctl.exchange import sealed_into
+
+    return sealed_into(text, [sealed.get(row[0]) for row in rows]) if sealed else text
 
 
 def _maker(tz: tzinfo):
-    """The text of a piece (order rows, event rows, notification rows, sealed parts)."""
+    """The text of a piece (order rows, event rows, notification rows), without "sealed" parts."""
     from coopctl.exchange import chunk_text, documents_of
 
     def made(part) -> bytes:
-        rows, event_rows, note_rows, sealed = part
-        return chunk_text(documents_of(rows, event_rows, note_rows, sealed, tz))
+        rows, event_rows, note_rows = part
+        return chunk_text(documents_of(rows, event_rows, note_rows, None, tz))
 
     return made
 

@@ -195,15 +195,15 @@ class Tree:
         path.reverse()
         return path
 
-    def proof_hex(self, m: int, size: int, memo: dict, leaves: dict[int, str] | None = None) -> list[str]:
-        """`proof(m, size)` in hex, by level: at each level the sibling of the node above leaf m,
+    def proof_joined(self, m: int, size: int, memo: dict, leaves: dict[int, str] | None = None) -> bytes:
+        """`b"".join(proof(m, size))`, by level: at each level the sibling of the node above leaf m,
         complete, or cut at `size` on the right edge, or absent (when the sibling starts at or
-        after `size`) until a node covers the whole tree; the same list as the RFC's recursion
+        after `size`) until a node covers the whole tree; the same path as the RFC's recursion
         (tests/test_seal.py). `memo` (a dict, empty at first, for one tree) keeps the siblings of
         the previous proof by level: above the highest bit where m and the previous leaf differ
         they are the same, so an export, which asks for neighbouring leaves in turn, computes
         about two siblings per proof instead of twenty. It also keeps, per level, the block of
-        stored nodes the last sibling came from, in hex: the next siblings are nearly always in it.
+        stored nodes the last sibling came from: the next siblings are nearly always in it.
         `leaves`, {log_index: event hash} of events at hand (an export's chunk:
         `ExportSeal.sealed_of_rows`), are hashed here rather than read."""
         if memo.get("size") != size:
@@ -219,25 +219,25 @@ class Tree:
             start = ((m >> level) ^ 1) << level
             was = levels[level]
             if start >= size:
-                text = None
+                node = None
             elif level == 0 and leaves is not None and start in leaves:  # an event of the chunk asking
-                text = leaf_hash(_event_bytes(leaves[start])).hex()
+                node = leaf_hash(_event_bytes(leaves[start]))
             elif start + (1 << level) <= size:
                 idx = start >> level
                 number, block = blocks[level]
                 if number != idx // _BLOCK:
                     number = idx // _BLOCK
-                    block = {i: h.hex() for i, h in self._block(level, number).items()}
+                    block = self._block(level, number)
                     blocks[level] = (number, block)
-                text = block.get(idx)
-                if text is None:
+                node = block.get(idx)
+                if node is None:
                     raise _lacks(level, idx)
             else:
-                text = self.subtree(start, size).hex()
-            levels[level] = text
-            absent += (text is None) - (was is None)
+                node = self.subtree(start, size)
+            levels[level] = node
+            absent += (node is None) - (was is None)
         memo["absent"] = absent
-        return [text for text in levels if text is not None] if absent else levels.copy()
+        return b"".join([node for node in levels if node is not None] if absent else levels)
 
     def right_edge(self, size: int) -> list[tuple[int, bytes]]:
         """The complete subtrees that make a tree of `size` leaves, largest first."""
@@ -670,17 +670,18 @@ class ExportSeal:
         self.conn = conn
         self.head = latest_head(conn)
         self.tree = stored_tree(conn) if self.head is not None else None
-        self._memo: dict = {}  # the siblings of the last proof (Tree.proof_hex)
+        self._memo: dict = {}  # the siblings of the last proof (Tree.proof_joined)
 
     def header(self) -> dict | None:
         return None if self.head is None else self.head.to_json()
 
-    def sealed_of_rows(self, event_rows: list[tuple]) -> dict[int, dict]:
-        """{order id: {"seq", "log_index", "proof"}} for the orders of these event rows that have
-        sealed events (an export's chunk: order_id and seq first, hash ninth, log_index tenth, by
-        order and seq): each order's last event under the head, from the rows rather than another
-        query, and the leaves of the chunk's own events given to the proofs (their level-0
-        siblings are nearly always among them, and then are not read again)."""
+    def sealed_of_rows(self, event_rows: list[tuple]) -> dict[int, tuple[int, int, bytes]]:
+        """{order id: (seq, log_index, proof)} for the orders of these event rows that have sealed
+        events (an export's chunk: order_id and seq first, hash ninth, log_index tenth, by order
+        and seq): each order's last event under the head, from the rows rather than another query,
+        with its proof's hashes joined (`Tree.proof_joined`; `sealed_json` is the part's JSON). The
+        leaves of the chunk's own events are given to the proofs (their level-0 siblings are nearly
+        always among them, and then are not read again)."""
         if self.head is None or self.head.size == 0 or not event_rows:
             return {}
         size = self.head.size
@@ -691,11 +692,15 @@ class ExportSeal:
             if log_index is not None and log_index < size:
                 last[row[0]] = (row[1], log_index)  # rows by seq: the last one stays
                 leaves[log_index] = row[8]
-        memo, proof = self._memo, self.tree.proof_hex
-        return {
-            order_id: {"seq": seq, "log_index": log_index, "proof": proof(log_index, size, memo, leaves)}
-            for order_id, (seq, log_index) in last.items()
-        }
+        memo, proof = self._memo, self.tree.proof_joined
+        return {order_id: (seq, log_index, proof(log_index, size, memo, leaves)) for order_id, (seq, log_index) in last.items()}
+
+
+def sealed_json(part: tuple[int, int, bytes]) -> dict:
+    """An order's "sealed" part (SPEC section 6) from `ExportSeal.sealed_of_rows`'s (seq, log_index,
+    joined proof): the proof's hashes in hex, nearest sibling first."""
+    seq, log_index, proof = part
+    return {"seq": seq, "log_index": log_index, "proof": [proof[i : i + 32].hex() for i in range(0, len(proof), 32)]}
 
 
 # --------------------------------------------------------------------------- verify

@@ -381,6 +381,30 @@ def test_the_chunked_writer_writes_the_whole_documents_text(chunks, binary):
         assert handle.getvalue() == whole
 
 
+sealed_parts = st.tuples(st.integers(1, 2**63 - 1), st.integers(0, 2**63 - 1),
+                         st.lists(st.binary(min_size=32, max_size=32), max_size=64).map(b"".join))
+order_documents = st.dictionaries(keys.filter(lambda key: key != "sealed"), values, min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(order_documents, st.none() | sealed_parts), min_size=1, max_size=4))
+def test_sealed_parts_are_written_into_a_chunks_text_as_the_encoder_writes_them(orders):
+    """`exchange.sealed_into` (a sealed export's parts, written into the text without a dict): the
+    bytes of the documents holding `seal.sealed_json(part)` as their last member, whatever they hold
+    before it (strings with newlines and braces, nesting), empty proofs and 64-hash ones."""
+    from coopctl.seal import sealed_json
+
+    chunk = exchange._Chunk(dict(document) for document, _ in orders)
+    chunk.sealed = [part for _, part in orders]
+    whole = [{**document, "sealed": sealed_json(part)} if part else document for document, part in orders]
+    try:
+        expected = reference_dumps({"orders": whole}).encode("utf-8", "surrogatepass")
+    except ValueError:
+        return
+    opening, closing = exchange._NESTED
+    assert exchange.chunk_text(chunk) == expected[len(opening) : -len(closing) - 1]
+
+
 def test_floats_and_values_orjson_refuses_fall_back_to_the_reference():
     cases = [{"a": 2.5e-7}, {"a": [1e16, 0.1]}, {"k\\": 1e-7}, {"a": 2**64}, {1: "int key"}, {"a": "\ud800"},
              {"a": [[[[]]]], "b": {}}, {"x": 'say ": 1.5'}, {"deep": json.loads("[" * 300 + "]" * 300)}]

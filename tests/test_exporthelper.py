@@ -168,7 +168,7 @@ def test_a_piece_the_helper_cannot_be_given_is_made_here(book, two_cores, answer
     def with_a_decimal(*args, **kwargs):
         for rows, events, notes, sealed in chunk_rows(*args, **kwargs):
             if rows[0][0] > 600:
-                sealed = {**(sealed or {}), -1: Decimal("1")}  # no order -1: the text is unchanged
+                notes = [*notes, (-1, Decimal("1"))]  # no order -1: the text is unchanged
             yield rows, events, notes, sealed
 
     monkeypatch.setattr(exchange, "chunk_rows", with_a_decimal)
