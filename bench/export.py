@@ -2,19 +2,23 @@
 and 15). Run by hand:
 
     python bench/export.py [--source bench/out/tick-1000000-100000.db] \
-        [--before /work/main/.venv/bin/coopctl] [--work DIR] [--rounds 5] [--json]
+        [--before /work/main/.venv/bin/coopctl] [--work DIR] [--rounds 5] [--export-rounds 3] [--json]
 
-On a COPY of the book (`bench/tick.py`'s fresh_copy; the source is only read), each command as a
+On two COPIES of the book (`bench/tick.py`'s fresh_copy; the source is only read), one left
+unsealed and one given a key and its first `seal` (timed: wall and peak RSS), each command as a
 separate process, `--at` fixed so that both sides write the same document:
 
-1. `export --all --out FILE` with the code given by --before (another checkout's coopctl, e.g.
-   main's) and with this checkout's: wall time, peak RSS, CPU, MB/s of the file; the two files
-   must be byte-identical (their SHA-256 is compared; each file is deleted once hashed);
-2. `keygen` and `seal` of the copy, then the same two exports of the sealed book (the sealed
-   export against the unsealed one of the same code: the target is at most 1.15x);
-3. `export 1` of the sealed book against `python -c "import sqlmodel"`, medians of --rounds
+1. `--export-rounds` rounds of `export --all --out FILE` of the unsealed and of the sealed copy,
+   with the code given by --before (another checkout's coopctl, e.g. main's) and with this
+   checkout's, in ABBA order (unsealed after, sealed after, sealed before, unsealed before, then
+   the other way round), so that the machine's drift falls on both sides: wall time, peak RSS,
+   CPU, MB/s of the file, as medians over the rounds; the sealed export against the unsealed one
+   of the same code (target: at most 1.15x) is the median of each round's own ratio. The files of
+   the same copy must be byte-identical between the two codes and across rounds (their SHA-256 is
+   compared; each file is deleted once hashed);
+2. `export 1` of the sealed book against `python -c "import sqlmodel"`, medians of --rounds
    (target: within 1.25x);
-4. the copy and the files are deleted at the end.
+3. the copies and the files are deleted at the end.
 
 The machine is shared: compare the ratios of one run, not figures across runs (the load average
 is printed with them).
@@ -56,50 +60,69 @@ def load() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run(source: Path, before: list[str], work: Path, rounds: int, say=print) -> dict:
+def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds: int = 3, say=print) -> dict:
     work = Path(tempfile.mkdtemp(prefix="export-", dir=work))
-    figures: dict = {"source": str(source), "load_at_start": load()}
+    figures: dict = {"source": str(source), "load_at_start": load(), "export_rounds": export_rounds}
+    after = coopctl_argv()
     try:
-        db = fresh_copy(source, work, "book.db")
         key = work / "seal.key"
-        env = {**os.environ, "COOPCTL_DB": str(db), "COOPCTL_SIGNING_KEY": str(key), "COOPCTL_OPERATOR": "bench"}
-        after = coopctl_argv()
-        timed([*after, "list", "--limit", "1", "--json"], env)  # an upgrade, if the book is older, is not timed
+        books = {part: fresh_copy(source, work, f"{part}.db") for part in ("unsealed", "sealed")}
+        envs = {part: {**os.environ, "COOPCTL_DB": str(db), "COOPCTL_SIGNING_KEY": str(key), "COOPCTL_OPERATOR": "bench"}
+                for part, db in books.items()}
+        for env in envs.values():
+            timed([*after, "list", "--limit", "1", "--json"], env)  # an upgrade, if the book is older, is not timed
+        timed([*after, "keygen", "--out", str(key)], envs["sealed"])
+        wall, rss, _, _ = timed([*after, "seal", "--now", AT, "--json"], envs["sealed"])
+        figures["first_seal"] = {"s": round(wall, 1), "rss_mb": round(rss, 1)}
+        say(f"{'first seal':>16}: {figures['first_seal']}", flush=True)
+        runs: dict[str, list[dict]] = {}
+        digests: dict[str, set] = {"unsealed": set(), "sealed": set()}
+        codes = {"before": before, "after": after}
 
-        def export(name: str, cli: list[str]) -> tuple[float, str]:
-            out = work / f"{name}.json"
-            wall, rss, cpu, _ = timed([*cli, "export", "--all", "--at", AT, "--out", str(out)], env)
+        def export(part: str, side: str) -> None:
+            out = work / f"{part}-{side}.json"
+            wall, rss, cpu, _ = timed([*codes[side], "export", "--all", "--at", AT, "--out", str(out)], envs[part])
             size = out.stat().st_size
-            found = {"s": round(wall, 1), "rss_mb": round(rss, 1), "cpu_s": round(cpu, 1),
-                     "mb": round(size / 1e6), "mb_per_s": round(size / 1e6 / wall, 1), "load": load()}
-            figures[name] = found
-            say(f"{name:>16}: {found}", flush=True)
-            text = digest(out)
+            found = {"s": wall, "rss_mb": rss, "cpu_s": cpu, "mb": size / 1e6, "load": load()}
+            runs.setdefault(f"{part}_{side}", []).append(found)
+            say(f"{part + '_' + side:>16}: {wall:.1f} s, {cpu:.1f} s CPU, {rss:.0f} MB, load {found['load']}", flush=True)
+            digests[part].add(digest(out))
             out.unlink()
-            return wall, text
 
+        order = [("unsealed", "after"), ("sealed", "after"), ("sealed", "before"), ("unsealed", "before")]
+        for number in range(export_rounds):
+            for part, side in order if number % 2 == 0 else reversed(order):
+                export(part, side)
+        for name, found in runs.items():
+            figures[name] = {
+                "s": round(statistics.median(r["s"] for r in found), 1),
+                "cpu_s": round(statistics.median(r["cpu_s"] for r in found), 1),
+                "rss_mb": round(max(r["rss_mb"] for r in found), 1),
+                "mb": round(found[0]["mb"]),
+                "mb_per_s": round(found[0]["mb"] / statistics.median(r["s"] for r in found), 1),
+                "rounds_s": [round(r["s"], 1) for r in found],
+            }
         for part in ("unsealed", "sealed"):
-            if part == "sealed":
-                timed([*after, "keygen", "--out", str(key)], env)
-                wall, rss, _, _ = timed([*after, "seal", "--now", AT, "--json"], env)
-                figures["first_seal"] = {"s": round(wall, 1), "rss_mb": round(rss, 1)}
-                say(f"{'first seal':>16}: {figures['first_seal']}", flush=True)
-            old, old_digest = export(f"{part}_before", before)
-            new, new_digest = export(f"{part}_after", after)
-            figures[f"{part}_identical"] = old_digest == new_digest
-            figures[f"{part}_speed_up"] = round(old / new, 2)
-            say(f"{part:>16}: {old / new:.2f}x faster, identical bytes: {old_digest == new_digest}", flush=True)
+            figures[f"{part}_identical"] = len(digests[part]) == 1
+            figures[f"{part}_speed_up"] = round(figures[f"{part}_before"]["s"] / figures[f"{part}_after"]["s"], 2)
         for side in ("before", "after"):
-            figures[f"sealed_vs_unsealed_{side}"] = round(figures[f"sealed_{side}"]["s"] / figures[f"unsealed_{side}"]["s"], 3)
+            pairs = zip(runs[f"sealed_{side}"], runs[f"unsealed_{side}"])
+            ratios = [(s["s"] / u["s"], s["cpu_s"] / u["cpu_s"]) for s, u in pairs]
+            figures[f"sealed_vs_unsealed_{side}"] = round(statistics.median(r[0] for r in ratios), 3)
+            figures[f"sealed_vs_unsealed_{side}_cpu"] = round(statistics.median(r[1] for r in ratios), 3)
+            figures[f"sealed_vs_unsealed_{side}_rounds"] = [round(r[0], 3) for r in ratios]
         one, imports = [], []
         for _ in range(rounds):
-            one.append(timed([*after, "export", "1"], env)[0])
-            imports.append(timed([sys.executable, "-c", "import sqlmodel"], env)[0])
+            one.append(timed([*after, "export", "1"], envs["sealed"])[0])
+            imports.append(timed([sys.executable, "-c", "import sqlmodel"], envs["sealed"])[0])
         figures["export_1_s"] = round(statistics.median(one), 3)
         figures["import_sqlmodel_s"] = round(statistics.median(imports), 3)
         figures["export_1_ratio"] = round(statistics.median(one) / statistics.median(imports), 3)
         figures["load_at_end"] = load()
-        for name in ("sealed_vs_unsealed_before", "sealed_vs_unsealed_after", "export_1_ratio", "load_at_end"):
+        for name in ("unsealed_before", "unsealed_after", "sealed_before", "sealed_after", "unsealed_identical",
+                     "sealed_identical", "sealed_vs_unsealed_before", "sealed_vs_unsealed_before_rounds",
+                     "sealed_vs_unsealed_before_cpu", "sealed_vs_unsealed_after", "sealed_vs_unsealed_after_rounds",
+                     "sealed_vs_unsealed_after_cpu", "export_1_ratio", "load_at_end"):
             say(f"{name:>16}: {figures[name]}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -111,12 +134,13 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--before", default=str(DEFAULT_BEFORE), help="the coopctl executable of the code before")
     parser.add_argument("--work", type=Path, default=HERE / "out", help="where the copy and the files go (GBs)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of `export 1` and `import sqlmodel`")
+    parser.add_argument("--export-rounds", type=int, default=3, help="ABBA rounds of the four whole exports")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     compiled()  # bytecode first: see timing.compiled
     args.work.mkdir(exist_ok=True)
-    figures = run(args.source, [args.before], args.work, args.rounds, say=(lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print)
+    figures = run(args.source, [args.before], args.work, args.rounds, args.export_rounds, say=(lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print)
     if args.json:
         print(json.dumps(figures))
 
