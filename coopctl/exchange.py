@@ -393,8 +393,9 @@ def chunk_rows(
 ) -> Iterator[tuple[list[tuple], list[tuple], list[tuple], dict | None]]:
     """What the documents of the orders are made of, by id, `size` (EXPORT_CHUNK) orders at a time:
     (order rows, their event rows, their notification rows, {order id: "sealed" part as
-    `seal.ExportSeal.sealed_of_rows` gives it} or None when the database is not sealed). The orders by their key (a walk of the primary key for every
-    order), their events and notifications by order id, the rows read straight from the database
+    `seal.ExportSeal.sealed_of_rows` gives it} or None when the database is not sealed). The
+    orders by their key (a walk of the primary key for every order), their events and
+    notifications by order id, the rows read straight from the database
     driver on the export's own connection (SQLAlchemy's statement and row machinery cost more than
     the rows themselves at a million orders). Plain tuples, dicts and lists: `exporthelper` hands
     them to another process as they are."""

@@ -18,7 +18,6 @@ so an export never fails because of its helper and writes the same bytes with or
 
 from __future__ import annotations
 
-from collections import deque
 from contextlib import closing
 from datetime import tzinfo
 from typing import Iterator
@@ -36,6 +35,10 @@ class ExportFormatter(linehelper.Formatter):
 
     SERVE = "coopctl.exporthelper:serve"
 
+    def submit(self, piece) -> bool:
+        """A piece without its "sealed" parts: they are written in here (`_sealed_into`)."""
+        return super().submit(piece[:3])
+
 
 def export_texts(tx, ids: list[int] | None, tz: tzinfo, summary=None, *, sealing=None, helper: bool | None = None,
                  at_least: int | None = None) -> Iterator[tuple[int, bytes]]:
@@ -49,40 +52,35 @@ def export_texts(tx, ids: list[int] | None, tz: tzinfo, summary=None, *, sealing
     at_least = HELPER_AT_LEAST if at_least is None else at_least
     size = min(PIECE, exchange.EXPORT_CHUNK) if use else None  # read in pieces the helper can take
     parts = exchange.chunk_rows(tx, ids, summary, sealing=sealing, size=size)
-    proofs: deque = deque()  # the sealed parts of the pieces given out, in order, kept here
     made = _maker(tz)
     count = 0
-    for rows, event_rows, note_rows, sealed in parts:  # the first orders here
-        yield len(rows), _sealed_into(made((rows, event_rows, note_rows)), rows, sealed)
-        count += len(rows)
+    for part in parts:  # the first orders here
+        yield len(part[0]), _sealed_into(made(part), part)
+        count += len(part[0])
         if use and count >= at_least:
             break
     else:
         return
-
-    def pieces():
-        for rows, event_rows, note_rows, sealed in parts:
-            proofs.append(sealed)
-            yield rows, event_rows, note_rows
-
-    with closing(linehelper.in_order(pieces(), made, ExportFormatter.start(tz), ahead=AHEAD)) as texts:
-        for (rows, _, _), text in texts:
-            yield len(rows), _sealed_into(text, rows, proofs.popleft())
+    with closing(linehelper.in_order(parts, made, ExportFormatter.start(tz), ahead=AHEAD)) as texts:
+        for part, text in texts:
+            yield len(part[0]), _sealed_into(text, part)
 
 
-def _sealed_into(text: bytes, rows: list[tuple], sealed: dict | None) -> bytes:
+def _sealed_into(text: bytes, part) -> bytes:
     """A piece's text with the "sealed" parts of its orders (`exchange.sealed_into`)."""
     from coopctl.exchange import sealed_into
 
+    rows, sealed = part[0], part[3]
     return sealed_into(text, [sealed.get(row[0]) for row in rows]) if sealed else text
 
 
 def _maker(tz: tzinfo):
-    """The text of a piece (order rows, event rows, notification rows), without "sealed" parts."""
+    """The text of a piece (order rows, event rows, notification rows, and "sealed" parts, which
+    are left out: `_sealed_into`)."""
     from coopctl.exchange import chunk_text, documents_of
 
     def made(part) -> bytes:
-        rows, event_rows, note_rows = part
+        rows, event_rows, note_rows = part[:3]
         return chunk_text(documents_of(rows, event_rows, note_rows, None, tz))
 
     return made
