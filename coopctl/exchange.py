@@ -368,8 +368,8 @@ class _Chunk(list):
     """The documents of EXPORT_CHUNK orders; `exact` is False when a float came out of the database
     (NaN or Infinity, which only the reference encoder writes as json.dumps does: `jsontext`).
     `sealed`, None or beside the documents, each one's "sealed" part as `seal.sealed_of_rows` gives
-    it (or None): the documents do not hold it, `chunk_text` writes it (`sealed_into`) and
-    `export_document` adds it (`seal.sealed_json`)."""
+    it (or None): the documents hold only SEALED_HOLE in its place, `chunk_text` writes it into
+    their text (`sealed_into`) and `export_document` puts it there (`seal.sealed_json`)."""
 
     exact = True
     sealed: list | None = None
@@ -421,10 +421,12 @@ def chunk_rows(
         after = chunk[-1]
 
 
-def documents_of(rows: list[tuple], event_rows: list[tuple], note_rows: list[tuple], sealed: dict | None, tz: tzinfo) -> _Chunk:
+def documents_of(rows: list[tuple], event_rows: list[tuple], note_rows: list[tuple], sealed, tz: tzinfo) -> _Chunk:
     """The documents of a chunk of orders from its rows (`chunk_rows`): each order's JSON, its
-    events turned into their JSON without an `Event` in between, its notifications; their "sealed"
-    parts beside them (`_Chunk.sealed`)."""
+    events turned into their JSON without an `Event` in between, its notifications, and for the
+    orders in `sealed` (their "sealed" parts by order id, or only those ids: a set), SEALED_HOLE as
+    their last member; when `sealed` holds the parts, they are kept beside the documents
+    (`_Chunk.sealed`)."""
     events: dict[int, list] = {row[0]: [] for row in rows}
     notes: dict[int, list] = {row[0]: [] for row in rows}
     documents = _Chunk()
@@ -442,9 +444,12 @@ def documents_of(rows: list[tuple], event_rows: list[tuple], note_rows: list[tup
     data = _Data()  # and so do the data of events ("{}", the same policy and terms)
     for row in rows:
         order = order_from_row(row)
-        documents.append(_order_document(order, [_event_json(e, when, data) for e in events[order.id]], notes[order.id], when))
+        document = _order_document(order, [_event_json(e, when, data) for e in events[order.id]], notes[order.id], when)
+        if sealed and order.id in sealed:
+            document["sealed"] = SEALED_HOLE
+        documents.append(document)
     documents.exact = exact and not _NON_FINITE[0]
-    if sealed:
+    if isinstance(sealed, dict) and sealed:
         documents.sealed = [sealed.get(row[0]) for row in rows]
     return documents
 
@@ -590,6 +595,8 @@ def _with_evidence(tx, documents: "_Chunk") -> Iterator["_Chunk"]:
     piece, held = begun(), 0
     for i, document in enumerate(documents):  # copies: the chunk's own list does not keep the contents alive
         shaped = {**document, "evidence": embedded(tx, [_NamedData(e["data"]) for e in document["events"]])}
+        if "sealed" in shaped:  # the last member, after "evidence"
+            shaped["sealed"] = shaped.pop("sealed")
         piece.append(shaped)
         if piece.sealed is not None:
             piece.sealed.append(documents.sealed[i])
@@ -602,9 +609,12 @@ def _with_evidence(tx, documents: "_Chunk") -> Iterator["_Chunk"]:
 
 
 _NESTED = (b'{\n  "orders": [', b"\n  ]\n}")  # around the orders of a chunk dumped as the document nests them
-# What closes an order's document in a chunk's text: the only lines that begin with exactly four
-# spaces are those that open and close the orders (a string never holds a raw newline).
-_ORDER_END = b"\n    }"
+# A sealed order's "sealed" member while its document is encoded (`documents_of`): a stand-in that
+# both encoders write as _HOLE_TEXT, the last member of an order's document at its depth (a string
+# never holds a raw newline, so these bytes are a member named "sealed" of an order, which only
+# coopctl writes), found by one fast search and replaced by the part (`sealed_into`).
+SEALED_HOLE = "\x00"
+_HOLE_TEXT = b'\n      "sealed": "\\u0000"'
 _PROOF_ITEM = b'",\n          "'  # between two hashes of a "sealed" part's proof
 
 
@@ -619,26 +629,28 @@ def chunk_text(documents: list[dict]) -> bytes:
     text = indented({"orders": documents}, exact=getattr(documents, "exact", True))
     opening, closing = _NESTED
     assert text.startswith(opening) and text.endswith(closing)
-    return sealed_into(text[len(opening) : -len(closing)], getattr(documents, "sealed", None))
+    parts = getattr(documents, "sealed", None)
+    return sealed_into(text[len(opening) : -len(closing)], [part for part in parts if part is not None] if parts else None)
 
 
 def sealed_into(text: bytes, parts: list | None) -> bytes:
-    """The text of a chunk of orders (`chunk_text`'s, without "sealed" parts) with each order's
-    "sealed" part (`seal.ExportSeal.sealed_of_rows`' (seq, log_index, joined proof), or None),
-    one per order in turn, as its last member: the bytes `jsontext.indented` writes for
-    `seal.sealed_json(part)` there (tests/test_export_bytes.py), made without a dict or a list of
-    hashes in between (a sealed export writes a million of them)."""
+    """The text of a chunk of orders (`chunk_text`'s) whose sealed orders hold SEALED_HOLE as their
+    "sealed" member, with the "sealed" parts of those orders in turn
+    (`seal.ExportSeal.sealed_of_rows`' (seq, log_index, joined proof)) written in its place: the
+    bytes `jsontext.indented` writes for `seal.sealed_json(part)` there (tests/test_export_bytes.py),
+    made without a dict or a list of hashes in between (a sealed export writes a million of them)."""
     if not parts:
         return text
-    pieces = text.split(_ORDER_END)
+    pieces = text.split(_HOLE_TEXT)
     assert len(pieces) == len(parts) + 1
-    for i, part in enumerate(parts):
-        if part is not None:
-            seq, log_index, proof = part
-            listed = b'[\n          "' + hexlify(proof, b"|", 32).replace(b"|", _PROOF_ITEM) + b'"\n        ]' if proof else b"[]"
-            pieces[i] += b',\n      "sealed": {\n        "seq": %d,\n        "log_index": %d,\n        "proof": %s\n      }' % (
-                seq, log_index, listed)
-    return _ORDER_END.join(pieces)
+    joined = [b""] * (2 * len(parts) + 1)
+    joined[0::2] = pieces
+    joined[1::2] = [
+        b'\n      "sealed": {\n        "seq": %d,\n        "log_index": %d,\n        "proof": %s\n      }' % (
+            seq, log_index, b'[\n          "' + hexlify(proof, b"|", 32).replace(b"|", _PROOF_ITEM) + b'"\n        ]' if proof else b"[]")
+        for seq, log_index, proof in parts
+    ]
+    return b"".join(joined)
 
 
 def texts_of(chunks: Iterable[list[dict]]) -> Iterator[tuple[int, bytes]]:

@@ -6,9 +6,10 @@ indented JSON (`exchange.chunk_text`). From HELPER_AT_LEAST orders on, this proc
 reading from its one read transaction (so the export stays one snapshot of the book) and computing
 the proofs, and hands each piece of rows (PIECE orders: (order rows, event rows, notification rows),
 the driver's plain values, as marshal frames) to a helper process, which sends back the piece's
-UTF-8 text; this process writes the orders' "sealed" parts into it (`exchange.sealed_into`: the
-proofs never travel) and writes every piece itself, in order. While the helper holds
-AHEAD pieces unanswered, the piece just read is made here instead, so neither side waits for long.
+UTF-8 text, with a stand-in where a sealed order's "sealed" part goes (the ids of those orders
+travel, not their proofs); this process writes the parts into it (`exchange.sealed_into`) and
+writes every piece itself, in order. While the helper holds AHEAD pieces unanswered, the piece
+just read is made here instead, so neither side waits for long.
 
 The helper is `linehelper`'s (`linehelper.in_order`, `Formatter`, `serve`: the same pipes, the same
 fall-back): if it cannot be started, stops or fails, the pieces it did not answer are made here,
@@ -36,8 +37,10 @@ class ExportFormatter(linehelper.Formatter):
     SERVE = "coopctl.exporthelper:serve"
 
     def submit(self, piece) -> bool:
-        """A piece without its "sealed" parts: they are written in here (`_sealed_into`)."""
-        return super().submit(piece[:3])
+        """A piece without its "sealed" parts, only the ids of the orders that have one: the parts
+        are written in here (`_sealed_into`)."""
+        rows, event_rows, note_rows, sealed = piece
+        return super().submit((rows, event_rows, note_rows, set(sealed) if sealed else None))
 
 
 def export_texts(tx, ids: list[int] | None, tz: tzinfo, summary=None, *, sealing=None, helper: bool | None = None,
@@ -71,17 +74,17 @@ def _sealed_into(text: bytes, part) -> bytes:
     from coopctl.exchange import sealed_into
 
     rows, sealed = part[0], part[3]
-    return sealed_into(text, [sealed.get(row[0]) for row in rows]) if sealed else text
+    return sealed_into(text, [sealed[row[0]] for row in rows if row[0] in sealed]) if sealed else text
 
 
 def _maker(tz: tzinfo):
-    """The text of a piece (order rows, event rows, notification rows, and "sealed" parts, which
-    are left out: `_sealed_into`)."""
+    """The text of a piece (order rows, event rows, notification rows, and the "sealed" parts or
+    the ids of the orders that have one), with SEALED_HOLE where the parts go (`_sealed_into`)."""
     from coopctl.exchange import chunk_text, documents_of
 
     def made(part) -> bytes:
-        rows, event_rows, note_rows = part[:3]
-        return chunk_text(documents_of(rows, event_rows, note_rows, None, tz))
+        rows, event_rows, note_rows, sealed = part
+        return chunk_text(documents_of(rows, event_rows, note_rows, set(sealed) if sealed else None, tz))
 
     return made
 

@@ -394,7 +394,7 @@ def test_sealed_parts_are_written_into_a_chunks_text_as_the_encoder_writes_them(
     before it (strings with newlines and braces, nesting), empty proofs and 64-hash ones."""
     from coopctl.seal import sealed_json
 
-    chunk = exchange._Chunk(dict(document) for document, _ in orders)
+    chunk = exchange._Chunk({**document, "sealed": exchange.SEALED_HOLE} if part else dict(document) for document, part in orders)
     chunk.sealed = [part for _, part in orders]
     whole = [{**document, "sealed": sealed_json(part)} if part else document for document, part in orders]
     try:
