@@ -2,7 +2,7 @@
 and 15). Run by hand:
 
     python bench/export.py [--source bench/out/tick-1000000-100000.db] \
-        [--before /work/main/.venv/bin/coopctl] [--work DIR] [--rounds 5] [--export-rounds 3] [--json]
+        [--before /work/main/.venv/bin/coopctl | none] [--work DIR] [--rounds 5] [--export-rounds 3] [--json]
 
 On two COPIES of the book (`bench/tick.py`'s fresh_copy; the source is only read), one left
 unsealed and one given a key and its first `seal` (timed: wall and peak RSS), each command as a
@@ -13,7 +13,8 @@ separate process, `--at` fixed so that both sides write the same document:
    checkout's, in ABBA order (unsealed after, sealed after, sealed before, unsealed before, then
    the other way round), so that the machine's drift falls on both sides: wall time, peak RSS,
    CPU, MB/s of the file, as medians over the rounds; the sealed export against the unsealed one
-   of the same code (target: at most 1.15x) is the median of each round's own ratio. The files of
+   of the same code (target: at most 1.15x) is the median of each round's own ratio. With
+   `--before none`, only this checkout's two exports, in turn (AB, then BA). The files of
    the same copy must be byte-identical between the two codes and across rounds (their SHA-256 is
    compared; each file is deleted once hashed);
 2. `export 1` of the sealed book against `python -c "import sqlmodel"`, medians of --rounds
@@ -77,7 +78,7 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
         say(f"{'first seal':>16}: {figures['first_seal']}", flush=True)
         runs: dict[str, list[dict]] = {}
         digests: dict[str, set] = {"unsealed": set(), "sealed": set()}
-        codes = {"before": before, "after": after}
+        codes = {"before": before, "after": after} if before else {"after": after}
 
         def export(part: str, side: str) -> None:
             out = work / f"{part}-{side}.json"
@@ -90,6 +91,7 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
             out.unlink()
 
         order = [("unsealed", "after"), ("sealed", "after"), ("sealed", "before"), ("unsealed", "before")]
+        order = [(part, side) for part, side in order if side in codes]
         for number in range(export_rounds):
             for part, side in order if number % 2 == 0 else reversed(order):
                 export(part, side)
@@ -104,8 +106,9 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
             }
         for part in ("unsealed", "sealed"):
             figures[f"{part}_identical"] = len(digests[part]) == 1
-            figures[f"{part}_speed_up"] = round(figures[f"{part}_before"]["s"] / figures[f"{part}_after"]["s"], 2)
-        for side in ("before", "after"):
+            if "before" in codes:
+                figures[f"{part}_speed_up"] = round(figures[f"{part}_before"]["s"] / figures[f"{part}_after"]["s"], 2)
+        for side in codes:
             pairs = zip(runs[f"sealed_{side}"], runs[f"unsealed_{side}"])
             ratios = [(s["s"] / u["s"], s["cpu_s"] / u["cpu_s"]) for s, u in pairs]
             figures[f"sealed_vs_unsealed_{side}"] = round(statistics.median(r[0] for r in ratios), 3)
@@ -123,7 +126,8 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
                      "sealed_identical", "sealed_vs_unsealed_before", "sealed_vs_unsealed_before_rounds",
                      "sealed_vs_unsealed_before_cpu", "sealed_vs_unsealed_after", "sealed_vs_unsealed_after_rounds",
                      "sealed_vs_unsealed_after_cpu", "export_1_ratio", "load_at_end"):
-            say(f"{name:>16}: {figures[name]}", flush=True)
+            if name in figures:
+                say(f"{name:>16}: {figures[name]}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return figures
@@ -132,7 +136,8 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
-    parser.add_argument("--before", default=str(DEFAULT_BEFORE), help="the coopctl executable of the code before")
+    parser.add_argument("--before", default=str(DEFAULT_BEFORE),
+                        help="the coopctl executable of the code before; none: only this checkout's, in ABBA rounds of its own")
     parser.add_argument("--work", type=Path, default=HERE / "out", help="where the copy and the files go (GBs)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of `export 1` and `import sqlmodel`")
     parser.add_argument("--export-rounds", type=int, default=3, help="ABBA rounds of the four whole exports")
@@ -140,7 +145,8 @@ def main() -> None:
     args = parser.parse_args()
     compiled()  # bytecode first: see timing.compiled
     args.work.mkdir(exist_ok=True)
-    figures = run(args.source, [args.before], args.work, args.rounds, args.export_rounds, say=(lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print)
+    before = [] if args.before == "none" else [args.before]
+    figures = run(args.source, before, args.work, args.rounds, args.export_rounds, say=(lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print)
     if args.json:
         print(json.dumps(figures))
 
