@@ -1,6 +1,6 @@
 """Sealing on the 1,000,000-order book (SPEC section 6; issue 15's speed targets). Run by hand:
 
-    python bench/seal.py [--source bench/out/tick-1000000-100000.db] [--rounds 3] [--json]
+    python bench/seal.py [--source bench/out/tick-1000000-100000.db (the default)] [--rounds 3] [--json]
 
 On a COPY of the book that `bench/tick.py` builds (schema 2: the copy is upgraded first, the
 source is only read), each as a separate `coopctl` process:
@@ -38,7 +38,7 @@ from tick import NOW, coopctl_argv, fresh_copy, timed  # noqa: E402
 from coopctl.policy import iso  # noqa: E402
 from timing import compiled  # noqa: E402
 
-DEFAULT_SOURCE = Path("/work/bench-before/bench/out/tick-1000000-100000.db")
+DEFAULT_SOURCE = HERE / "out" / "tick-1000000-100000.db"  # bench/tick.py builds it
 
 
 def run(source: Path, rounds: int, export_all: bool, say=print) -> dict:

@@ -513,6 +513,8 @@ def seal(tx, private, now: int) -> SealResult:
     write transaction). Nothing new since the last head: that head, and nothing is stored."""
     from sqlalchemy import func, insert, select
 
+    from coopctl.rows import driver_rows
+
     EVENTS, SEAL_NODES, SEAL_HEADS = _tables()
     conn = tx.conn
     if conn.dialect.name == "postgresql":  # one seal at a time (SQLite's write transaction already is)
@@ -538,11 +540,10 @@ def seal(tx, private, now: int) -> SealResult:
     index = size
     end = size + added
     while index < end:
-        rows = conn.execute(
-            select(EVENTS.c.log_index, EVENTS.c.hash)
-            .where(EVENTS.c.log_index >= index, EVENTS.c.log_index < min(end, index + _CHUNK))
-            .order_by(EVENTS.c.log_index)
-        ).all()
+        rows = driver_rows(
+            conn, "SELECT log_index, hash FROM events WHERE log_index >= ? AND log_index < ? ORDER BY log_index",
+            (index, min(end, index + _CHUNK)),
+        )
         for log_index, h in rows:
             if log_index != index:
                 raise LogDamaged(f"the sealed log lacks its leaf {index}")
@@ -562,11 +563,15 @@ def seal(tx, private, now: int) -> SealResult:
 
 def _number_new_events(conn, base: int) -> int:
     """Give every event not yet sealed its log_index, from `base` on, by (order id, seq): one
-    statement, the database doing the numbering (it finds them through the log_index index)."""
+    statement, the database doing the numbering. It finds them through the log_index index: left
+    to itself, SQLite would walk the whole primary key instead, to have them in (order id, seq)
+    order without a sort, which costs a pass over every event (0.5 s on 1,000,000) on every seal,
+    also one with nothing new; sorting the new ones is far cheaper."""
+    hint = " INDEXED BY ux_events_log_index" if conn.dialect.name == "sqlite" else ""
     sql = (
         "UPDATE events SET log_index = n.r + :base FROM ("
         "SELECT order_id, seq, row_number() OVER (ORDER BY order_id, seq) - 1 AS r "
-        "FROM events WHERE log_index IS NULL) AS n "
+        f"FROM events{hint} WHERE log_index IS NULL) AS n "
         "WHERE events.order_id = n.order_id AND events.seq = n.seq"
     )
     from sqlalchemy import text
