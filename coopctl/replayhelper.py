@@ -34,7 +34,7 @@ import marshal
 import pickle
 from collections import deque
 from itertools import islice
-from typing import Iterator
+from typing import Callable, Iterator
 
 from coopctl.tickwork import Pipes, _cores, serve_frames
 
@@ -45,6 +45,12 @@ AHEAD = 3  # chunks the helper may hold unanswered before the next one is replay
 # chunk is written; for replay --summary a chunk done is a few counts (an order that reproduced and
 # has no idempotency key is kept as its id), so more may wait.
 HELD = {True: 4, False: 16}
+# Orders checked and replayed here between two turns at the helper's pipe: a chunk's frame is
+# several times what the pipe holds, and the rest waits in this process's buffer; sent only after
+# the whole chunk was replayed here, the helper would wait for it (a sixth of its time, measured
+# on 1,000,000 orders). Verdicts and keys are the same as one `replay_part` of the chunk: an
+# idempotency key held twice within a chunk is found by `_Work.finished`, in file order.
+SLICE = 200
 
 
 class Reproduced:
@@ -88,6 +94,7 @@ def verdict_chunks(stream, *, full: bool, chunk: int | None = None, progress=Non
                 read += len(batch)
                 if failure is None and use and not started and read >= max(at_least, 1) and len(batch) == size:
                     replayer, started = Replayer.start(stream.source, full), True
+                work.pump = replayer._pump if replayer is not None else None
                 if failure is None and replayer is not None and replayer.pending < AHEAD:
                     entry.payload = _payload(batch)
                     entry.batch = None  # the bytes are kept (to replay it here if need be), not the dicts
@@ -110,6 +117,10 @@ def verdict_chunks(stream, *, full: bool, chunk: int | None = None, progress=Non
         if replayer is not None:
             replayer.close()
         scratch.dispose()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _take_back(queue: deque, work: "_Work") -> None:
@@ -185,6 +196,7 @@ class _Work:
     def __init__(self, stream, scratch, full: bool, size: int):
         self.stream, self.scratch, self.full, self.size = stream, scratch, full, size
         self.owners: dict[str, int] = {}
+        self.pump: Callable[[], None] | None = None  # sends the helper what waits for it (`Pipes._pump`)
 
     def here(self, entry: _Entry) -> None:
         """Check and replay the chunk in this process. An error is kept, to be raised at the chunk's
@@ -198,15 +210,24 @@ class _Work:
         source, first = self.stream.source, entry.first
         counted: list = []
         entry.error = None
+        pump = self.pump or _nothing
         try:
             orders = []
             for index, item in enumerate(items):
                 order = parse_item(source, first + index, item)
                 orders.append(order)
                 counted.append(count_of(order))
+                if index % SLICE == 0:
+                    pump()
             if entry.failure is None:
-                verdicts, entry.keys = exchange.replay_part(self.scratch, orders, {}, keep_steps=False)
-                entry.verdicts = verdicts if self.full else _kept(verdicts, entry.keys)
+                verdicts, keys = [], []
+                for start in range(0, len(orders), SLICE):
+                    part, part_keys = exchange.replay_part(self.scratch, orders[start : start + SLICE], {}, keep_steps=False)
+                    verdicts += part
+                    keys += part_keys
+                    pump()
+                entry.keys = keys
+                entry.verdicts = verdicts if self.full else _kept(verdicts, keys)
         except Exception as exc:  # noqa: BLE001 - raised at its turn
             entry.error = exc
         entry.counted = counted
@@ -221,6 +242,7 @@ class _Work:
         if answer is _FAILED:
             replayer.close()
             replayer = None
+            self.pump = None  # its pipe is closed (the descriptor may be another file's by now)
         if isinstance(answer, tuple):
             entry.counted, entry.keys, entry.verdicts = answer
             entry.payload = None

@@ -173,6 +173,21 @@ def test_two_processes_give_the_chunks_verdicts_and_errors_of_one(document, edit
         assert sum(isinstance(a, tuple) for a in answers) >= 2  # the helper replayed some (the first two at least)
 
 
+@pytest.mark.parametrize("edit", ["good", "tampered", "malformed late", "duplicate key", "decimals", "cut in the middle"])
+@pytest.mark.parametrize("helper", [False, True], ids=["here only", "with the helper"])
+def test_chunks_replayed_here_in_slices_give_the_verdicts_of_one_replay(document, edit, helper, monkeypatch):
+    """A chunk replayed in this process goes in slices (turns at the helper's pipe between them):
+    3 orders a slice, so that orders 31 and 32, which share an idempotency key, fall in two slices of
+    one chunk; the second is still the duplicate, and every verdict and error is one replay's."""
+    monkeypatch.setattr(replayhelper, "SLICE", 3)
+    raw = text_of(document, edit)
+    for full in (False, True):
+        assert two_processes(raw, full=full, helper=helper) == one_process(raw)
+    if edit == "duplicate key":
+        messages = [m for chunk in one_process(raw) for _, ok, m in chunk if not ok]
+        assert sum("already belongs to order" in m for m in messages) == 3
+
+
 def test_an_order_the_helper_refuses_is_replayed_here_where_its_error_is_raised(document, answers, monkeypatch):
     monkeypatch.setattr(replayhelper, "AHEAD", 100)  # every chunk to the helper
     monkeypatch.setattr(replayhelper, "HELD", {True: 100, False: 100})
