@@ -31,10 +31,13 @@ the end of its input.
 from __future__ import annotations
 
 import marshal
+import os
 import pickle
+import queue
+import threading
 from collections import deque
 from itertools import islice
-from typing import Callable, Iterator
+from typing import Iterator
 
 from coopctl.tickwork import Pipes, _cores, serve_frames
 
@@ -45,12 +48,6 @@ AHEAD = 3  # chunks the helper may hold unanswered before the next one is replay
 # chunk is written; for replay --summary a chunk done is a few counts (an order that reproduced and
 # has no idempotency key is kept as its id), so more may wait.
 HELD = {True: 4, False: 16}
-# Orders checked and replayed here between two turns at the helper's pipe: a chunk's frame is
-# several times what the pipe holds, and the rest waits in this process's buffer; sent only after
-# the whole chunk was replayed here, the helper would wait for it (a sixth of its time, measured
-# on 1,000,000 orders). Verdicts and keys are the same as one `replay_part` of the chunk: an
-# idempotency key held twice within a chunk is found by `_Work.finished`, in file order.
-SLICE = 200
 
 
 class Reproduced:
@@ -94,7 +91,6 @@ def verdict_chunks(stream, *, full: bool, chunk: int | None = None, progress=Non
                 read += len(batch)
                 if failure is None and use and not started and read >= max(at_least, 1) and len(batch) == size:
                     replayer, started = Replayer.start(stream.source, full), True
-                work.pump = replayer._pump if replayer is not None else None
                 if failure is None and replayer is not None and replayer.pending < AHEAD:
                     entry.payload = _payload(batch)
                     entry.batch = None  # the bytes are kept (to replay it here if need be), not the dicts
@@ -117,10 +113,6 @@ def verdict_chunks(stream, *, full: bool, chunk: int | None = None, progress=Non
         if replayer is not None:
             replayer.close()
         scratch.dispose()
-
-
-def _nothing() -> None:
-    pass
 
 
 def _take_back(queue: deque, work: "_Work") -> None:
@@ -196,7 +188,6 @@ class _Work:
     def __init__(self, stream, scratch, full: bool, size: int):
         self.stream, self.scratch, self.full, self.size = stream, scratch, full, size
         self.owners: dict[str, int] = {}
-        self.pump: Callable[[], None] | None = None  # sends the helper what waits for it (`Pipes._pump`)
 
     def here(self, entry: _Entry) -> None:
         """Check and replay the chunk in this process. An error is kept, to be raised at the chunk's
@@ -210,24 +201,15 @@ class _Work:
         source, first = self.stream.source, entry.first
         counted: list = []
         entry.error = None
-        pump = self.pump or _nothing
         try:
             orders = []
             for index, item in enumerate(items):
                 order = parse_item(source, first + index, item)
                 orders.append(order)
                 counted.append(count_of(order))
-                if index % SLICE == 0:
-                    pump()
             if entry.failure is None:
-                verdicts, keys = [], []
-                for start in range(0, len(orders), SLICE):
-                    part, part_keys = exchange.replay_part(self.scratch, orders[start : start + SLICE], {}, keep_steps=False)
-                    verdicts += part
-                    keys += part_keys
-                    pump()
-                entry.keys = keys
-                entry.verdicts = verdicts if self.full else _kept(verdicts, keys)
+                verdicts, entry.keys = exchange.replay_part(self.scratch, orders, {}, keep_steps=False)
+                entry.verdicts = verdicts if self.full else _kept(verdicts, entry.keys)
         except Exception as exc:  # noqa: BLE001 - raised at its turn
             entry.error = exc
         entry.counted = counted
@@ -242,7 +224,6 @@ class _Work:
         if answer is _FAILED:
             replayer.close()
             replayer = None
-            self.pump = None  # its pipe is closed (the descriptor may be another file's by now)
         if isinstance(answer, tuple):
             entry.counted, entry.keys, entry.verdicts = answer
             entry.payload = None
@@ -284,7 +265,53 @@ _FAILED = object()
 
 
 class Replayer(Pipes):
-    """The helper process, seen from the reader: chunks of parsed orders in, their verdicts back."""
+    """The helper process, seen from the reader: chunks of parsed orders in, their verdicts back.
+
+    Its frames are written by a thread of this process, not pumped between this process's own
+    steps as `Pipes` does: a chunk's frame is several times what the pipe holds, and while this
+    process writes an import's rows or replays a chunk itself, nothing else would send the rest,
+    and the helper would wait (measured on the 1,000,000-order import: the helper was busy half
+    the time). `os.write` lets go of the GIL while the pipe is full, so the thread costs this
+    process's own work nothing. Only the thread writes to the helper's input, and only once it
+    has stopped is that descriptor closed (`close`)."""
+
+    def __init__(self, proc):
+        super().__init__(proc)
+        os.set_blocking(self.wfd, True)  # the thread waits for the pipe; nothing else writes
+        self._frames: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_frames, name="replay-helper-input", daemon=True)
+        self._writer.start()
+
+    def _send_bytes(self, data: bytes) -> None:
+        self._frames.put(data)
+
+    def _write_frames(self) -> None:
+        fd = self.wfd
+        while True:
+            data = self._frames.get()
+            if data is None:
+                return
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:  # it is gone: receive() tells
+                self.broken = True
+                return
+
+    def close(self) -> None:
+        """Stop the thread, then the helper: its answers' pipe closed first (its next write fails and
+        it stops, so the thread's write, if it waits on a full pipe, fails too), then its input."""
+        self._frames.put(None)
+        try:
+            self.proc.stdout.close()
+        except OSError:
+            pass
+        self._writer.join(timeout=5)
+        if self._writer.is_alive():  # a helper that neither reads nor writes: stopped, which ends the write
+            self.proc.kill()
+            self._writer.join()
+        super().close()
 
     @classmethod
     def start(cls, source: str, full: bool) -> "Replayer | None":
