@@ -34,6 +34,18 @@ def main() -> None:
     SAID.main = True
     _standard_streams()
     out = sys.stdout
+    status = None
+    try:
+        status = _run(out)
+    except KeyboardInterrupt:  # a Ctrl-C after the command's own handlers, before interrupts are ignored below:
+        if status is None:  # exit 130 with the one line (it says whether the latest commit stands), not a death by SIGINT
+            status = _fail(130, interrupted()).exit_code
+    ignore_interrupts()
+    leave(status)
+
+
+def _run(out) -> int | str | None:
+    """`main`'s command, and the status it ends with."""
     try:
         only_command(sys.argv[1:])()
         status = 0
@@ -53,8 +65,7 @@ def main() -> None:
     except OSError as exc:  # help or usage text on a stdout that cannot take it (commands are `guarded`)
         _discard_stdout()
         status = _fail(6, f"could not write the output ({exc.strerror or exc}); the database was not changed").exit_code
-    ignore_interrupts()
-    leave(status)
+    return status
 
 
 ESCAPE = "coopctl-escape"  # the codec error handler of the standard streams
