@@ -471,6 +471,14 @@ def stored_tree(conn) -> Tree:
     return Tree(fetch)
 
 
+def _leaves(conn, first: int, end: int) -> list[tuple]:
+    """(log_index, event hash) of the log's leaves first..end-1 that are stored, in log order, as the
+    driver's tuples (a seal and `seal --check` read them _CHUNK at a time)."""
+    from coopctl.rows import driver_rows
+
+    return driver_rows(conn, "SELECT log_index, hash FROM events WHERE log_index >= ? AND log_index < ? ORDER BY log_index", (first, end))
+
+
 def _event_bytes(text: str) -> bytes:
     """An event's hash as 32 bytes; a stored value that is not 64 hex digits (written outside
     coopctl) is hashed as its UTF-8 text, so that the damage shows as a root that does not match."""
@@ -513,8 +521,6 @@ def seal(tx, private, now: int) -> SealResult:
     write transaction). Nothing new since the last head: that head, and nothing is stored."""
     from sqlalchemy import func, insert, select
 
-    from coopctl.rows import driver_rows
-
     EVENTS, SEAL_NODES, SEAL_HEADS = _tables()
     conn = tx.conn
     if conn.dialect.name == "postgresql":  # one seal at a time (SQLite's write transaction already is)
@@ -540,10 +546,7 @@ def seal(tx, private, now: int) -> SealResult:
     index = size
     end = size + added
     while index < end:
-        rows = driver_rows(
-            conn, "SELECT log_index, hash FROM events WHERE log_index >= ? AND log_index < ? ORDER BY log_index",
-            (index, min(end, index + _CHUNK)),
-        )
+        rows = _leaves(conn, index, min(end, index + _CHUNK))
         for log_index, h in rows:
             if log_index != index:
                 raise LogDamaged(f"the sealed log lacks its leaf {index}")
@@ -621,11 +624,7 @@ def check(conn) -> CheckResult:
 
     problem = settle()
     while problem is None and index < total:
-        rows = conn.execute(
-            select(EVENTS.c.log_index, EVENTS.c.hash)
-            .where(EVENTS.c.log_index >= index, EVENTS.c.log_index < index + _CHUNK)
-            .order_by(EVENTS.c.log_index)
-        ).all()
+        rows = _leaves(conn, index, index + _CHUNK)
         if not rows:
             problem = f"the sealed log lacks its leaf {index}"
             break
