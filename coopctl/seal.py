@@ -54,6 +54,7 @@ _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 MAX_PROOF = 64  # a log of at most 2**64 leaves has proofs of at most 64 hashes
 _CHUNK = 50_000  # leaves read (and nodes written) per statement while sealing or checking
 _BLOCK = 256  # nodes of one level read at once for proofs (an export walks the log in order)
+_PROOF_SEPARATOR = b",\n          "  # between two hashes of a "sealed" part's proof, as an export indents it
 
 
 # --------------------------------------------------------------------------- RFC 6962 hashing
@@ -195,49 +196,62 @@ class Tree:
         path.reverse()
         return path
 
-    def proof_joined(self, m: int, size: int, memo: dict, leaves: dict[int, str] | None = None) -> bytes:
-        """`b"".join(proof(m, size))`, by level: at each level the sibling of the node above leaf m,
+    def proof_texts(self, ms: Iterable[int], size: int, memo: dict, leaves: dict[int, str] | None = None) -> list[bytes]:
+        """PATH(m, D[size]) of each leaf m in turn, as the JSON text of its list of hex hashes that
+        an export writes inside an order's "sealed" part (`sealed_text`): the bytes
+        `jsontext.indented` writes for `[h.hex() for h in proof(m, size)]` at that depth
+        (tests/test_seal.py). By level: at each level the sibling of the node above leaf m,
         complete, or cut at `size` on the right edge, or absent (when the sibling starts at or
-        after `size`) until a node covers the whole tree; the same path as the RFC's recursion
-        (tests/test_seal.py). `memo` (a dict, empty at first, for one tree) keeps the siblings of
-        the previous proof by level: above the highest bit where m and the previous leaf differ
-        they are the same, so an export, which asks for neighbouring leaves in turn, computes
-        about two siblings per proof instead of twenty. It also keeps, per level, the block of
-        stored nodes the last sibling came from: the next siblings are nearly always in it.
+        after `size`) until a node covers the whole tree; the same path as the RFC's recursion.
+
+        `memo` (a dict, empty at first, for one tree) keeps the previous proof's siblings by level,
+        as their quoted hex text: above the highest bit where m and the previous leaf differ they
+        are the same, so an export, which asks for neighbouring leaves in turn, computes and
+        formats about two siblings per proof instead of twenty. It also keeps, per level, the block
+        of stored nodes the last sibling came from: the next siblings are nearly always in it.
         `leaves`, {log_index: event hash} of events at hand (an export's chunk:
-        `ExportSeal.sealed_of_rows`), are hashed here rather than read."""
+        `ExportSeal.sealed_of_rows`), are hashed here rather than read. One call for a chunk's
+        leaves: a million proofs cost what their few changed levels cost, not a call each."""
         if memo.get("size") != size:
             height = (size - 1).bit_length() if size > 1 else 0
-            memo.update(size=size, levels=[None] * height, blocks=[(-1, {})] * height, absent=height, height=height)
-            changed = height
-        else:
-            height = memo["height"]
-            changed = min(height, (m ^ memo["last"]).bit_length())
-        memo["last"] = m
-        levels, blocks, absent = memo["levels"], memo["blocks"], memo["absent"]
-        for level in range(changed):
-            start = ((m >> level) ^ 1) << level
-            was = levels[level]
-            if start >= size:
-                node = None
-            elif level == 0 and leaves is not None and start in leaves:  # an event of the chunk asking
-                node = leaf_hash(_event_bytes(leaves[start]))
-            elif start + (1 << level) <= size:
-                idx = start >> level
-                number, block = blocks[level]
-                if number != idx // _BLOCK:
-                    number = idx // _BLOCK
-                    block = self._block(level, number)
-                    blocks[level] = (number, block)
-                node = block.get(idx)
-                if node is None:
-                    raise _lacks(level, idx)
-            else:
-                node = self.subtree(start, size)
-            levels[level] = node
-            absent += (node is None) - (was is None)
-        memo["absent"] = absent
-        return b"".join([node for node in levels if node is not None] if absent else levels)
+            memo.update(size=size, texts=[None] * height, blocks=[(-1, {})] * height, absent=height, last=None)
+        texts, blocks, absent, last = memo["texts"], memo["blocks"], memo["absent"], memo["last"]
+        height = len(texts)
+        memo["size"] = None  # until this call ends well: a refusal below leaves the memo to be rebuilt
+        hexlify, separator, out, sha256 = binascii.hexlify, _PROOF_SEPARATOR, [], hashlib.sha256
+        leaves = leaves or {}
+        for m in ms:
+            changed = height if last is None else (m ^ last).bit_length()
+            if changed > height:
+                changed = height
+            last = m
+            for level in range(changed):
+                start = ((m >> level) ^ 1) << level
+                was = texts[level]
+                if start >= size:
+                    text = None
+                else:
+                    if level == 0 and start in leaves:  # an event of the chunk asking: leaf_hash, inline
+                        node = sha256(LEAF_PREFIX + _event_bytes(leaves[start])).digest()
+                    elif start + (1 << level) <= size:
+                        idx = start >> level
+                        number, block = blocks[level]
+                        if number != idx // _BLOCK:
+                            number = idx // _BLOCK
+                            block = self._block(level, number)
+                            blocks[level] = (number, block)
+                        node = block.get(idx)
+                        if node is None:
+                            raise _lacks(level, idx)
+                    else:
+                        node = self.subtree(start, size)
+                    text = b'"' + hexlify(node) + b'"'
+                texts[level] = text
+                absent += (text is None) - (was is None)
+            present = [text for text in texts if text is not None] if absent else texts
+            out.append(b"[\n          " + separator.join(present) + b"\n        ]" if present else b"[]")
+        memo.update(size=size, absent=absent, last=last)
+        return out
 
     def right_edge(self, size: int) -> list[tuple[int, bytes]]:
         """The complete subtrees that make a tree of `size` leaves, largest first."""
@@ -674,18 +688,18 @@ class ExportSeal:
         self.conn = conn
         self.head = latest_head(conn)
         self.tree = stored_tree(conn) if self.head is not None else None
-        self._memo: dict = {}  # the siblings of the last proof (Tree.proof_joined)
+        self._memo: dict = {}  # the siblings of the last proof (Tree.proof_texts)
 
     def header(self) -> dict | None:
         return None if self.head is None else self.head.to_json()
 
-    def sealed_of_rows(self, event_rows: list[tuple]) -> dict[int, tuple[int, int, bytes]]:
-        """{order id: (seq, log_index, proof)} for the orders of these event rows that have sealed
-        events (an export's chunk: order_id and seq first, hash ninth, log_index tenth, by order
-        and seq): each order's last event under the head, from the rows rather than another query,
-        with its proof's hashes joined (`Tree.proof_joined`; `sealed_json` is the part's JSON). The
-        leaves of the chunk's own events are given to the proofs (their level-0 siblings are nearly
-        always among them, and then are not read again)."""
+    def sealed_of_rows(self, event_rows: list[tuple]) -> dict[int, bytes]:
+        """{order id: its "sealed" part's text (`sealed_text`)} for the orders of these event rows
+        that have sealed events (an export's chunk: order_id and seq first, hash ninth, log_index
+        tenth, by order and seq): each order's last event under the head, from the rows rather
+        than another query, with its proof (`Tree.proof_texts`; `sealed_json` reads a part back).
+        The leaves of the chunk's own events are given to the proofs (their level-0 siblings are
+        nearly always among them, and then are not read again)."""
         if self.head is None or self.head.size == 0 or not event_rows:
             return {}
         size = self.head.size
@@ -696,15 +710,28 @@ class ExportSeal:
             if log_index is not None and log_index < size:
                 last[row[0]] = (row[1], log_index)  # rows by seq: the last one stays
                 leaves[log_index] = row[8]
-        memo, proof = self._memo, self.tree.proof_joined
-        return {order_id: (seq, log_index, proof(log_index, size, memo, leaves)) for order_id, (seq, log_index) in last.items()}
+        proofs = self.tree.proof_texts([log_index for _, log_index in last.values()], size, self._memo, leaves)
+        return {order_id: _SEALED_TEXT % (seq, log_index, proof) for (order_id, (seq, log_index)), proof in zip(last.items(), proofs)}
 
 
-def sealed_json(part: tuple[int, int, bytes]) -> dict:
-    """An order's "sealed" part (SPEC section 6) from `ExportSeal.sealed_of_rows`'s (seq, log_index,
-    joined proof): the proof's hashes in hex, nearest sibling first."""
-    seq, log_index, proof = part
-    return {"seq": seq, "log_index": log_index, "proof": [proof[i : i + 32].hex() for i in range(0, len(proof), 32)]}
+# An order's "sealed" part as an export writes it: the last member of the order's document, at the
+# depth where the export nests orders (`exchange.sealed_into` writes it in; tests/test_export_bytes.py).
+_SEALED_TEXT = b'\n      "sealed": {\n        "seq": %d,\n        "log_index": %d,\n        "proof": %s\n      }'
+
+
+def sealed_text(seq: int, log_index: int, proof: list[bytes]) -> bytes:
+    """An order's "sealed" part as an export writes it (`ExportSeal.sealed_of_rows` makes the same
+    bytes from its memo): the last member of its document, with the comma before it left out."""
+    items = _PROOF_SEPARATOR.join(b'"' + binascii.hexlify(node) + b'"' for node in proof)
+    return _SEALED_TEXT % (seq, log_index, b"[\n          " + items + b"\n        ]" if proof else b"[]")
+
+
+def sealed_json(part: bytes) -> dict:
+    """An order's "sealed" part (SPEC section 6) as a dict, from its text (`sealed_text`,
+    `ExportSeal.sealed_of_rows`): seq, log_index, and the proof's hashes in hex, nearest sibling first."""
+    import json
+
+    return json.loads(b"{" + part + b"}")["sealed"]
 
 
 # --------------------------------------------------------------------------- verify

@@ -382,21 +382,25 @@ def test_the_chunked_writer_writes_the_whole_documents_text(chunks, binary):
 
 
 sealed_parts = st.tuples(st.integers(1, 2**63 - 1), st.integers(0, 2**63 - 1),
-                         st.lists(st.binary(min_size=32, max_size=32), max_size=64).map(b"".join))
+                         st.lists(st.binary(min_size=32, max_size=32), max_size=64))
 order_documents = st.dictionaries(keys.filter(lambda key: key != "sealed"), values, min_size=1, max_size=6)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(order_documents, st.none() | sealed_parts), min_size=1, max_size=4))
 def test_sealed_parts_are_written_into_a_chunks_text_as_the_encoder_writes_them(orders):
-    """`exchange.sealed_into` (a sealed export's parts, written into the text without a dict): the
-    bytes of the documents holding `seal.sealed_json(part)` as their last member, whatever they hold
-    before it (strings with newlines and braces, nesting), empty proofs and 64-hash ones."""
-    from coopctl.seal import sealed_json
+    """`exchange.sealed_into` (a sealed export's parts, their text written into the chunk's text
+    without a dict, `seal.sealed_text`): the bytes of the documents holding the part's JSON as their
+    last member, whatever they hold before it (strings with newlines and braces, nesting), empty
+    proofs and 64-hash ones; `seal.sealed_json` reads each part back."""
+    from coopctl.seal import sealed_json, sealed_text
 
     chunk = exchange._Chunk({**document, "sealed": exchange.SEALED_HOLE} if part else dict(document) for document, part in orders)
-    chunk.sealed = [part for _, part in orders]
-    whole = [{**document, "sealed": sealed_json(part)} if part else document for document, part in orders]
+    chunk.sealed = [None if part is None else sealed_text(*part) for _, part in orders]
+    as_json = [None if part is None else {"seq": part[0], "log_index": part[1], "proof": [h.hex() for h in part[2]]}
+               for _, part in orders]
+    whole = [{**document, "sealed": sealed} if sealed else document for (document, _), sealed in zip(orders, as_json)]
+    assert [None if text is None else sealed_json(text) for text in chunk.sealed] == as_json
     try:
         expected = reference_dumps({"orders": whole}).encode("utf-8", "surrogatepass")
     except ValueError:

@@ -140,16 +140,25 @@ def test_inclusion_proofs_match_the_certificate_transparency_vectors(m, n, path)
 
 
 def test_the_exports_proofs_by_level_are_the_rfc_paths_for_sizes_1_to_130_and_every_index():
-    """`Tree.proof_joined` (an export's fast path, siblings level by level with a shared memo) gives
-    the RFC's PATH(m, D[n]) for every leaf, proofs asked in order and out of order."""
+    """`Tree.proof_texts` (an export's fast path, siblings level by level with a shared memo) gives
+    the RFC's PATH(m, D[n]) for every leaf, proofs asked in order and out of order, in one call or
+    across calls, as the text the JSON encoder writes for the list of hex hashes."""
     data = [hashlib.sha256(str(i).encode()).digest() for i in range(130)]
     tree = memory_tree(data)
     for n in range(1, 131):
         memo: dict = {}
-        for m in [*range(n), *reversed(range(n))]:
-            assert tree.proof_joined(m, n, memo) == b"".join(ref_path(m, data[:n])), (m, n)
+        order = [*range(n), *reversed(range(n)), *range(0, n, 3)]
+        # the text an export writes: the encoder's own indenting of the hex list, at the part's depth
+        expected = [json.dumps([p.hex() for p in ref_path(m, data[:n])], indent=2).replace("\n", "\n        ").encode()
+                    for m in order]
+        assert tree.proof_texts(order[:n], n, memo) + tree.proof_texts(order[n:], n, memo) == expected, n
+        assert [tree.proof_texts([m], n, {})[0] for m in range(n)] == expected[:n], n
+        for m, text in zip(order[:n], expected):
+            path = ref_path(m, data[:n])
+            assert seal.sealed_text(7, m, path) == seal.sealed_text(7, m, [])[: -len(b"[]\n      }")] + text + b"\n      }"
     for m, n, path in [(0, 1, []), (2, 3, ["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"])]:
-        assert seal.sealed_json((1, m, memory_tree(CT_LEAVES[:n]).proof_joined(m, n, {})))["proof"] == path
+        part = seal.sealed_text(1, m, memory_tree(CT_LEAVES[:n]).proof(m, n))
+        assert seal.sealed_json(part) == {"seq": 1, "log_index": m, "proof": path}
 
 
 def test_mth_path_and_verification_agree_with_the_rfc_for_sizes_1_to_70_and_every_index():
