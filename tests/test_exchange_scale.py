@@ -357,3 +357,24 @@ def test_export_shows_a_bar_on_a_terminal_and_nothing_extra_when_piped(book, tmp
     assert code == 0
     assert out == piped.stdout  # the data is the same, untouched by the bar
     assert b"export" in terminal and b"\x1b[" in terminal  # the bar was drawn, then erased
+
+
+def test_a_large_out_file_is_synced_and_dropped_from_the_page_cache_as_it_is_written(tmp_path, monkeypatch):
+    """`atomic_file` syncs a large file step by step (`exchange._SyncedAsWritten`): every range but
+    the last step is synced and dropped from the page cache in turn, and the file is byte-exact."""
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise on this OS")
+    monkeypatch.setattr(exchange, "SYNC_STEP", 4096)
+    dropped: list[tuple[int, int]] = []
+    advise = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, start, length, how: (dropped.append((start, length)), advise(fd, start, length, how)))
+    text = "".join(f"{i:07d} 合作订单\n" for i in range(20_000))
+    target = tmp_path / "big.json"
+    with exchange.atomic_file(target) as handle:
+        for start in range(0, len(text), 999):
+            handle.write(text[start : start + 999])
+    assert target.read_text(encoding="utf-8") == text
+    assert dropped and dropped[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in zip(dropped, dropped[1:]))  # contiguous, in order
+    assert all(n > 0 for _, n in dropped)
+    assert len(text.encode()) - (dropped[-1][0] + dropped[-1][1]) >= 4096  # the last step stays for the fsync
