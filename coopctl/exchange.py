@@ -768,6 +768,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[TextIO]:
 
 
 SYNC_STEP = 128 << 20  # bytes of a large --out file synced and dropped from the page cache at a time
+_CAN_DROP = hasattr(os, "posix_fadvise") and hasattr(os, "fdatasync")  # not on macOS: a plain file there
 
 
 class _SyncedAsWritten(io.FileIO):
@@ -786,13 +787,12 @@ class _SyncedAsWritten(io.FileIO):
         self._written = 0
         self._dropped = 0  # the file's first bytes synced and dropped
         self._syncing = None  # the thread at work, if one is
-        self._steps = hasattr(os, "posix_fadvise") and hasattr(os, "fdatasync")
 
     def write(self, data) -> int:
         count = super().write(data)
         if count:
             self._written += count
-            if self._steps and self._written - self._dropped >= 2 * SYNC_STEP and self._syncing is None:
+            if _CAN_DROP and self._written - self._dropped >= 2 * SYNC_STEP and self._syncing is None:
                 self._sync(self._written - SYNC_STEP)
         return count
 

@@ -218,7 +218,7 @@ class Tree:
         texts, blocks, absent, last = memo["texts"], memo["blocks"], memo["absent"], memo["last"]
         height = len(texts)
         memo["size"] = None  # until this call ends well: a refusal below leaves the memo to be rebuilt
-        hexlify, separator, out, sha256 = binascii.hexlify, _PROOF_SEPARATOR, [], hashlib.sha256
+        hexlify, out, sha256 = binascii.hexlify, [], hashlib.sha256
         leaves = leaves or {}
         for m in ms:
             changed = height if last is None else (m ^ last).bit_length()
@@ -248,8 +248,7 @@ class Tree:
                     text = b'"' + hexlify(node) + b'"'
                 texts[level] = text
                 absent += (text is None) - (was is None)
-            present = [text for text in texts if text is not None] if absent else texts
-            out.append(b"[\n          " + separator.join(present) + b"\n        ]" if present else b"[]")
+            out.append(_proof_list([text for text in texts if text is not None] if absent else texts))
         memo.update(size=size, absent=absent, last=last)
         return out
 
@@ -722,8 +721,12 @@ _SEALED_TEXT = b'\n      "sealed": {\n        "seq": %d,\n        "log_index": %
 def sealed_text(seq: int, log_index: int, proof: list[bytes]) -> bytes:
     """An order's "sealed" part as an export writes it (`ExportSeal.sealed_of_rows` makes the same
     bytes from its memo): the last member of its document, with the comma before it left out."""
-    items = _PROOF_SEPARATOR.join(b'"' + binascii.hexlify(node) + b'"' for node in proof)
-    return _SEALED_TEXT % (seq, log_index, b"[\n          " + items + b"\n        ]" if proof else b"[]")
+    return _SEALED_TEXT % (seq, log_index, _proof_list([b'"' + binascii.hexlify(node) + b'"' for node in proof]))
+
+
+def _proof_list(items: list[bytes]) -> bytes:
+    """A "sealed" part's proof as an export indents it, from its hashes' quoted hex texts."""
+    return b"[\n          " + _PROOF_SEPARATOR.join(items) + b"\n        ]" if items else b"[]"
 
 
 def sealed_json(part: bytes) -> dict:

@@ -34,12 +34,10 @@ def main() -> None:
     SAID.main = True
     _standard_streams()
     out = sys.stdout
-    status = None
     try:
         status = _run(out)
     except KeyboardInterrupt:  # a Ctrl-C after the command's own handlers, before interrupts are ignored below:
-        if status is None:  # exit 130 with the one line (it says whether the latest commit stands), not a death by SIGINT
-            status = _fail(130, interrupted()).exit_code
+        status = _fail(130, interrupted()).exit_code  # exit 130 with the one line (whether the latest commit stands), not a death by SIGINT
     ignore_interrupts()
     leave(status)
 
