@@ -766,6 +766,33 @@ print(ended)
 """
 
 
+_INTERRUPTED_WHILE_IMPORTING = """
+import builtins, os, signal, sys
+imported = builtins.__import__
+def ctrl_c_at_typer(name, *args, **kwargs):
+    if name == "typer":  # what a Ctrl-C does while the command line's libraries are still being imported
+        os.kill(os.getpid(), signal.SIGINT)
+    return imported(name, *args, **kwargs)
+builtins.__import__ = ctrl_c_at_typer
+sys.argv = ["coopctl", "list"]
+from coopctl.start import main  # the console script's first line
+main()
+"""
+
+
+def test_a_ctrl_c_while_the_program_is_still_importing_is_one_line_and_exit_130(tmp_path, db_path):
+    """The console script imports the command line under a guard: no traceback from an import."""
+    import subprocess
+    import sys
+
+    from conftest import base_env
+
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_WHILE_IMPORTING], capture_output=True, text=True,
+                          env=base_env(db_path), cwd=tmp_path, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "error: interrupted; nothing was changed\n")
+    assert not db_path.exists()
+
+
 @pytest.mark.parametrize("args", [["list"], ["tick", "--json"]])
 def test_a_ctrl_c_while_the_command_line_is_parsed_is_one_line_and_exit_130(args, tmp_path, db_path):
     """Typer answers a KeyboardInterrupt before the command began with a silent exit 130."""
