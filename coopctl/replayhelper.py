@@ -20,8 +20,10 @@ says so, and this process replays that chunk itself, from the bytes it sent, so 
 is raised here, at its place, with its own message. If the helper cannot be started, stops or
 fails, the chunks it did not answer are replayed here: a replay never fails because of its helper.
 
-Chunks go out as length-prefixed `marshal` frames of the parser's dicts (`pickle` when a number
-that is not whole is still a Decimal); answers come back pickled: for `replay --summary` only the
+Chunks go out as length-prefixed `marshal` frames of each order's own text, as `streaming` cut it
+out of the file (then the helper parses it), or of the parser's dicts (a file not laid out as
+coopctl writes it; `pickle` when a number that is not whole is still a Decimal); answers come back
+pickled: for `replay --summary` only the
 verdicts of orders that do not reproduce or have an idempotency key (the others are counted), for
 `import` every verdict.
 The helper ignores Ctrl-C (this process answers it, then closes the helper's input) and stops at
@@ -39,7 +41,7 @@ from collections import deque
 from itertools import islice
 from typing import Iterator
 
-from coopctl.tickwork import Pipes, _cores, serve_frames
+from coopctl.tickwork import Pipes, _cores, quiet_gc, serve_frames
 
 HELPER_AT_LEAST = 1000  # orders read (a first chunk full: more follow) before a helper is started
 AHEAD = 3  # chunks the helper may hold unanswered before the next one is replayed here
@@ -73,6 +75,7 @@ def verdict_chunks(stream, *, full: bool, chunk: int | None = None, progress=Non
     from coopctl.store import Location, Store
 
     size = chunk or exchange.REPLAY_CHUNK
+    quiet_gc()
     at_least = HELPER_AT_LEAST if at_least is None else at_least
     use = (_cores() > 1) if helper is None else helper
     scratch = Store(Location.memory())

@@ -11,8 +11,12 @@ The top-level keys may come in any order:
 - the *header* is what comes before "orders" (a coopctl export writes format, version,
   exported_at and seal there). It is read first, from a bounded recording of the bytes
   (at most HEADER_LIMIT), which is then replayed to the fast parser: one pass, file or stdin.
-- when format, version and exported_at are all in the header, the orders are built in C
-  (`ijson.items_coro`), each checked as it arrives, `exported_at` against each event at once.
+- when format, version and exported_at are all in the header, the orders are read in C, each
+  checked as it arrives, `exported_at` against each event at once. A file laid out as coopctl
+  writes it has each order cut out of the bytes as its own text (checked whole by orjson, then
+  read by `json` where it is replayed: several times faster than ijson building it, and the text
+  goes to replay's helper process as it is); any other layout, and anything from the first piece
+  that is not one whole object, is built by `ijson.items_coro`, with the same outcome.
   A "seal" after the orders is looked for only when the caller needs it (`verify`,
   `replay --public-key`), with a second C pipeline over the same bytes.
 - otherwise (keys re-sorted, e.g. `jq -S` puts "version" after "orders") the rest of the file
@@ -28,6 +32,7 @@ Text that UTF-8 cannot carry (a lone surrogate escape such as \\ud800, which yaj
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import re
 import stat
@@ -38,6 +43,7 @@ from decimal import Decimal
 from typing import BinaryIO, Callable, Iterator
 
 import ijson
+import orjson
 
 from coopctl.errors import InvalidInput
 from coopctl.policy import iso
@@ -65,6 +71,66 @@ _LONG_NUMBER = re.compile(rb"[0-9]{4000}")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _OPENINGS = re.compile(rb"[\[{]{%d}" % MAX_OPEN)
 _DIGIT_BLOCK = 2000
+
+
+# The layout of a coopctl export's orders (`export` indents by two): each order begins on a line of
+# its own with "{" at four spaces and ends with "}" at four spaces; no text of JSON holds a raw newline.
+SPLIT = True  # cut the orders out of the bytes (tests compare it with the C parser alone)
+_ORDERS_MARK = b'\n  "orders": ['
+_CLOSE = b"\n    }"
+_NEXT = b",\n    {"
+_END = b"\n  ]"
+_LOOKAHEAD = len(_CLOSE) + len(_NEXT)
+_IN_ORDERS = b'{"orders":['  # stands in for a document's beginning up to an order of its array
+_AFTER_ORDERS = b'{"orders":[]'  # and up to the end of the array
+PIECE_LIMIT = 64 << 20  # bytes of one order past which it is left to the parser (memory stays bounded)
+_validate = orjson.loads
+
+
+def _orders_start(recorded: bytes, header: dict) -> int | None:
+    """Where the array of "orders" begins in the first bytes of the file (just after its "["),
+    when that is provably the place the header's parser stopped at: the bytes before it, with the
+    array and the object closed, are a JSON object whose keys are the header's, in order, then one
+    "orders" (an "orders" inside a text or deeper in a value, or a key spelled with escapes before
+    it, would give other keys or no JSON at all). None: the C parser reads the file as it is."""
+    at = recorded.find(_ORDERS_MARK)
+    if at < 0 or recorded.find(b'"orders"') != at + 3:
+        return None
+    start = at + len(_ORDERS_MARK)
+    top: list = []
+
+    def pairs(found: list) -> dict:
+        top[:] = found  # the top-level object is the last one closed
+        return dict(found)
+
+    try:
+        json.loads((recorded[:start] + b"]}").decode("utf-8"), object_pairs_hook=pairs, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    if [key for key, _ in top] != [*header, "orders"] or top[-1][1] != []:
+        return None
+    return start
+
+
+class _Discard:
+    def send(self, value) -> None:
+        pass
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def loads_piece(piece: bytes, source: str):
+    """One order's text (`_split_orders`) read as the C parser reads it: whole numbers as ints, the
+    others as Decimal; the parser decides what json refuses (it was checked by orjson already)."""
+    try:
+        return json.loads(piece.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        try:
+            return next(ijson.items(b"[" + piece + b"]", "item", use_float=False))
+        except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
+            raise _json_error(source, exc) from None
 
 
 def _maybe_deep(window: bytes) -> bool:
@@ -151,20 +217,6 @@ class _Scanned:
         return False
 
 
-class _Replayed:
-    """The recorded bytes of the header again, then the rest of the stream."""
-
-    def __init__(self, recorded: list[bytes], rest: _Scanned):
-        self.recorded, self.rest = recorded, rest
-
-    def read(self, size: int = BUFFER) -> bytes:
-        if size == 0:
-            return b""
-        if self.recorded:
-            return self.recorded.pop(0)
-        return self.rest.read(size)
-
-
 def _plain(value, where: str, key: str):
     """A number as `json.loads` would have read it: ints as they are (at most 40 digits), the others
     as the float it makes (finite)."""
@@ -208,7 +260,9 @@ _CONSTANT = re.compile(r"(-?Infinity|NaN)")
 def _json_error(source: str, exc: Exception, scanned: "_Scanned | None" = None) -> InvalidInput:
     if scanned is not None and scanned.pending():
         return _not_unicode(source)
-    text = str(exc) if not isinstance(exc, bytes) else exc.decode("utf-8", "replace")
+    said = exc.args[0] if getattr(exc, "args", None) else exc
+    # yajl's message comes as bytes when the bit of the file it quotes is cut inside a character
+    text = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(exc)
     if isinstance(exc, UnicodeDecodeError) or "invalid bytes in UTF8" in text:
         return InvalidInput(f"{source} is not a coopctl export: it is not UTF-8 text")
     if isinstance(exc, ValueError) and "digits" in text:  # int() refusing thousands of digits
@@ -251,6 +305,8 @@ def parse_item(source: str, index: int, item):
     from coopctl.exchange import _parse_order
 
     where = f"{source}: orders[{index}]"
+    if type(item) is bytes:
+        item = loads_piece(item, source)
     if isinstance(item, dict):
         plain_numbers(item, where)
         for key in ("events", "notifications"):
@@ -341,6 +397,87 @@ class ExportStream:
             )
 
     def _fast_orders(self, progress) -> Iterator:
+        """The orders after a complete header: each order's own text, cut out of the bytes, when the
+        file is laid out as coopctl writes it (`_orders_start`, `_split_orders`); otherwise, and from
+        the first order that is not, the dicts of the C parser (`_parsed_orders`)."""
+        recorded = b"".join(self.scanned.recording or [])
+        self.scanned.recording = None
+        start = _orders_start(recorded, self.header) if SPLIT else None
+        if start is None:
+            return self._parsed_orders(progress, recorded, 0)
+        return self._split_orders(progress, recorded, start)
+
+    def _split_orders(self, progress, buf: bytes, pos: int) -> Iterator:
+        """Each order as the bytes of its text, from `pos` (just inside the array of "orders").
+
+        An order of a coopctl export ends with `\\n    }` followed by `,\\n    {` (the next order) or
+        by `\\n  ]` (the end of the array); every piece cut there is checked to be one whole JSON
+        object (orjson, a strict parser, in C) before it is given out. Pieces that are each one whole
+        value, joined by the commas between them, are the array's values: a cut in the wrong place
+        (another indentation, a file made by hand) leaves a piece that is not one, and from that
+        piece on the C parser reads the rest, as if it had read the file from the start. So does a
+        piece it refuses (a number beyond 64 bits, a text that is not JSON: the parser's own error).
+
+        What comes out, and which error comes first, is what the parser alone gives: it parses each
+        read whole before it gives out the orders completed in it, so the bytes of an order not yet
+        complete are parsed too, before that read's orders are given out."""
+        count = 0
+        searched = pos
+        scanned = self.scanned
+        while True:
+            pieces = []
+            while True:
+                j = buf.find(_CLOSE, searched)
+                if j < 0 or j + _LOOKAHEAD > len(buf):
+                    break
+                after = j + len(_CLOSE)
+                if buf.startswith(_NEXT, after):
+                    end_of_array = False
+                elif buf.startswith(_END, after):
+                    end_of_array = True
+                else:  # not where an order of this layout ends: look further
+                    searched = after
+                    continue
+                piece = buf[pos:after]
+                try:
+                    _validate(piece)
+                except ValueError:
+                    yield from self._parsed_orders(progress, _IN_ORDERS + buf[pos:], count + len(pieces), pieces)
+                    return
+                pieces.append(piece)
+                if end_of_array:
+                    tail = _AFTER_ORDERS + buf[after + len(_END):]
+                    yield from self._parsed_orders(progress, tail, count + len(pieces), pieces)
+                    return
+                pos = searched = after + len(_NEXT) - 1  # the next order's "{"
+            if pos < len(buf):
+                self._refuse_unparsable(buf[pos:])
+            count += len(pieces)
+            yield from pieces
+            chunk = scanned.read(BUFFER) if len(buf) - pos <= PIECE_LIMIT else b""
+            if progress is not None:
+                progress(scanned.position, count)
+            if not chunk:  # the file ends inside an order (or one is too long to be cut out): the parser says what it is
+                yield from self._parsed_orders(progress, _IN_ORDERS + buf[pos:], count)
+                return
+            searched = max(pos, len(buf) - _LOOKAHEAD) - pos
+            buf = buf[pos:] + chunk
+            pos = 0
+
+    def _refuse_unparsable(self, rest: bytes) -> None:
+        """Raise the parser's error in `rest` (the start of an order still to be completed), if it
+        meets one."""
+        coro = ijson.items_coro(_Discard(), "orders.item", use_float=False)
+        try:
+            coro.send(_IN_ORDERS + rest)
+        except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
+            raise _json_error(self.source, exc, self.scanned) from None
+
+    def _parsed_orders(self, progress, first: bytes, count: int, before: list = ()) -> Iterator:
+        """The orders as ijson's C backend builds them from `first` (the bytes the document begins
+        with: as recorded, or a stand-in for what came before them) and then the rest of the stream;
+        a "seal" after the orders is looked for when the caller needs it. `before`: orders of the
+        same read (counted in `count`), given out once `first` is parsed."""
         found: list = []
         seals: list = []
 
@@ -351,14 +488,13 @@ class ExportStream:
         coros = [ijson.items_coro(Sink(found), "orders.item", use_float=False)]
         if self.want_seal and "seal" not in self.header:
             coros.append(ijson.items_coro(Sink(seals), "seal", use_float=False))
-        reader = _Replayed(self.scanned.recording or [], self.scanned)
-        self.scanned.recording = None
-        count = 0
+        chunk = first or self.scanned.read(BUFFER)
         try:
             while True:
-                chunk = reader.read(BUFFER)
                 for coro in coros:
                     coro.send(chunk) if chunk else coro.close()
+                yield from before
+                before = ()
                 count += len(found)
                 yield from found
                 found.clear()
@@ -366,6 +502,7 @@ class ExportStream:
                     progress(self.scanned.position, count)
                 if not chunk:
                     break
+                chunk = self.scanned.read(BUFFER)
         except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
             raise _json_error(self.source, exc, self.scanned) from None
         if seals:
