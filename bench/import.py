@@ -1,6 +1,7 @@
 """Benchmark: streaming `import` and `replay --summary` of a large export (issue 14).
 
     python bench/import.py --orders 1000000 [--export FILE] [--pg URL] [--skip-pipe] [--json]
+    python bench/import.py --orders 1000000 --replay-only [--before OTHER/.venv/bin/coopctl] [--replay-rounds 2]
 
 1. The book is bench/tick.py's (`cached_db(orders, orders // 10)`, under bench/out/); it is
    exported once with `export --all --at T` into --export (default bench/out/export-N.json) unless
@@ -73,6 +74,30 @@ def piped(book: Path, target: Path) -> dict:
     return results
 
 
+def replay_rounds(orders: int, export: Path, before: str | None, rounds: int, as_json: bool) -> None:
+    """`replay FILE --summary` alone: this checkout's code and, with `before`, the code before, in
+    ABBA order round after round; the medians of orders per second and their ratio."""
+    import statistics
+
+    codes = {"after": coopctl_argv()} | ({"before": [before]} if before else {})
+    rates: dict[str, list[float]] = {name: [] for name in codes}
+    rss: dict[str, list[float]] = {name: [] for name in codes}
+    with tempfile.TemporaryDirectory(dir=HERE / "out") as work:
+        for round_ in range(rounds):
+            order = list(codes) if round_ % 2 == 0 else list(reversed(codes))
+            for name in order:
+                wall, peak, cpu, _ = timed([*codes[name], "replay", str(export), "--summary"], env_for(str(Path(work) / "none.db")))
+                rates[name].append(orders / wall)
+                rss[name].append(peak)
+                print(f"replay {name}: {orders / wall:,.0f} orders/s, {wall:.1f} s, cpu {cpu:.1f} s, rss {peak:.0f} MB "
+                      f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+    result = {name: {"orders_per_s": round(statistics.median(rates[name])), "rounds": [round(r) for r in rates[name]],
+                     "peak_rss_mb": round(max(rss[name]), 1)} for name in codes}
+    if before:
+        result["speed_up"] = round(statistics.median(rates["after"]) / statistics.median(rates["before"]), 2)
+    print(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=100_000)
@@ -80,12 +105,19 @@ def main() -> None:
     parser.add_argument("--pg", default=None)
     parser.add_argument("--skip-pipe", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--replay-only", action="store_true",
+                        help="only `replay --summary`, in --replay-rounds rounds (ABBA with --before)")
+    parser.add_argument("--before", default=None, help="the coopctl executable of the code before (with --replay-only)")
+    parser.add_argument("--replay-rounds", type=int, default=2)
     args = parser.parse_args()
     compiled()  # bytecode first: see timing.compiled
     book = cached_db(args.orders, args.orders // 10)
     export = args.export or HERE / "out" / f"export-{args.orders}.json"
     if not export.exists():
         subprocess.run([*coopctl_argv(), "export", "--all", "--at", AT, "--out", str(export)], env=env_for(str(book)), check=True)
+    if args.replay_only:
+        replay_rounds(args.orders, export, args.before, args.replay_rounds, args.json)
+        return
     steps: dict = {}
 
     def step(name: str, argv: list[str], db: str) -> str:
