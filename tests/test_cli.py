@@ -793,6 +793,37 @@ def test_a_ctrl_c_while_the_program_is_still_importing_is_one_line_and_exit_130(
     assert not db_path.exists()
 
 
+_INTERRUPTED_AT_THE_END = """
+import sys
+import coopctl.cli
+ignore = coopctl.cli.ignore_interrupts
+def ctrl_c_first():  # what a Ctrl-C does in the instant after the command ended, before interrupts are ignored
+    coopctl.cli.ignore_interrupts = ignore
+    raise KeyboardInterrupt
+coopctl.cli.ignore_interrupts = ctrl_c_first
+sys.argv = ["coopctl", *sys.argv[1:]]
+from coopctl.start import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args, said", [
+    (["list", "--json"], "interrupted; nothing was changed"),
+    ([*create_args(), "--json"], "interrupted after the latest transaction committed; what it changed stands"),
+])
+def test_a_ctrl_c_just_after_the_command_ended_is_one_line_and_exit_130(args, said, tmp_path, db_path):
+    import subprocess
+    import sys
+
+    from conftest import base_env, coopctl_executable
+
+    subprocess.run([coopctl_executable(), "init"], env=base_env(db_path), cwd=tmp_path, check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_AT_THE_END, *args], capture_output=True, text=True,
+                          env=base_env(db_path), cwd=tmp_path, timeout=120)
+    assert (proc.returncode, proc.stderr) == (130, f"error: {said}\n")
+    assert proc.stdout.startswith(("[", "{"))  # the command's own output was written before
+
+
 @pytest.mark.parametrize("args", [["list"], ["tick", "--json"]])
 def test_a_ctrl_c_while_the_command_line_is_parsed_is_one_line_and_exit_130(args, tmp_path, db_path):
     """Typer answers a KeyboardInterrupt before the command began with a silent exit 130."""
