@@ -23,9 +23,8 @@ fails, the chunks it did not answer are replayed here: a replay never fails beca
 Chunks go out as length-prefixed `marshal` frames of each order's own text, as `streaming` cut it
 out of the file (then the helper parses it), or of the parser's dicts (a file not laid out as
 coopctl writes it; `pickle` when a number that is not whole is still a Decimal); answers come back
-pickled: for `replay --summary` only the
-verdicts of orders that do not reproduce or have an idempotency key (the others are counted), for
-`import` every verdict.
+pickled: for `replay --summary` only the verdicts of orders that do not reproduce or have an
+idempotency key (the others are counted), for `import` every verdict.
 The helper ignores Ctrl-C (this process answers it, then closes the helper's input) and stops at
 the end of its input.
 """
