@@ -82,7 +82,6 @@ _NEXT = b",\n    {"
 _END = b"\n  ]"
 _LOOKAHEAD = len(_CLOSE) + len(_NEXT)
 _IN_ORDERS = b'{"orders":['  # stands in for a document's beginning up to an order of its array
-_AFTER_ORDERS = b'{"orders":[]'  # and up to the end of the array
 PIECE_LIMIT = 64 << 20  # bytes of one order past which it is left to the parser (memory stays bounded)
 _validate = orjson.loads
 
@@ -110,6 +109,17 @@ def _orders_start(recorded: bytes, header: dict) -> int | None:
     if [key for key, _ in top] != [*header, "orders"] or top[-1][1] != []:
         return None
     return start
+
+
+def _reads(buf: bytes, start: int, ends: list[int]) -> list[bytes]:
+    """The bytes of `buf` from `start`, cut where the reads that brought them ended, the first
+    after the stand-in for the document's beginning up to an order of its array."""
+    reads, done = [], start
+    for end in ends:
+        if end > done:
+            reads.append(buf[done:end])
+            done = end
+    return [_IN_ORDERS + (reads[0] if reads else b""), *reads[1:]]
 
 
 class _Discard:
@@ -404,7 +414,7 @@ class ExportStream:
         self.scanned.recording = None
         start = _orders_start(recorded, self.header) if SPLIT else None
         if start is None:
-            return self._parsed_orders(progress, recorded, 0)
+            return self._parsed_orders(progress, [recorded] if recorded else [], 0)
         return self._split_orders(progress, recorded, start)
 
     def _split_orders(self, progress, buf: bytes, pos: int) -> Iterator:
@@ -414,18 +424,25 @@ class ExportStream:
         by `\\n  ]` (the end of the array); every piece cut there is checked to be one whole JSON
         object (orjson, a strict parser, in C) before it is given out. Pieces that are each one whole
         value, joined by the commas between them, are the array's values: a cut in the wrong place
-        (another indentation, a file made by hand) leaves a piece that is not one, and from that
-        piece on the C parser reads the rest, as if it had read the file from the start. So does a
-        piece it refuses (a number beyond 64 bits, a text that is not JSON: the parser's own error).
+        (another indentation, a file made by hand) leaves a piece that is not one.
 
-        What comes out, and which error comes first, is what the parser alone gives: it parses each
-        read whole before it gives out the orders completed in it, so the bytes of an order not yet
-        complete are parsed too, before that read's orders are given out."""
+        What comes out, and which error comes first, is what the parser alone gives (it parses each
+        read whole, then gives out the orders completed in it): the orders of a read are given out
+        once everything read so far is known to be JSON (the start of an order not yet complete is
+        fed to a parser of its own as it comes). Otherwise (a piece that is not one whole object, a
+        piece orjson refuses such as a number beyond 64 bits, bytes that are not JSON, the end of
+        the array, the end of the file, a read refused) the parser reads the bytes of the orders
+        not yet given out, read by read as they came, and then the rest of the file, as if it had
+        read the file from the start."""
         count = 0
         searched = pos
         scanned = self.scanned
+        ends = [len(buf)]  # where each read ends in buf (the header's reads: one, the last holds the first orders)
+        partial, parsed_to = None, pos  # the parser of the order not yet complete, and how far into buf it was fed
         while True:
+            first = pos  # the first order of this read not given out yet
             pieces = []
+            settled = True
             while True:
                 j = buf.find(_CLOSE, searched)
                 if j < 0 or j + _LOOKAHEAD > len(buf):
@@ -442,42 +459,50 @@ class ExportStream:
                 try:
                     _validate(piece)
                 except ValueError:
-                    yield from self._parsed_orders(progress, _IN_ORDERS + buf[pos:], count + len(pieces), pieces)
-                    return
+                    settled = False
+                    break
+                if end_of_array:  # what follows the array (a seal, the end) is the parser's, with this read's orders
+                    settled = False
+                    break
                 pieces.append(piece)
-                if end_of_array:
-                    tail = _AFTER_ORDERS + buf[after + len(_END):]
-                    yield from self._parsed_orders(progress, tail, count + len(pieces), pieces)
-                    return
                 pos = searched = after + len(_NEXT) - 1  # the next order's "{"
-            if pos < len(buf):
-                self._refuse_unparsable(buf[pos:])
+                partial = None
+            if settled and pos < len(buf):
+                if partial is None:
+                    partial, more = ijson.items_coro(_Discard(), "orders.item", use_float=False), _IN_ORDERS + buf[pos:]
+                else:
+                    more = buf[parsed_to:]
+                parsed_to = len(buf)
+                try:
+                    partial.send(more)
+                except (ijson.JSONError, UnicodeDecodeError, ValueError):
+                    settled = False
+            if not settled:
+                yield from self._parsed_orders(progress, _reads(buf, first, ends), count)
+                return
             count += len(pieces)
             yield from pieces
-            chunk = scanned.read(BUFFER) if len(buf) - pos <= PIECE_LIMIT else b""
+            try:
+                chunk = scanned.read(BUFFER) if len(buf) - pos <= PIECE_LIMIT else b""
+            except InvalidInput:  # refused as read: an order completed before it is given out first
+                yield from self._parsed_orders(progress, _reads(buf, pos, ends), count, read_on=False)
+                raise
             if progress is not None:
                 progress(scanned.position, count)
             if not chunk:  # the file ends inside an order (or one is too long to be cut out): the parser says what it is
-                yield from self._parsed_orders(progress, _IN_ORDERS + buf[pos:], count)
+                yield from self._parsed_orders(progress, _reads(buf, pos, ends), count)
                 return
             searched = max(pos, len(buf) - _LOOKAHEAD) - pos
+            parsed_to -= pos
+            ends = [end - pos for end in ends if end > pos]
             buf = buf[pos:] + chunk
+            ends.append(len(buf))
             pos = 0
 
-    def _refuse_unparsable(self, rest: bytes) -> None:
-        """Raise the parser's error in `rest` (the start of an order still to be completed), if it
-        meets one."""
-        coro = ijson.items_coro(_Discard(), "orders.item", use_float=False)
-        try:
-            coro.send(_IN_ORDERS + rest)
-        except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
-            raise _json_error(self.source, exc, self.scanned) from None
-
-    def _parsed_orders(self, progress, first: bytes, count: int, before: list = ()) -> Iterator:
-        """The orders as ijson's C backend builds them from `first` (the bytes the document begins
-        with: as recorded, or a stand-in for what came before them) and then the rest of the stream;
-        a "seal" after the orders is looked for when the caller needs it. `before`: orders of the
-        same read (counted in `count`), given out once `first` is parsed."""
+    def _parsed_orders(self, progress, firsts: list[bytes], count: int, *, read_on: bool = True) -> Iterator:
+        """The orders as ijson's C backend builds them from `firsts` (the first reads of the document:
+        as recorded, or after a stand-in for what came before them) and then, `read_on`, the rest of
+        the stream; a "seal" after the orders is looked for when the caller needs it."""
         found: list = []
         seals: list = []
 
@@ -488,13 +513,16 @@ class ExportStream:
         coros = [ijson.items_coro(Sink(found), "orders.item", use_float=False)]
         if self.want_seal and "seal" not in self.header:
             coros.append(ijson.items_coro(Sink(seals), "seal", use_float=False))
-        chunk = first or self.scanned.read(BUFFER)
+        reads = iter(firsts)
+        chunk = next(reads, None)
+        if chunk is None:
+            if not read_on:
+                return
+            chunk = self.scanned.read(BUFFER)
         try:
             while True:
                 for coro in coros:
                     coro.send(chunk) if chunk else coro.close()
-                yield from before
-                before = ()
                 count += len(found)
                 yield from found
                 found.clear()
@@ -502,7 +530,11 @@ class ExportStream:
                     progress(self.scanned.position, count)
                 if not chunk:
                     break
-                chunk = self.scanned.read(BUFFER)
+                chunk = next(reads, None)
+                if chunk is None:
+                    if not read_on:
+                        return
+                    chunk = self.scanned.read(BUFFER)
         except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
             raise _json_error(self.source, exc, self.scanned) from None
         if seals:
