@@ -1,3 +1,3 @@
-from coopctl.cli import main
+from coopctl.start import main
 
 main()
