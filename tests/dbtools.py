@@ -22,6 +22,24 @@ from coopctl.lifecycle import Action, Party, Terms
 from coopctl.policy import DAY, HOUR, MINUTE, Policy, ReminderOffsets, parse_instant
 from coopctl.store import Store, locate, order_from_row
 
+EXPORTED_AT = "2026-12-11T10:00:00+08:00"  # the `--at` of the exports the tests make
+
+
+def exported_book(folder: Path, orders: int) -> Path:
+    """`export --all --at EXPORTED_AT` of a book of `orders` orders (`build`), as a file in
+    `folder` (made once per folder and size)."""
+    from conftest import base_env, coopctl_executable
+
+    target = folder / f"e{orders}.json"
+    if not target.exists():
+        book = folder / f"b{orders}.db"
+        build(book, orders)
+        done = subprocess.run([coopctl_executable(), "export", "--all", "--at", EXPORTED_AT, "--out", str(target)],
+                              capture_output=True, env=base_env(book), cwd=folder, timeout=300)
+        assert done.returncode == 0, done.stderr
+    return target
+
+
 BASE = parse_instant("2026-11-01T10:00:00+08:00", timezone.utc)
 SCENARIOS = ("pending", "effective", "cancel_requested", "live", "delivered", "review_failed")
 

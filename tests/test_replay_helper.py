@@ -18,27 +18,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import base_env, coopctl_executable
-from dbtools import build
+from dbtools import exported_book
 
 from coopctl import exchange, replayhelper, streaming
 from coopctl.exchange import dumps
 from coopctl.lifecycle import GENESIS_HASH, event_hash
 from coopctl.policy import parse_instant
 
-EXPORTED_AT = "2026-12-11T10:00:00+08:00"
 CHUNK = 7  # orders per chunk here: a file of 60 orders is 9 chunks, most of them the helper's
 
 
 @pytest.fixture(scope="module")
 def document(tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp("helper")
-    book, target = folder / "b.db", folder / "e.json"
-    build(book, 60)
-    done = subprocess.run([coopctl_executable(), "export", "--all", "--at", EXPORTED_AT, "--out", str(target)],
-                          capture_output=True, env=base_env(book), cwd=folder, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return json.loads(target.read_text(encoding="utf-8"))
+    return json.loads(exported_book(tmp_path_factory.mktemp("helper"), 60).read_text(encoding="utf-8"))
 
 
 def rehash(order: dict) -> None:

@@ -18,31 +18,17 @@ from pathlib import Path
 import pytest
 
 from conftest import base_env, coopctl_executable
-from dbtools import BASE, build, stress
-
-EXPORTED_AT = "2026-12-11T10:00:00+08:00"
-
+from dbtools import BASE, EXPORTED_AT, exported_book, stress
 
 def coopctl(*args, db: Path, cwd: Path, input: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([coopctl_executable(), *map(str, args)], capture_output=True, env=base_env(db), cwd=cwd,
                           input=input, timeout=timeout)
 
 
-def exported_file(folder: Path, orders: int) -> Path:
-    """An export of a book of `orders` orders (cached within the folder)."""
-    target = folder / f"e{orders}.json"
-    if not target.exists():
-        book = folder / f"b{orders}.db"
-        build(book, orders)
-        done = coopctl("export", "--all", "--at", EXPORTED_AT, "--out", target, db=book, cwd=folder)
-        assert done.returncode == 0, done.stderr
-    return target
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("streaming")
-    exported_file(folder, 300)
+    exported_book(folder, 300)
     return folder
 
 
@@ -93,7 +79,7 @@ def test_memory_of_import_and_replay_does_not_grow_with_the_number_of_orders(tmp
     from dbtools import stress
 
     base = 20_000 if stress() >= 2 else 4_000  # the issue's 20,000 vs 40,000 with COOPCTL_STRESS=2 or more
-    small, large = exported_file(tmp_path, base), exported_file(tmp_path, 2 * base)
+    small, large = exported_book(tmp_path, base), exported_book(tmp_path, 2 * base)
     assert large.stat().st_size > 1.9 * small.stat().st_size
     peaks = {}
     for name, path in (("small", small), ("large", large)):

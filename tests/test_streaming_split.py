@@ -8,28 +8,16 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import base_env, coopctl_executable
-from dbtools import build
-
-EXPORTED_AT = "2026-12-11T10:00:00+08:00"
+from dbtools import exported_book
 
 
 @pytest.fixture(scope="module")
 def export_bytes(tmp_path_factory) -> bytes:
-    import subprocess
-
-    folder = tmp_path_factory.mktemp("split")
-    book, target = folder / "b.db", folder / "e.json"
-    build(book, 14)
-    done = subprocess.run([coopctl_executable(), "export", "--all", "--at", EXPORTED_AT, "--out", str(target)],
-                          capture_output=True, env=base_env(book), cwd=folder, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return target.read_bytes()
+    return exported_book(tmp_path_factory.mktemp("split"), 14).read_bytes()
 
 
 class Reads(io.RawIOBase):
