@@ -53,3 +53,12 @@ class ReportFailed(CoopError):
 class KeyTaken(Busy):
     """Another transaction committed the same new idempotency key first (a unique-index violation):
     trying again in a new transaction finds its order. Exit 4 if it still happens then."""
+
+
+# The line of a Ctrl-C (exit 130), by what became of the command's latest write transaction
+# (`store.WRITES.latest`); `cli.base.interrupted` picks it, `start` says the first before anything is imported.
+INTERRUPTED = {
+    "none": "interrupted; nothing was changed",
+    "rolled back": "interrupted; the current transaction was rolled back",
+    "committed": "interrupted after the latest transaction committed; what it changed stands",
+}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+from coopctl.errors import INTERRUPTED  # a module of no dependencies: microseconds, before the long import
+
 
 def main() -> None:
     try:
@@ -35,7 +37,7 @@ def _interrupted_at_the_end() -> None:
 
 def _interrupted_before_start() -> None:
     try:
-        sys.stderr.write("error: interrupted; nothing was changed\n")
+        sys.stderr.write(f"error: {INTERRUPTED['none']}\n")
         sys.stderr.flush()
     except (OSError, ValueError):  # stderr closed or full: the exit code still says it
         pass

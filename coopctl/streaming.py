@@ -93,7 +93,7 @@ def _orders_start(recorded: bytes, header: dict) -> int | None:
     "orders" (an "orders" inside a text or deeper in a value, or a key spelled with escapes before
     it, would give other keys or no JSON at all). None: the C parser reads the file as it is."""
     at = recorded.find(_ORDERS_MARK)
-    if at < 0 or recorded.find(b'"orders"') != at + 3:
+    if at < 0 or recorded.find(b'"orders"') != at + _ORDERS_MARK.index(b'"'):  # the first "orders" of the file
         return None
     start = at + len(_ORDERS_MARK)
     top: list = []
@@ -122,9 +122,15 @@ def _reads(buf: bytes, start: int, ends: list[int]) -> list[bytes]:
     return [_IN_ORDERS + (reads[0] if reads else b""), *reads[1:]]
 
 
-class _Discard:
-    def send(self, value) -> None:
-        pass
+class _Sink:
+    """Where `ijson.items_coro` puts what it builds: a list, or nowhere (a parse only checked)."""
+
+    def __init__(self, into: list | None = None):
+        self.send = into.append if into is not None else _ignore
+
+
+def _ignore(value) -> None:
+    pass
 
 
 def _no_constant(name: str):
@@ -270,7 +276,7 @@ _CONSTANT = re.compile(r"(-?Infinity|NaN)")
 def _json_error(source: str, exc: Exception, scanned: "_Scanned | None" = None) -> InvalidInput:
     if scanned is not None and scanned.pending():
         return _not_unicode(source)
-    said = exc.args[0] if getattr(exc, "args", None) else exc
+    said = exc.args[0] if exc.args else None
     # yajl's message comes as bytes when the bit of the file it quotes is cut inside a character
     text = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(exc)
     if isinstance(exc, UnicodeDecodeError) or "invalid bytes in UTF8" in text:
@@ -469,7 +475,7 @@ class ExportStream:
                 partial = None
             if settled and pos < len(buf):
                 if partial is None:
-                    partial, more = ijson.items_coro(_Discard(), "orders.item", use_float=False), _IN_ORDERS + buf[pos:]
+                    partial, more = ijson.items_coro(_Sink(), "orders.item", use_float=False), _IN_ORDERS + buf[pos:]
                 else:
                     more = buf[parsed_to:]
                 parsed_to = len(buf)
@@ -505,22 +511,11 @@ class ExportStream:
         the stream; a "seal" after the orders is looked for when the caller needs it."""
         found: list = []
         seals: list = []
-
-        class Sink:
-            def __init__(self, into):
-                self.send = into.append
-
-        coros = [ijson.items_coro(Sink(found), "orders.item", use_float=False)]
+        coros = [ijson.items_coro(_Sink(found), "orders.item", use_float=False)]
         if self.want_seal and "seal" not in self.header:
-            coros.append(ijson.items_coro(Sink(seals), "seal", use_float=False))
-        reads = iter(firsts)
-        chunk = next(reads, None)
-        if chunk is None:
-            if not read_on:
-                return
-            chunk = self.scanned.read(BUFFER)
+            coros.append(ijson.items_coro(_Sink(seals), "seal", use_float=False))
         try:
-            while True:
+            for chunk in self._chunks(firsts, read_on):
                 for coro in coros:
                     coro.send(chunk) if chunk else coro.close()
                 count += len(found)
@@ -528,17 +523,18 @@ class ExportStream:
                 found.clear()
                 if progress is not None:
                     progress(self.scanned.position, count)
-                if not chunk:
-                    break
-                chunk = next(reads, None)
-                if chunk is None:
-                    if not read_on:
-                        return
-                    chunk = self.scanned.read(BUFFER)
         except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
             raise _json_error(self.source, exc, self.scanned) from None
         if seals:
             self.header["seal"] = seals[-1]
+
+    def _chunks(self, firsts: list[bytes], read_on: bool) -> Iterator[bytes]:
+        """`firsts`, then (`read_on`) each read of the stream up to the empty one at its end."""
+        yield from firsts
+        while read_on:
+            chunk = self.scanned.read(BUFFER)
+            yield chunk
+            read_on = bool(chunk)
 
     def _slow_orders(self, progress) -> Iterator:
         """The rest of the file event by event: orders built here, the keys after them kept."""

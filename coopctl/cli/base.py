@@ -264,12 +264,10 @@ def guarded(command: Callable) -> Callable:
 
 def interrupted() -> str:
     """The line of a Ctrl-C (exit 130): what became of the command's latest write transaction."""
+    from coopctl.errors import INTERRUPTED
+
     store = sys.modules.get("coopctl.store")  # not loaded yet: nothing was opened
-    return {
-        "none": "interrupted; nothing was changed",
-        "rolled back": "interrupted; the current transaction was rolled back",
-        "committed": "interrupted after the latest transaction committed; what it changed stands",
-    }[store.WRITES.latest if store else "none"]
+    return INTERRUPTED[store.WRITES.latest if store else "none"]
 
 
 def ignore_interrupts() -> None:
