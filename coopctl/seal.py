@@ -196,44 +196,65 @@ class Tree:
         path.reverse()
         return path
 
-    def proof_texts(self, ms: Iterable[int], size: int, memo: dict, leaves: dict[int, str] | None = None) -> list[bytes]:
-        """PATH(m, D[size]) of each leaf m in turn, as the JSON text of its list of hex hashes that
-        an export writes inside an order's "sealed" part (`sealed_text`): the bytes
-        `jsontext.indented` writes for `[h.hex() for h in proof(m, size)]` at that depth
-        (tests/test_seal.py). By level: at each level the sibling of the node above leaf m,
-        complete, or cut at `size` on the right edge, or absent (when the sibling starts at or
-        after `size`) until a node covers the whole tree; the same path as the RFC's recursion.
+    def sealed_parts(self, pairs: Iterable[tuple[int, int]], size: int, memo: dict, leaves: dict[int, str] | None = None) -> list[bytes]:
+        """The "sealed" part of each (seq, leaf m) in turn, under a tree of `size` leaves, as an
+        export writes it: the bytes `sealed_text(seq, m, self.proof(m, size))` gives
+        (tests/test_seal.py), which `jsontext.indented` writes for the part's JSON at that depth.
+        By level: at each level the sibling of the node above leaf m, complete, or cut at `size`
+        on the right edge, or absent (when the sibling starts at or after `size`) until a node
+        covers the whole tree; the same path as the RFC's recursion.
 
-        `memo` (a dict, empty at first, for one tree) keeps the previous proof's siblings by level,
-        as their quoted hex text: above the highest bit where m and the previous leaf differ they
-        are the same, so an export, which asks for neighbouring leaves in turn, computes and
-        formats about two siblings per proof instead of twenty. It also keeps, per level, the block
-        of stored nodes the last sibling came from: the next siblings are nearly always in it.
-        `leaves`, {log_index: event hash} of events at hand (an export's chunk:
-        `ExportSeal.sealed_of_rows`), are hashed here rather than read. One call for a chunk's
-        leaves: a million proofs cost what their few changed levels cost, not a call each."""
+        `memo` (a dict, empty at first, for one tree) keeps the previous proof's siblings by level
+        as hex, and the proof's text from each level up (its "tail"): above the highest bit where
+        m and the previous leaf differ they are the same, so an export, which asks for
+        neighbouring leaves in turn, finds about two siblings per proof instead of twenty, and
+        writes the part in one formatting of the level-0 sibling and the tail above it (rebuilt
+        from the lowest level that changed, about one level per proof on average). It also keeps,
+        per level, the block of stored nodes the last sibling came from: the next siblings are
+        nearly always in it. `leaves`, {log_index: event hash} of events at hand (an export's
+        chunk: `ExportSeal.sealed_of_rows`), are hashed here rather than read. One call for a
+        chunk's leaves: a million parts cost what their few changed levels cost, not a call each."""
         if memo.get("size") != size:
             height = (size - 1).bit_length() if size > 1 else 0
-            memo.update(size=size, texts=[None] * height, blocks=[(-1, {})] * height, absent=height, last=None)
-        texts, blocks, absent, last = memo["texts"], memo["blocks"], memo["absent"], memo["last"]
-        height = len(texts)
+            # hexes[level]: the sibling's hex (None: absent); tails[level]: the text of the proof's
+            # hashes from that level up, each after its comma, then the closing bracket; valid from
+            # `fresh` up (tails[height] is the closing alone)
+            memo.update(size=size, hexes=[None] * height, tails=[_TAIL_END] * (height + 1), fresh=height,
+                        blocks=[(-1, {})] * height, last=None)
+        hexes, tails, fresh, blocks, last = memo["hexes"], memo["tails"], memo["fresh"], memo["blocks"], memo["last"]
+        height = len(hexes)
         memo["size"] = None  # until this call ends well: a refusal below leaves the memo to be rebuilt
-        hexlify, out, sha256 = binascii.hexlify, [], hashlib.sha256
+        hexlify, sha256, fromhex, out = binascii.hexlify, hashlib.sha256, bytes.fromhex, []
+        append = out.append
         leaves = leaves or {}
-        for m in ms:
+        for seq, m in pairs:
             changed = height if last is None else (m ^ last).bit_length()
             if changed > height:
                 changed = height
             last = m
-            for level in range(changed):
-                start = ((m >> level) ^ 1) << level
-                was = texts[level]
+            if changed:
+                start = m ^ 1  # level 0: a leaf, of the chunk's events when it is one of them
                 if start >= size:
-                    text = None
+                    hexes[0] = None
                 else:
-                    if level == 0 and start in leaves:  # an event of the chunk asking: leaf_hash, inline
-                        node = sha256(LEAF_PREFIX + _event_bytes(leaves[start])).digest()
-                    elif start + (1 << level) <= size:
+                    text = leaves.get(start)
+                    raw = None
+                    if text is not None and len(text) == 64:  # the event's hash, as coopctl writes it
+                        try:
+                            raw = fromhex(text)
+                        except (TypeError, ValueError):
+                            pass
+                    if raw is not None and len(raw) == 32:
+                        node = sha256(LEAF_PREFIX + raw).digest()
+                    else:  # not at hand, or not 64 hex digits (`_event_bytes`)
+                        node = self.node(0, start) if text is None else leaf_hash(_event_bytes(text))
+                    hexes[0] = hexlify(node)
+                for level in range(1, changed):
+                    start = ((m >> level) ^ 1) << level
+                    if start >= size:
+                        hexes[level] = None
+                        continue
+                    if start + (1 << level) <= size:
                         idx = start >> level
                         number, block = blocks[level]
                         if number != idx // _BLOCK:
@@ -245,11 +266,20 @@ class Tree:
                             raise _lacks(level, idx)
                     else:
                         node = self.subtree(start, size)
-                    text = b'"' + hexlify(node) + b'"'
-                texts[level] = text
-                absent += (text is None) - (was is None)
-            out.append(_proof_list([text for text in texts if text is not None] if absent else texts))
-        memo.update(size=size, absent=absent, last=last)
+                    hexes[level] = hexlify(node)
+                if fresh < changed:
+                    fresh = changed
+            if fresh > 1:  # the tail above level 0, from the lowest level that is still the same
+                for level in range(fresh - 1, 0, -1):
+                    text = hexes[level]
+                    tails[level] = tails[level + 1] if text is None else _NEXT_HASH + text + _QUOTE + tails[level + 1]
+                fresh = 1
+            first = hexes[0] if height else None
+            if first is not None:
+                append(_SEALED_PART % (seq, m, first, tails[1]))
+            else:  # leaf m has no level-0 sibling (the last leaf of a tree of odd size), or the tree is one leaf
+                append(_SEALED_TEXT % (seq, m, _proof_list([b'"' + h + b'"' for h in hexes if h is not None])))
+        memo.update(size=size, fresh=fresh, last=last)
         return out
 
     def right_edge(self, size: int) -> list[tuple[int, bytes]]:
@@ -709,13 +739,18 @@ class ExportSeal:
             if log_index is not None and log_index < size:
                 last[row[0]] = (row[1], log_index)  # rows by seq: the last one stays
                 leaves[log_index] = row[8]
-        proofs = self.tree.proof_texts([log_index for _, log_index in last.values()], size, self._memo, leaves)
-        return {order_id: _SEALED_TEXT % (seq, log_index, proof) for (order_id, (seq, log_index)), proof in zip(last.items(), proofs)}
+        return dict(zip(last, self.tree.sealed_parts(last.values(), size, self._memo, leaves)))
 
 
 # An order's "sealed" part as an export writes it: the last member of the order's document, at the
 # depth where the export nests orders (`exchange.sealed_into` writes it in; tests/test_export_bytes.py).
 _SEALED_TEXT = b'\n      "sealed": {\n        "seq": %d,\n        "log_index": %d,\n        "proof": %s\n      }'
+# the same with a proof of at least one hash, made of its first hash's hex and the text after it (a
+# tail: `Tree.sealed_parts`), each further hash written after _NEXT_HASH
+_SEALED_PART = _SEALED_TEXT.replace(b"%s", b'[\n          "%s"%s')
+_NEXT_HASH = b',\n          "'
+_QUOTE = b'"'
+_TAIL_END = b"\n        ]"
 
 
 def sealed_text(seq: int, log_index: int, proof: list[bytes]) -> bytes:

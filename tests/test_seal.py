@@ -140,22 +140,23 @@ def test_inclusion_proofs_match_the_certificate_transparency_vectors(m, n, path)
 
 
 def test_the_exports_proofs_by_level_are_the_rfc_paths_for_sizes_1_to_130_and_every_index():
-    """`Tree.proof_texts` (an export's fast path, siblings level by level with a shared memo) gives
-    the RFC's PATH(m, D[n]) for every leaf, proofs asked in order and out of order, in one call or
-    across calls, as the text the JSON encoder writes for the list of hex hashes."""
+    """`Tree.sealed_parts` (an export's fast path, siblings level by level and the proof's text
+    above them kept in a shared memo) gives the RFC's PATH(m, D[n]) for every leaf, proofs asked
+    in order, out of order and twice, in one call or across calls, with the chunk's leaves at hand
+    or read, as the text the JSON encoder writes for the part."""
     data = [hashlib.sha256(str(i).encode()).digest() for i in range(130)]
     tree = memory_tree(data)
     for n in range(1, 131):
         memo: dict = {}
-        order = [*range(n), *reversed(range(n)), *range(0, n, 3)]
-        # the text an export writes: the encoder's own indenting of the hex list, at the part's depth
-        expected = [json.dumps([p.hex() for p in ref_path(m, data[:n])], indent=2).replace("\n", "\n        ").encode()
-                    for m in order]
-        assert tree.proof_texts(order[:n], n, memo) + tree.proof_texts(order[n:], n, memo) == expected, n
-        assert [tree.proof_texts([m], n, {})[0] for m in range(n)] == expected[:n], n
-        for m, text in zip(order[:n], expected):
-            path = ref_path(m, data[:n])
-            assert seal.sealed_text(7, m, path) == seal.sealed_text(7, m, [])[: -len(b"[]\n      }")] + text + b"\n      }"
+        order = [*range(n), *reversed(range(n)), *range(0, n, 3), n - 1, n - 1, 0]
+        pairs = [(1 + m % 5, m) for m in order]
+        # the text an export writes: the encoder's own indenting of the part, at its depth
+        expected = [json.dumps({"sealed": {"seq": seq, "log_index": m, "proof": [p.hex() for p in ref_path(m, data[:n])]}},
+                               indent=2).replace("\n", "\n    ").encode()[1:-6] for seq, m in pairs]
+        assert [seal.sealed_text(seq, m, ref_path(m, data[:n])) for seq, m in pairs] == expected, n
+        at_hand = {m: data[m].hex() for m in range(0, n, 2)}
+        assert tree.sealed_parts(pairs[:n], n, memo, at_hand) + tree.sealed_parts(pairs[n:], n, memo) == expected, n
+        assert [tree.sealed_parts([pair], n, {})[0] for pair in pairs[:n]] == expected[:n], n
     for m, n, path in [(0, 1, []), (2, 3, ["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"])]:
         part = seal.sealed_text(1, m, memory_tree(CT_LEAVES[:n]).proof(m, n))
         assert seal.sealed_json(part) == {"seq": 1, "log_index": m, "proof": path}
