@@ -13,7 +13,8 @@ separate process, `--at` fixed so that both sides write the same document:
    checkout's, in ABBA order (unsealed after, sealed after, sealed before, unsealed before, then
    the other way round), so that the machine's drift falls on both sides: wall time, peak RSS,
    CPU, MB/s of the file, as medians over the rounds; the sealed export against the unsealed one
-   of the same code (target: at most 1.15x) is the median of each round's own ratio. With
+   of the same code (target: at most 1.15x) is the median of each round's own ratio. Before each
+   export the book's file is read once, untimed (`warm`). With
    `--before none`, only this checkout's two exports, in turn (AB, then BA). The files of
    the same copy must be byte-identical between the two codes and across rounds (their SHA-256 is
    compared; each file is deleted once hashed);
@@ -57,6 +58,22 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def warm(book: Path) -> None:
+    """Read the book's file once, untimed, so that each export starts with it in the page cache
+    (as on a server using it). This machine pages out file data left unread for a minute (DAMON
+    reclaim: `kdamond`), so without this the first export after a switch of book read most of it
+    from disk, a page at a time, and the ratio of two exports measured which one found its book
+    evicted (up to 1.5x for the same code)."""
+    for path in (book, Path(f"{book}-wal")):
+        if path.exists():
+            with open(path, "rb") as f:
+                while f.readinto(_WARM_BUFFER):
+                    pass
+
+
+_WARM_BUFFER = bytearray(1 << 22)
+
+
 def load() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -82,6 +99,7 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
 
         def export(part: str, side: str) -> None:
             out = work / f"{part}-{side}.json"
+            warm(books[part])
             wall, rss, cpu, _ = timed([*codes[side], "export", "--all", "--at", AT, "--out", str(out)], envs[part])
             size = out.stat().st_size
             found = {"s": wall, "rss_mb": rss, "cpu_s": cpu, "mb": size / 1e6, "load": load()}
