@@ -717,7 +717,7 @@ class ExportSeal:
         self.conn = conn
         self.head = latest_head(conn)
         self.tree = stored_tree(conn) if self.head is not None else None
-        self._memo: dict = {}  # the siblings of the last proof (Tree.proof_texts)
+        self._memo: dict = {}  # the siblings of the last proof (Tree.sealed_parts)
 
     def header(self) -> dict | None:
         return None if self.head is None else self.head.to_json()
@@ -726,7 +726,7 @@ class ExportSeal:
         """{order id: its "sealed" part's text (`sealed_text`)} for the orders of these event rows
         that have sealed events (an export's chunk: order_id and seq first, hash ninth, log_index
         tenth, by order and seq): each order's last event under the head, from the rows rather
-        than another query, with its proof (`Tree.proof_texts`; `sealed_json` reads a part back).
+        than another query, with its proof (`Tree.sealed_parts`; `sealed_json` reads a part back).
         The leaves of the chunk's own events are given to the proofs (their level-0 siblings are
         nearly always among them, and then are not read again)."""
         if self.head is None or self.head.size == 0 or not event_rows:
