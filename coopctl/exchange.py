@@ -641,20 +641,25 @@ def sealed_into(text: bytes, parts: list[bytes] | None) -> bytes:
     dict or a list of hashes in between (a sealed export writes a million of them). The holes are
     found by their one backslash, the rarest byte of an export's text (a byte search, `memchr`,
     where a search for the whole stand-in stops at every quote)."""
-    if not parts:
-        return text
+    return b"".join(sealed_segments(text, parts)) if parts else text
+
+
+def sealed_segments(text: bytes, parts: list[bytes]) -> list:
+    """`sealed_into(text, parts)` as the list of buffers it joins: the text between the holes (views
+    of `text`, not copies) and the parts in turn. A file's writer takes them as they are
+    (`_SyncedAsWritten.write_segments`), so a sealed piece is not copied into one buffer first."""
     find, starts, back, width = text.find, text.startswith, _HOLE_BACKSLASH, len(_HOLE_TEXT)
-    joined, at, view = [], 0, memoryview(text)  # the text between the holes is copied once, by the join
+    segments, at, view = [], 0, memoryview(text)
     i = find(b"\\", back)
     while i >= 0:
         if starts(_HOLE_TEXT, i - back):
-            joined.append(view[at : i - back])
-            joined.append(parts[len(joined) >> 1])
+            segments.append(view[at : i - back])
+            segments.append(parts[len(segments) >> 1])
             at = i - back + width
         i = find(b"\\", i + 1)
-    assert len(joined) == 2 * len(parts)
-    joined.append(view[at:])
-    return b"".join(joined)
+    assert len(segments) == 2 * len(parts)
+    segments.append(view[at:])
+    return segments
 
 
 def texts_of(chunks: Iterable[list[dict]]) -> Iterator[tuple[int, bytes]]:
@@ -667,8 +672,9 @@ def texts_of(chunks: Iterable[list[dict]]) -> Iterator[tuple[int, bytes]]:
 def _write_document(handle: TextIO, header: dict, texts: Iterable[tuple[int, bytes]], progress: Callable[[int], None] | None) -> None:
     """The text of `dumps({**header, "orders": [...]})`, written a chunk of orders at a time: the
     header, then each chunk's text (`chunk_text`: (number of orders, text) from `texts`, joined by
-    commas), then the closing. Written as UTF-8 bytes to the stream's buffer when it has one and
-    writes UTF-8; through the text layer otherwise."""
+    commas; a text may come as the list of buffers that make it), then the closing. Written as
+    UTF-8 bytes to the stream's buffer when it has one and writes UTF-8 (a list of buffers straight
+    to an `atomic_file`'s file, `_segments_writer`); through the text layer otherwise."""
     from coopctl.printer import utf8_bytes_writer
 
     head = dumps({**header, "orders": []})
@@ -677,18 +683,39 @@ def _write_document(handle: TextIO, header: dict, texts: Iterable[tuple[int, byt
     # a text stream without bytes (StringIO) takes the text
     raw = utf8_bytes_writer(handle)
     write = raw if raw is not None else lambda data: handle.write(data.decode("utf-8"))
+    segments_to = _segments_writer(handle) if raw is not None else None
     write(head[: -len("]\n}\n")].encode("utf-8"))
     written = 0
     for count, text in texts:
         if written:
             write(b",")  # a write of its own: the piece's text is not copied to put a comma before it
-        write(text)
+        if type(text) is list:  # a sealed piece's segments (`sealed_segments`)
+            if segments_to is not None:
+                segments_to(text)
+            else:
+                write(b"".join(text))
+        else:
+            write(text)
         written += count
         if progress is not None:
             progress(count)
     write(b"]\n}\n" if written == 0 else b"\n  ]\n}\n")
     if raw is not None:
         handle.buffer.flush()
+
+
+def _segments_writer(handle) -> Callable[[list], None] | None:
+    """A writer of a list of buffers straight to `atomic_file`'s temporary file (after flushing what
+    the text layer and its buffer hold), or None for any other stream (which is given them joined)."""
+    file = getattr(getattr(handle, "buffer", None), "raw", None)
+    if not isinstance(file, _SyncedAsWritten):
+        return None
+
+    def write(segments: list) -> None:
+        handle.flush()
+        file.write_segments(segments)
+
+    return write
 
 
 def _order_document(order: Order, events: list[dict], notes: list, when: _Instants) -> dict:
@@ -769,6 +796,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[TextIO]:
 
 SYNC_STEP = 128 << 20  # bytes of a large --out file synced and dropped from the page cache at a time
 _CAN_DROP = hasattr(os, "posix_fadvise") and hasattr(os, "fdatasync")  # not on macOS: a plain file there
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16  # buffers per os.writev
 
 
 class _SyncedAsWritten(io.FileIO):
@@ -791,10 +819,29 @@ class _SyncedAsWritten(io.FileIO):
     def write(self, data) -> int:
         count = super().write(data)
         if count:
-            self._written += count
-            if _CAN_DROP and self._written - self._dropped >= 2 * SYNC_STEP and self._syncing is None:
-                self._sync(self._written - SYNC_STEP)
+            self._wrote(count)
         return count
+
+    def write_segments(self, segments: list) -> None:
+        """Write these buffers whole, in order, through `os.writev` (_IOV_MAX at a time), without
+        joining them first."""
+        fd, pending = self.fileno(), [memoryview(segment) for segment in segments]
+        while pending:
+            batch = pending[:_IOV_MAX]
+            count = os.writev(fd, batch)
+            self._wrote(count)
+            done = 0
+            while done < len(batch) and count >= len(batch[done]):  # whole buffers written
+                count -= len(batch[done])
+                done += 1
+            if done < len(batch) and count:  # one written in part: the rest of it is next
+                batch[done] = batch[done][count:]
+            pending = batch[done:] + pending[len(batch):]
+
+    def _wrote(self, count: int) -> None:
+        self._written += count
+        if _CAN_DROP and self._written - self._dropped >= 2 * SYNC_STEP and self._syncing is None:
+            self._sync(self._written - SYNC_STEP)
 
     def _sync(self, upto: int) -> None:
         import threading

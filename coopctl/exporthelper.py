@@ -44,9 +44,10 @@ class ExportFormatter(linehelper.Formatter):
 
 
 def export_texts(tx, ids: list[int] | None, tz: tzinfo, summary=None, *, sealing=None, helper: bool | None = None,
-                 at_least: int | None = None) -> Iterator[tuple[int, bytes]]:
+                 at_least: int | None = None) -> Iterator[tuple[int, bytes | list]]:
     """(number of orders, text) of every piece of the export of these orders (None: every order), as
-    `exchange.texts_of(exchange._order_chunks(...))` gives them: the same bytes, past `at_least`
+    `exchange.texts_of(exchange._order_chunks(...))` gives them (a sealed piece's text as the list
+    of buffers that make it: `_sealed_into`): the same bytes, past `at_least`
     orders (HELPER_AT_LEAST) made mostly by a helper process on a machine with a second core
     (`helper`: True always, as tests do; False never)."""
     from coopctl import exchange
@@ -69,12 +70,15 @@ def export_texts(tx, ids: list[int] | None, tz: tzinfo, summary=None, *, sealing
             yield len(part[0]), _sealed_into(text, part)
 
 
-def _sealed_into(text: bytes, part) -> bytes:
-    """A piece's text with the "sealed" parts of its orders (`exchange.sealed_into`)."""
-    from coopctl.exchange import sealed_into
+def _sealed_into(text: bytes, part) -> bytes | list:
+    """A piece's text with the "sealed" parts of its orders, as the buffers that make it
+    (`exchange.sealed_segments`: `_write_document` writes them without joining them), or the text
+    itself when none of its orders is sealed."""
+    from coopctl.exchange import sealed_segments
 
     rows, sealed = part[0], part[3]
-    return sealed_into(text, [sealed[row[0]] for row in rows if row[0] in sealed]) if sealed else text
+    parts = [sealed[row[0]] for row in rows if row[0] in sealed] if sealed else None
+    return sealed_segments(text, parts) if parts else text
 
 
 def _maker(tz: tzinfo):

@@ -378,3 +378,45 @@ def test_a_large_out_file_is_synced_and_dropped_from_the_page_cache_as_it_is_wri
     assert all(a + n == b for (a, n), (b, _) in zip(dropped, dropped[1:]))  # contiguous, in order
     assert all(n > 0 for _, n in dropped)
     assert len(text.encode()) - (dropped[-1][0] + dropped[-1][1]) >= 4096  # the last step stays for the fsync
+
+
+def test_a_sealed_pieces_buffers_are_written_whole_and_in_order_through_short_writes(tmp_path, monkeypatch):
+    """`_SyncedAsWritten.write_segments` (a sealed export's pieces, not joined first) writes every
+    buffer whole and in order when `os.writev` writes only part of what it is given, splitting a
+    buffer anywhere, and when there are more buffers than one call takes; what was written before
+    and after through the text layer stays in place, and the syncing sees every byte."""
+    monkeypatch.setattr(exchange, "SYNC_STEP", 4096)
+    monkeypatch.setattr(exchange, "_IOV_MAX", 3)
+    writev, calls = os.writev, []
+
+    def short(fd, buffers):
+        calls.append(len(buffers))
+        assert len(buffers) <= 3
+        budget, taken = 1 + len(calls) * 7 % 23, []
+        for buffer in buffers:  # at most `budget` bytes this time
+            if budget <= 0:
+                break
+            taken.append(bytes(buffer[:budget]))
+            budget -= len(taken[-1])
+        return writev(fd, taken)
+
+    monkeypatch.setattr(os, "writev", short)
+    pieces = [[f"片{i}-{j}|".encode() * (j % 4 + 1) for j in range(i % 9 + 1)] for i in range(400)]
+    target = tmp_path / "sealed.json"
+    with exchange.atomic_file(target) as handle:
+        handle.write("[head]")
+        write = exchange._segments_writer(handle)
+        for piece in pieces:
+            handle.write(",")
+            write([memoryview(b) for b in piece])
+        handle.write("[end]")
+        written = handle.buffer.raw._written
+    expected = "[head]" + "".join("," + b"".join(piece).decode() for piece in pieces) + "[end]"
+    assert target.read_text(encoding="utf-8") == expected
+    assert written + len("[end]") == len(expected.encode())  # the flushed tail came after
+    assert max(calls) == 3 and len(calls) > 400
+
+
+def test_only_an_out_files_stream_takes_buffers_unjoined(tmp_path):
+    assert exchange._segments_writer(io.StringIO()) is None
+    assert exchange._segments_writer(io.TextIOWrapper(io.BytesIO(), encoding="utf-8")) is None
