@@ -708,7 +708,7 @@ def _segments_writer(handle) -> Callable[[list], None] | None:
     """A writer of a list of buffers straight to `atomic_file`'s temporary file (after flushing what
     the text layer and its buffer hold), or None for any other stream (which is given them joined)."""
     file = getattr(getattr(handle, "buffer", None), "raw", None)
-    if not isinstance(file, _SyncedAsWritten):
+    if not isinstance(file, _SyncedAsWritten) or not hasattr(os, "writev"):
         return None
 
     def write(segments: list) -> None:
@@ -796,7 +796,10 @@ def atomic_file(path: str | os.PathLike) -> Iterator[TextIO]:
 
 SYNC_STEP = 128 << 20  # bytes of a large --out file synced and dropped from the page cache at a time
 _CAN_DROP = hasattr(os, "posix_fadvise") and hasattr(os, "fdatasync")  # not on macOS: a plain file there
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16  # buffers per os.writev
+try:  # buffers per os.writev: the system's limit (-1 where it has none to say), at least POSIX's 16
+    _IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX"), 1024))
+except (AttributeError, ValueError, OSError):
+    _IOV_MAX = 16
 
 
 class _SyncedAsWritten(io.FileIO):
