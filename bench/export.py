@@ -2,7 +2,8 @@
 and 15). Run by hand:
 
     python bench/export.py [--source bench/out/tick-1000000-100000.db] \
-        [--before /work/main/.venv/bin/coopctl | none] [--work DIR] [--rounds 5] [--export-rounds 3] [--json]
+        [--before /work/main/.venv/bin/coopctl | none] [--work DIR] [--rounds 5] [--export-rounds 3]
+        [--sliced-rounds 0] [--json]
 
 On two COPIES of the book (`bench/tick.py`'s fresh_copy; the source is only read), one left
 unsealed and one given a key and its first `seal` (timed: wall and peak RSS), each command as a
@@ -18,6 +19,12 @@ separate process, `--at` fixed so that both sides write the same document:
    `--before none`, only this checkout's two exports, in turn (AB, then BA). The files of
    the same copy must be byte-identical between the two codes and across rounds (their SHA-256 is
    compared; each file is deleted once hashed);
+   With `--sliced-rounds N`, also N rounds of the two exports of this checkout run side by side
+   in slices (`sliced`): each in turn runs for SLICE seconds while the other is stopped (SIGSTOP
+   of its process group: the export and its helper), so both meet the same machine, second by
+   second; each one's time is the sum of its slices. The ratio of a round is then not the drift
+   of the machine between two runs of half a minute (up to 1.5x either way on this shared
+   machine, for the same code), which the ABBA medians only average out;
 2. `export 1` of the sealed book against `python -c "import sqlmodel"`, medians of --rounds
    (target: within 1.25x);
 3. the copies and the files are deleted at the end.
@@ -33,9 +40,12 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -74,11 +84,62 @@ def warm(book: Path) -> None:
 _WARM_BUFFER = bytearray(1 << 22)
 
 
+SLICE = 0.5  # seconds each export of a sliced round runs before the other one's turn
+
+
+def sliced(commands: list[tuple[list[str], dict]], slice_s: float = SLICE) -> list[tuple[float, float]]:
+    """Run these commands side by side, one at a time: each in turn runs for `slice_s` seconds while
+    the others are stopped (SIGSTOP to its process group, so that a helper it started stops with
+    it), until each has ended. (running seconds, CPU seconds) of each: the sum of its slices, and
+    its own CPU with that of the processes it waited for. Each starts stopped (a shell that stops
+    itself, then runs the command), so that none runs outside its slices."""
+    procs = [subprocess.Popen(["sh", "-c", 'kill -STOP $$; exec "$@"', "sh", *argv], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True) for argv, env in commands]
+    running, usage, turn = [0.0] * len(procs), [None] * len(procs), 0
+    try:
+        for proc in procs:  # each has stopped itself before its command starts
+            while not open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T":
+                time.sleep(0.001)
+        while None in usage:
+            k = turn % len(procs)
+            turn += 1
+            if usage[k] is not None:
+                continue
+            pid = procs[k].pid
+            started = time.perf_counter()
+            os.killpg(pid, signal.SIGCONT)
+            while True:
+                done, status, use = os.wait4(pid, os.WNOHANG)
+                now = time.perf_counter()
+                if done:
+                    running[k] += now - started
+                    procs[k].returncode = os.waitstatus_to_exitcode(status)
+                    usage[k] = use.ru_utime + use.ru_stime
+                    if procs[k].returncode != 0:
+                        raise SystemExit(f"{commands[k][0][0]} failed ({procs[k].returncode}): "
+                                         f"{procs[k].stderr.read().decode(errors='replace')[-2000:]}")
+                    break
+                if now - started >= slice_s:
+                    os.killpg(pid, signal.SIGSTOP)
+                    running[k] += time.perf_counter() - started
+                    break
+                time.sleep(0.005)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+    return list(zip(running, usage))
+
+
 def load() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds: int = 3, say=print) -> dict:
+def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds: int = 3, say=print, sliced_rounds: int = 0) -> dict:
     work = Path(tempfile.mkdtemp(prefix="export-", dir=work))
     figures: dict = {"source": str(source), "load_at_start": load(), "export_rounds": export_rounds}
     after = coopctl_argv()
@@ -126,12 +187,34 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
             figures[f"{part}_identical"] = len(digests[part]) == 1
             if "before" in codes:
                 figures[f"{part}_speed_up"] = round(figures[f"{part}_before"]["s"] / figures[f"{part}_after"]["s"], 2)
-        for side in codes:
+        for side in (side for side in codes if f"sealed_{side}" in runs):
             pairs = zip(runs[f"sealed_{side}"], runs[f"unsealed_{side}"])
             ratios = [(s["s"] / u["s"], s["cpu_s"] / u["cpu_s"]) for s, u in pairs]
             figures[f"sealed_vs_unsealed_{side}"] = round(statistics.median(r[0] for r in ratios), 3)
             figures[f"sealed_vs_unsealed_{side}_cpu"] = round(statistics.median(r[1] for r in ratios), 3)
             figures[f"sealed_vs_unsealed_{side}_rounds"] = [round(r[0], 3) for r in ratios]
+        if sliced_rounds:
+            found_rounds = []
+            for number in range(sliced_rounds):
+                parts = ("unsealed", "sealed") if number % 2 == 0 else ("sealed", "unsealed")
+                outs = {part: work / f"{part}-sliced.json" for part in parts}
+                for part in parts:
+                    warm(books[part])
+                result = dict(zip(parts, sliced([([*after, "export", "--all", "--at", AT, "--out", str(outs[part])], envs[part])
+                                                 for part in parts])))
+                for part in parts:
+                    digests[part].add(digest(outs[part]))
+                    outs[part].unlink()
+                (u, u_cpu), (s_, s_cpu) = result["unsealed"], result["sealed"]
+                found_rounds.append({"unsealed_s": round(u, 1), "sealed_s": round(s_, 1), "ratio": round(s_ / u, 3),
+                                     "cpu_ratio": round(s_cpu / u_cpu, 3)})
+                say(f"{'sliced round':>16}: unsealed {u:.1f} s ({u_cpu:.1f} CPU), sealed {s_:.1f} s ({s_cpu:.1f} CPU): "
+                    f"{s_ / u:.3f}, load {load()}", flush=True)
+            figures["sliced_rounds"] = found_rounds
+            figures["sealed_vs_unsealed_sliced"] = round(statistics.median(r["ratio"] for r in found_rounds), 3)
+            figures["sealed_vs_unsealed_sliced_cpu"] = round(statistics.median(r["cpu_ratio"] for r in found_rounds), 3)
+            for part in ("unsealed", "sealed"):
+                figures[f"{part}_identical"] = len(digests[part]) == 1
         one, imports = [], []
         for _ in range(rounds):
             one.append(timed([*after, "export", "1"], envs["sealed"])[0])
@@ -143,7 +226,8 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
         for name in ("unsealed_before", "unsealed_after", "sealed_before", "sealed_after", "unsealed_identical",
                      "sealed_identical", "sealed_vs_unsealed_before", "sealed_vs_unsealed_before_rounds",
                      "sealed_vs_unsealed_before_cpu", "sealed_vs_unsealed_after", "sealed_vs_unsealed_after_rounds",
-                     "sealed_vs_unsealed_after_cpu", "export_1_ratio", "load_at_end"):
+                     "sealed_vs_unsealed_after_cpu", "sealed_vs_unsealed_sliced", "sealed_vs_unsealed_sliced_cpu",
+                     "export_1_ratio", "load_at_end"):
             if name in figures:
                 say(f"{name:>16}: {figures[name]}", flush=True)
     finally:
@@ -159,12 +243,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "out", help="where the copy and the files go (GBs)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of `export 1` and `import sqlmodel`")
     parser.add_argument("--export-rounds", type=int, default=3, help="ABBA rounds of the four whole exports")
+    parser.add_argument("--sliced-rounds", type=int, default=0,
+                        help="rounds of the two exports of this checkout run side by side in slices (`sliced`)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     compiled()  # bytecode first: see timing.compiled
     args.work.mkdir(exist_ok=True)
     before = [] if args.before == "none" else [args.before]
-    figures = run(args.source, before, args.work, args.rounds, args.export_rounds, say=(lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print)
+    say = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
+    figures = run(args.source, before, args.work, args.rounds, args.export_rounds, say=say, sliced_rounds=args.sliced_rounds)
     if args.json:
         print(json.dumps(figures))
 

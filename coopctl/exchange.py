@@ -649,15 +649,20 @@ def sealed_segments(text: bytes, parts: list[bytes]) -> list:
     of `text`, not copies) and the parts in turn. A file's writer takes them as they are
     (`_SyncedAsWritten.write_segments`), so a sealed piece is not copied into one buffer first."""
     find, starts, back, width = text.find, text.startswith, _HOLE_BACKSLASH, len(_HOLE_TEXT)
-    segments, at, view = [], 0, memoryview(text)
+    segments, at, view, k = [], 0, memoryview(text), 0
+    append = segments.append
     i = find(b"\\", back)
     while i >= 0:
-        if starts(_HOLE_TEXT, i - back):
-            segments.append(view[at : i - back])
-            segments.append(parts[len(segments) >> 1])
-            at = i - back + width
-        i = find(b"\\", i + 1)
-    assert len(segments) == 2 * len(parts)
+        hole = i - back
+        if starts(_HOLE_TEXT, hole):
+            append(view[at:hole])
+            append(parts[k])
+            k += 1
+            at = hole + width
+            i = find(b"\\", at + back)
+        else:
+            i = find(b"\\", i + 1)
+    assert k == len(parts)
     segments.append(view[at:])
     return segments
 
@@ -828,17 +833,21 @@ class _SyncedAsWritten(io.FileIO):
     def write_segments(self, segments: list) -> None:
         """Write these buffers whole, in order, through `os.writev` (_IOV_MAX at a time), without
         joining them first."""
-        fd, pending = self.fileno(), [memoryview(segment) for segment in segments]
+        fd, pending = self.fileno(), segments
         while pending:
-            batch = pending[:_IOV_MAX]
+            batch = pending[:_IOV_MAX] if len(pending) > _IOV_MAX else pending
             count = os.writev(fd, batch)
             self._wrote(count)
+            if count == sum(map(len, batch)):  # nearly always: the whole batch
+                pending = pending[len(batch):]
+                continue
+            batch = list(batch)
             done = 0
             while done < len(batch) and count >= len(batch[done]):  # whole buffers written
                 count -= len(batch[done])
                 done += 1
             if done < len(batch) and count:  # one written in part: the rest of it is next
-                batch[done] = batch[done][count:]
+                batch[done] = memoryview(batch[done])[count:]
             pending = batch[done:] + pending[len(batch):]
 
     def _wrote(self, count: int) -> None:

@@ -76,8 +76,8 @@ def _sealed_into(text: bytes, part) -> bytes | list:
     itself when none of its orders is sealed."""
     from coopctl.exchange import sealed_segments
 
-    rows, sealed = part[0], part[3]
-    parts = [sealed[row[0]] for row in rows if row[0] in sealed] if sealed else None
+    sealed = part[3]
+    parts = list(sealed.values()) if sealed else None  # by order id, as the rows are (`sealed_of_rows`)
     return sealed_segments(text, parts) if parts else text
 
 

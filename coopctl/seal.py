@@ -216,43 +216,37 @@ class Tree:
         chunk's leaves: a million parts cost what their few changed levels cost, not a call each."""
         if memo.get("size") != size:
             height = (size - 1).bit_length() if size > 1 else 0
-            # hexes[level]: the sibling's hex (None: absent); tails[level]: the text of the proof's
-            # hashes from that level up, each after its comma, then the closing bracket; valid from
-            # `fresh` up (tails[height] is the closing alone)
-            memo.update(size=size, hexes=[None] * height, tails=[_TAIL_END] * (height + 1), fresh=height,
+            # items[level]: the sibling at that level as the proof writes it after the first hash
+            # (_ITEM: comma, indent, quoted hex; None: absent), items[0] the level-0 sibling's bare
+            # hex; tails[level]: the items from that level up, then the closing bracket; valid
+            # from `fresh` up (tails[height] is the closing alone)
+            memo.update(size=size, items=[None] * height, tails=[_TAIL_END] * (height + 1), fresh=height,
                         blocks=[(-1, {})] * height, last=None)
-        hexes, tails, fresh, blocks, last = memo["hexes"], memo["tails"], memo["fresh"], memo["blocks"], memo["last"]
-        height = len(hexes)
+        items, tails, fresh, blocks, last = memo["items"], memo["tails"], memo["fresh"], memo["blocks"], memo["last"]
+        height = len(items)
         memo["size"] = None  # until this call ends well: a refusal below leaves the memo to be rebuilt
-        hexlify, sha256, fromhex, out = binascii.hexlify, hashlib.sha256, bytes.fromhex, []
+        hexlify, out = binascii.hexlify, []
         append = out.append
-        leaves = leaves or {}
+        at_hand = _leaf_hexes(leaves) if leaves else {}
         for seq, m in pairs:
-            changed = height if last is None else (m ^ last).bit_length()
-            if changed > height:
+            if last is None:
                 changed = height
+            else:
+                changed = (m ^ last).bit_length()
+                if changed > height:
+                    changed = height
             last = m
             if changed:
                 start = m ^ 1  # level 0: a leaf, of the chunk's events when it is one of them
                 if start >= size:
-                    hexes[0] = None
+                    items[0] = None
                 else:
-                    text = leaves.get(start)
-                    raw = None
-                    if text is not None and len(text) == 64:  # the event's hash, as coopctl writes it
-                        try:
-                            raw = fromhex(text)
-                        except (TypeError, ValueError):
-                            pass
-                    if raw is not None and len(raw) == 32:
-                        node = sha256(LEAF_PREFIX + raw).digest()
-                    else:  # not at hand, or not 64 hex digits (`_event_bytes`)
-                        node = self.node(0, start) if text is None else leaf_hash(_event_bytes(text))
-                    hexes[0] = hexlify(node)
+                    first = at_hand.get(start)
+                    items[0] = first if first is not None else hexlify(self.node(0, start))
                 for level in range(1, changed):
                     start = ((m >> level) ^ 1) << level
                     if start >= size:
-                        hexes[level] = None
+                        items[level] = None
                         continue
                     if start + (1 << level) <= size:
                         idx = start >> level
@@ -266,19 +260,22 @@ class Tree:
                             raise _lacks(level, idx)
                     else:
                         node = self.subtree(start, size)
-                    hexes[level] = hexlify(node)
+                    items[level] = _ITEM % hexlify(node)
                 if fresh < changed:
                     fresh = changed
             if fresh > 1:  # the tail above level 0, from the lowest level that is still the same
+                tail = tails[fresh]
                 for level in range(fresh - 1, 0, -1):
-                    text = hexes[level]
-                    tails[level] = tails[level + 1] if text is None else _NEXT_HASH + text + _QUOTE + tails[level + 1]
+                    item = items[level]
+                    if item is not None:
+                        tail = item + tail
+                    tails[level] = tail
                 fresh = 1
-            first = hexes[0] if height else None
+            first = items[0] if height else None
             if first is not None:
                 append(_SEALED_PART % (seq, m, first, tails[1]))
             else:  # leaf m has no level-0 sibling (the last leaf of a tree of odd size), or the tree is one leaf
-                append(_SEALED_TEXT % (seq, m, _proof_list([b'"' + h + b'"' for h in hexes if h is not None])))
+                append(_SEALED_TEXT % (seq, m, _proof_list([item[_ITEM_QUOTED:] for item in items[1:] if item is not None])))
         memo.update(size=size, fresh=fresh, last=last)
         return out
 
@@ -298,6 +295,21 @@ class LogDamaged(Refused):
 
 def _lacks(level: int, idx: int) -> LogDamaged:
     return LogDamaged(f"the sealed log lacks its node at level {level}, position {idx}")
+
+
+def _leaf_hexes(leaves: dict[int, str]) -> dict[int, bytes]:
+    """{log_index: the hex of its leaf hash} of these events' hashes (`Tree.sealed_parts`): in
+    three passes of C when every one is 64 hex digits, as coopctl writes them; one at a time
+    (`_event_bytes`) when one is not."""
+    fromhex, sha256, hexlify = bytes.fromhex, hashlib.sha256, binascii.hexlify
+    texts = list(leaves.values())
+    try:
+        raws = [fromhex(text) for text in texts]
+    except (TypeError, ValueError):
+        raws = None
+    if raws is None or min(map(len, raws)) != 32 or max(map(len, raws)) != 32:
+        raws = [_event_bytes(text) for text in texts]
+    return dict(zip(leaves, [hexlify(sha256(LEAF_PREFIX + raw).digest()) for raw in raws]))
 
 
 # --------------------------------------------------------------------------- keys and heads
@@ -726,7 +738,8 @@ class ExportSeal:
         """{order id: its "sealed" part's text (`sealed_text`)} for the orders of these event rows
         that have sealed events (an export's chunk: order_id and seq first, hash ninth, log_index
         tenth, by order and seq): each order's last event under the head, from the rows rather
-        than another query, with its proof (`Tree.sealed_parts`; `sealed_json` reads a part back).
+        than another query, with its proof (`Tree.sealed_parts`; `sealed_json` reads a part back),
+        in the order of the orders (the rows' order: `exporthelper._sealed_into` relies on it).
         The leaves of the chunk's own events are given to the proofs (their level-0 siblings are
         nearly always among them, and then are not read again)."""
         if self.head is None or self.head.size == 0 or not event_rows:
@@ -749,7 +762,8 @@ _SEALED_TEXT = b'\n      "sealed": {\n        "seq": %d,\n        "log_index": %
 # tail: `Tree.sealed_parts`), each further hash written after _NEXT_HASH
 _SEALED_PART = _SEALED_TEXT.replace(b"%s", b'[\n          "%s"%s')
 _NEXT_HASH = b',\n          "'
-_QUOTE = b'"'
+_ITEM = _NEXT_HASH + b'%s"'  # a hash of the proof after its first
+_ITEM_QUOTED = len(_NEXT_HASH) - 1  # where an item's quoted hex starts
 _TAIL_END = b"\n        ]"
 
 

@@ -162,6 +162,26 @@ def test_the_exports_proofs_by_level_are_the_rfc_paths_for_sizes_1_to_130_and_ev
         assert seal.sealed_json(part) == {"seq": 1, "log_index": m, "proof": path}
 
 
+def test_the_exports_proofs_hash_a_damaged_event_hash_at_hand_as_the_stored_tree_does():
+    """A chunk's leaf whose stored hash is not 64 hex digits (written outside coopctl: too short,
+    too long, spaced, not hex) is hashed as its text (`_event_bytes`), as the stored tree hashes
+    it, whether the chunk's other leaves are regular or not: the proofs are the RFC's paths over
+    those leaves, so the damage shows where a verifier looks, not as a proof that cannot be made."""
+    texts = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(12)]
+    texts[3] = texts[3][:62]
+    texts[6] = texts[6] + "ab"
+    texts[8] = " ".join([texts[8][:32], texts[8][32:62]])  # 63 characters, 31 bytes through fromhex
+    texts[9] = "zz" + texts[9][2:]
+    data = [seal._event_bytes(text) for text in texts]
+    assert [len(d) for d in data if len(d) != 32] == [62, 66, 63, 64]  # each hashed as its UTF-8 text
+    tree = memory_tree(data)
+    n = len(data)
+    pairs = [(1, m) for m in range(n)]
+    expected = [seal.sealed_text(1, m, ref_path(m, data)) for m in range(n)]
+    for at_hand in ({m: texts[m] for m in range(n)}, {m: texts[m] for m in (0, 1, 2, 4, 5, 10, 11)}, {m: texts[m] for m in (2, 3)}):
+        assert tree.sealed_parts(pairs, n, {}, at_hand) == expected
+
+
 def test_mth_path_and_verification_agree_with_the_rfc_for_sizes_1_to_70_and_every_index():
     data = [hashlib.sha256(str(i).encode()).digest() for i in range(70)]
     tree = memory_tree(data)
