@@ -97,8 +97,8 @@ def sliced(commands: list[tuple[list[str], dict]], slice_s: float = SLICE) -> li
                               stderr=subprocess.PIPE, start_new_session=True) for argv, env in commands]
     running, usage, turn = [0.0] * len(procs), [None] * len(procs), 0
     try:
-        for proc in procs:  # each has stopped itself before its command starts
-            while not open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T":
+        for proc in procs:  # each has stopped itself before its command starts (Linux: its state is T)
+            while _state(proc.pid) != "T":
                 time.sleep(0.001)
         while None in usage:
             k = turn % len(procs)
@@ -133,6 +133,11 @@ def sliced(commands: list[tuple[list[str], dict]], slice_s: float = SLICE) -> li
                     pass
                 proc.wait()
     return list(zip(running, usage))
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def load() -> str:

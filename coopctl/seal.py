@@ -54,6 +54,7 @@ _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 MAX_PROOF = 64  # a log of at most 2**64 leaves has proofs of at most 64 hashes
 _CHUNK = 50_000  # leaves read (and nodes written) per statement while sealing or checking
 _BLOCK = 256  # nodes of one level read at once for proofs (an export walks the log in order)
+_EXPORT_BLOCKS = 64  # blocks an export's proofs keep (`ExportSeal`)
 _PROOF_SEPARATOR = b",\n          "  # between two hashes of a "sealed" part's proof, as an export indents it
 
 
@@ -512,8 +513,9 @@ def _tables():
     return EVENTS, SEAL_NODES, SEAL_HEADS
 
 
-def stored_tree(conn) -> Tree:
-    """A Tree over the log stored on this connection (inside the caller's transaction)."""
+def stored_tree(conn, blocks: int = 512) -> Tree:
+    """A Tree over the log stored on this connection (inside the caller's transaction), keeping
+    `blocks` blocks of nodes."""
     from coopctl.rows import driver_rows
 
     def fetch(level: int, first: int, last: int) -> dict[int, bytes]:
@@ -523,7 +525,7 @@ def stored_tree(conn) -> Tree:
         rows = driver_rows(conn, "SELECT idx, hash FROM seal_nodes WHERE level = ? AND idx >= ? AND idx <= ?", (level, first, last))
         return {i: bytes(h) for i, h in rows}
 
-    return Tree(fetch)
+    return Tree(fetch, blocks)
 
 
 def _leaves(conn, first: int, end: int) -> list[tuple]:
@@ -728,7 +730,9 @@ class ExportSeal:
     def __init__(self, conn):
         self.conn = conn
         self.head = latest_head(conn)
-        self.tree = stored_tree(conn) if self.head is not None else None
+        # an export walks the log in order: a block per level is in use at a time (a larger cache
+        # only holds blocks it has passed, and they crowd the CPU's caches)
+        self.tree = stored_tree(conn, _EXPORT_BLOCKS) if self.head is not None else None
         self._memo: dict = {}  # the siblings of the last proof (Tree.sealed_parts)
 
     def header(self) -> dict | None:
