@@ -730,8 +730,8 @@ class ExportSeal:
     def __init__(self, conn):
         self.conn = conn
         self.head = latest_head(conn)
-        # an export walks the log in order: a block per level is in use at a time (a larger cache
-        # only holds blocks it has passed, and they crowd the CPU's caches)
+        # an export walks the log in order: a block per level is in use at a time (the default 512
+        # held blocks it had passed: 14 MB more peak RSS on the 1M book, for no speed)
         self.tree = stored_tree(conn, _EXPORT_BLOCKS) if self.head is not None else None
         self._memo: dict = {}  # the siblings of the last proof (Tree.sealed_parts)
 
