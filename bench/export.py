@@ -3,7 +3,7 @@ and 15). Run by hand:
 
     python bench/export.py [--source bench/out/tick-1000000-100000.db] \
         [--before /work/main/.venv/bin/coopctl | none] [--work DIR] [--rounds 5] [--export-rounds 3]
-        [--sliced-rounds 0] [--json]
+        [--sliced-rounds 0] [--null-rounds 0] [--json]
 
 On two COPIES of the book (`bench/tick.py`'s fresh_copy; the source is only read), one left
 unsealed and one given a key and its first `seal` (timed: wall and peak RSS), each command as a
@@ -24,7 +24,8 @@ separate process, `--at` fixed so that both sides write the same document:
    of its process group: the export and its helper), so both meet the same machine, second by
    second; each one's time is the sum of its slices. The ratio of a round is then not the drift
    of the machine between two runs of half a minute (up to 1.5x either way on this shared
-   machine, for the same code), which the ABBA medians only average out;
+   machine, for the same code), which the ABBA medians only average out. `--null-rounds N`
+   runs the unsealed export against itself the same way: the method's own error;
 2. `export 1` of the sealed book against `python -c "import sqlmodel"`, medians of --rounds
    (target: within 1.25x);
 3. the copies and the files are deleted at the end.
@@ -144,7 +145,8 @@ def load() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds: int = 3, say=print, sliced_rounds: int = 0) -> dict:
+def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds: int = 3, say=print, sliced_rounds: int = 0,
+        null_rounds: int = 0) -> dict:
     work = Path(tempfile.mkdtemp(prefix="export-", dir=work))
     figures: dict = {"source": str(source), "load_at_start": load(), "export_rounds": export_rounds}
     after = coopctl_argv()
@@ -220,6 +222,18 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
             figures["sealed_vs_unsealed_sliced_cpu"] = round(statistics.median(r["cpu_ratio"] for r in found_rounds), 3)
             for part in ("unsealed", "sealed"):
                 figures[f"{part}_identical"] = len(digests[part]) == 1
+        for number in range(null_rounds):  # the method's own error: the same export on both sides
+            outs = [work / f"unsealed-null-{side}.json" for side in "ab"]
+            warm(books["unsealed"])
+            (a, a_cpu), (b, b_cpu) = sliced([([*after, "export", "--all", "--at", AT, "--out", str(out)], envs["unsealed"])
+                                              for out in outs])
+            for out in outs:
+                digests["unsealed"].add(digest(out))
+                out.unlink()
+            figures.setdefault("null_rounds", []).append({"ratio": round(b / a, 3), "cpu_ratio": round(b_cpu / a_cpu, 3)})
+            say(f"{'null round':>16}: the unsealed export twice, {a:.1f} s ({a_cpu:.1f} CPU) and {b:.1f} s ({b_cpu:.1f} CPU): "
+                f"{b / a:.3f}, load {load()}", flush=True)
+            figures["unsealed_identical"] = len(digests["unsealed"]) == 1
         one, imports = [], []
         for _ in range(rounds):
             one.append(timed([*after, "export", "1"], envs["sealed"])[0])
@@ -250,13 +264,16 @@ def main() -> None:
     parser.add_argument("--export-rounds", type=int, default=3, help="ABBA rounds of the four whole exports")
     parser.add_argument("--sliced-rounds", type=int, default=0,
                         help="rounds of the two exports of this checkout run side by side in slices (`sliced`)")
+    parser.add_argument("--null-rounds", type=int, default=0,
+                        help="sliced rounds of the unsealed export against itself: the side-by-side method's own error")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     compiled()  # bytecode first: see timing.compiled
     args.work.mkdir(exist_ok=True)
     before = [] if args.before == "none" else [args.before]
     say = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
-    figures = run(args.source, before, args.work, args.rounds, args.export_rounds, say=say, sliced_rounds=args.sliced_rounds)
+    figures = run(args.source, before, args.work, args.rounds, args.export_rounds, say=say, sliced_rounds=args.sliced_rounds,
+                  null_rounds=args.null_rounds)
     if args.json:
         print(json.dumps(figures))
 
