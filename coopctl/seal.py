@@ -228,7 +228,11 @@ class Tree:
         memo["size"] = None  # until this call ends well: a refusal below leaves the memo to be rebuilt
         hexlify, out = binascii.hexlify, []
         append = out.append
-        at_hand = _leaf_hexes(leaves) if leaves else {}
+        pairs = list(pairs)
+        leaves = leaves or {}
+        if len(leaves) > len(pairs):  # an order's earlier events are leaves too, but no proof here needs them
+            leaves = {i: leaves[i] for i in {m ^ 1 for _, m in pairs} if i in leaves}
+        at_hand = _leaf_hexes(leaves)  # the level-0 siblings at hand, hashed at once
         for seq, m in pairs:
             if last is None:
                 changed = height
@@ -302,6 +306,8 @@ def _leaf_hexes(leaves: dict[int, str]) -> dict[int, bytes]:
     """{log_index: the hex of its leaf hash} of these events' hashes (`Tree.sealed_parts`): in
     three passes of C when every one is 64 hex digits, as coopctl writes them; one at a time
     (`_event_bytes`) when one is not."""
+    if not leaves:
+        return {}
     fromhex, sha256, hexlify = bytes.fromhex, hashlib.sha256, binascii.hexlify
     texts = list(leaves.values())
     try:
