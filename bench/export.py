@@ -191,7 +191,6 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
                 "rounds_s": [round(r["s"], 1) for r in found],
             }
         for part in ("unsealed", "sealed"):
-            figures[f"{part}_identical"] = len(digests[part]) == 1
             if "before" in codes:
                 figures[f"{part}_speed_up"] = round(figures[f"{part}_before"]["s"] / figures[f"{part}_after"]["s"], 2)
         for side in (side for side in codes if f"sealed_{side}" in runs):
@@ -220,8 +219,6 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
             figures["sliced_rounds"] = found_rounds
             figures["sealed_vs_unsealed_sliced"] = round(statistics.median(r["ratio"] for r in found_rounds), 3)
             figures["sealed_vs_unsealed_sliced_cpu"] = round(statistics.median(r["cpu_ratio"] for r in found_rounds), 3)
-            for part in ("unsealed", "sealed"):
-                figures[f"{part}_identical"] = len(digests[part]) == 1
         for number in range(null_rounds):  # the method's own error: the same export on both sides
             outs = [work / f"unsealed-null-{side}.json" for side in "ab"]
             warm(books["unsealed"])
@@ -233,7 +230,8 @@ def run(source: Path, before: list[str], work: Path, rounds: int, export_rounds:
             figures.setdefault("null_rounds", []).append({"ratio": round(b / a, 3), "cpu_ratio": round(b_cpu / a_cpu, 3)})
             say(f"{'null round':>16}: the unsealed export twice, {a:.1f} s ({a_cpu:.1f} CPU) and {b:.1f} s ({b_cpu:.1f} CPU): "
                 f"{b / a:.3f}, load {load()}", flush=True)
-            figures["unsealed_identical"] = len(digests["unsealed"]) == 1
+        for part in ("unsealed", "sealed"):  # every file of a copy, whichever kind of round wrote it
+            figures[f"{part}_identical"] = len(digests[part]) == 1
         one, imports = [], []
         for _ in range(rounds):
             one.append(timed([*after, "export", "1"], envs["sealed"])[0])
